@@ -1,0 +1,52 @@
+//! Indices of the per-CPU `COUNTERS` array.
+
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Every frame the program saw.
+    Packets = 0,
+    /// Knocks that started or advanced an attempt.
+    Steps,
+    /// Attempts reset by a wrong sequence port.
+    Resets,
+    /// Attempts found expired when their source knocked again.
+    Timeouts,
+    /// Completed sequences.
+    Opens,
+    /// Frames that could not be parsed as far as the program needed.
+    ParseErrors,
+    /// Events lost because the ring buffer was full.
+    EventsLost,
+    /// Stage events not sent because their budget was spent.
+    StagesSuppressed,
+}
+
+impl Counter {
+    pub const ALL: [Counter; 8] = [
+        Counter::Packets,
+        Counter::Steps,
+        Counter::Resets,
+        Counter::Timeouts,
+        Counter::Opens,
+        Counter::ParseErrors,
+        Counter::EventsLost,
+        Counter::StagesSuppressed,
+    ];
+
+    /// Number of slots the counter map needs.
+    pub const COUNT: u32 = Self::ALL.len() as u32;
+
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::Packets => "packets",
+            Counter::Steps => "knock_steps",
+            Counter::Resets => "resets",
+            Counter::Timeouts => "timeouts",
+            Counter::Opens => "opens",
+            Counter::ParseErrors => "parse_errors",
+            Counter::EventsLost => "events_lost",
+            Counter::StagesSuppressed => "stage_events_suppressed",
+        }
+    }
+}

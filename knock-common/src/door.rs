@@ -1,0 +1,116 @@
+//! A door as the XDP program sees it.
+
+use crate::{MAX_STEPS, PROTO_TCP};
+
+/// TCP flag bits as they sit in byte 13 of the TCP header.
+pub struct TcpFlags;
+
+impl TcpFlags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+    pub const URG: u8 = 0x20;
+}
+
+/// One knock of a sequence.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Step {
+    /// Destination port, host order.
+    pub port: u16,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<Step>() == 4);
+
+impl Step {
+    #[must_use]
+    pub const fn new(proto: u8, port: u16) -> Self {
+        Self { port, proto, _pad: 0 }
+    }
+}
+
+/// One slot of the `DOORS` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DoorSpec {
+    /// The whole sequence must arrive within this many nanoseconds of its first knock.
+    pub timeout_ns: u64,
+    /// With `target_family != 0`: knocks count only when sent to this address.
+    pub target: [u8; 16],
+    /// Number of steps; 0 marks an unused or disabled slot.
+    pub len: u8,
+    /// 0: knocks must go to one of the host's addresses; 4 or 6: to `target`.
+    pub target_family: u8,
+    /// TCP flags that must be set for a TCP knock to count.
+    pub flags_set: u8,
+    /// TCP flags that must be clear for a TCP knock to count.
+    pub flags_clear: u8,
+    pub steps: [Step; MAX_STEPS],
+    pub _pad: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<DoorSpec>() == 160);
+
+impl DoorSpec {
+    /// An unused slot.
+    pub const EMPTY: Self = Self {
+        timeout_ns: 0,
+        target: [0; 16],
+        len: 0,
+        target_family: 0,
+        flags_set: 0,
+        flags_clear: 0,
+        steps: [Step { port: 0, proto: 0, _pad: 0 }; MAX_STEPS],
+        _pad: [0; 4],
+    };
+
+    /// knockd's `flags_match`: every listed flag set, every `!`-listed flag clear.
+    #[must_use]
+    pub const fn flags_match(&self, tcp_flags: u8) -> bool {
+        tcp_flags & self.flags_set == self.flags_set && tcp_flags & self.flags_clear == 0
+    }
+
+    /// Step `i`, if the sequence has one.
+    #[must_use]
+    pub fn step_at(&self, i: u8) -> Option<Step> {
+        if i < self.len {
+            self.steps.get(usize::from(i)).copied()
+        } else {
+            None
+        }
+    }
+
+    /// Whether a knock of this protocol passes the door's flag filter (UDP always does).
+    #[must_use]
+    pub const fn accepts_flags(&self, proto: u8, tcp_flags: u8) -> bool {
+        proto != PROTO_TCP || self.flags_match(tcp_flags)
+    }
+}
+
+/// The one slot of the `SETTINGS` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Slots of `DOORS` in use, from 0.
+    pub door_count: u32,
+    /// Bumped by user space on every reload; copied into events.
+    pub generation: u32,
+    /// Stage events per second and CPU (0: none).
+    pub stage_rate: u32,
+    /// Stage events that may be sent back to back.
+    pub stage_burst: u32,
+}
+const _: () = assert!(core::mem::size_of::<Settings>() == 16);
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: repr(C), integers and byte arrays only, size asserted (no implicit padding).
+    unsafe impl aya::Pod for super::Step {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DoorSpec {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Settings {}
+}

@@ -1,0 +1,90 @@
+//! Shared between the XDP program (`knock-ebpf`), the daemon (`knockd-user`) and the tests.
+//!
+//! Everything a packet decision depends on lives here as plain functions over plain
+//! `#[repr(C)]` data, so the same code runs in the kernel and in host unit tests.
+//!
+//! Byte order: ports and counters are host order; addresses are network order
+//! (`[u8; 16]`, an IPv4 address in the first four bytes and zeros after it).
+#![no_std]
+
+#[cfg(test)]
+extern crate std;
+
+pub mod addr;
+pub mod budget;
+pub mod counters;
+pub mod door;
+pub mod event;
+pub mod knock;
+
+pub use addr::{AddrKey, Family, ProgressKey};
+pub use budget::Bucket;
+pub use counters::Counter;
+pub use door::{DoorSpec, Settings, Step, TcpFlags};
+pub use event::{EventKind, KnockEvent};
+pub use knock::{Attempt, Knock, Outcome, step};
+
+/// Most doors one configuration may hold (the XDP program walks them in a bounded loop).
+pub const MAX_DOORS: u32 = 32;
+/// Most steps in one sequence; knockd's `SEQ_MAX`.
+pub const MAX_STEPS: usize = 32;
+
+/// IANA protocol numbers of the two knock protocols.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// XDP verdicts (`enum xdp_action`); user space has no bindings for them.
+pub const XDP_ABORTED: u32 = 0;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
+/// Map names, shared so user space, the CLI and tests agree with the program.
+/// Each is at most 15 bytes: the kernel keeps only that much of a map's name.
+pub mod maps {
+    /// `Array<DoorSpec>`, `MAX_DOORS` slots: the configured doors.
+    pub const DOORS: &str = "DOORS";
+    /// `Array<Settings>`, one slot: door count, generation, event budget.
+    pub const SETTINGS: &str = "SETTINGS";
+    /// `Array<u32>`, `PORT_SLOTS` slots: for (protocol, port), the mask of doors whose
+    /// sequence names it. Zero means "not a knock port": such packets are never looked at.
+    pub const PORT_DOORS: &str = "PORT_DOORS";
+    /// `HashMap<AddrKey, u8>`: the addresses of this host that knocks must be sent to.
+    pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
+    /// `LruHashMap<ProgressKey, Attempt>`: per (source, door) progress.
+    pub const PROGRESS: &str = "PROGRESS";
+    /// `RingBuf` of `KnockEvent`.
+    pub const EVENTS: &str = "EVENTS";
+    /// `PerCpuArray<u64>` indexed by `Counter`.
+    pub const COUNTERS: &str = "COUNTERS";
+    /// `PerCpuArray<Bucket>`, one slot: the budget of stage events.
+    pub const STAGE_BUDGET: &str = "STAGE_BUDGET";
+}
+
+/// Slots of `PORT_DOORS`: one per TCP port, then one per UDP port.
+pub const PORT_SLOTS: u32 = 2 * 65536;
+
+/// Index into `PORT_DOORS` for a knock protocol and port; `None` for other protocols.
+#[must_use]
+pub const fn port_slot(proto: u8, port: u16) -> Option<u32> {
+    match proto {
+        PROTO_TCP => Some(port as u32),
+        PROTO_UDP => Some(65536 + port as u32),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_slots_do_not_overlap() {
+        assert_eq!(port_slot(PROTO_TCP, 0), Some(0));
+        assert_eq!(port_slot(PROTO_TCP, 65535), Some(65535));
+        assert_eq!(port_slot(PROTO_UDP, 0), Some(65536));
+        assert_eq!(port_slot(PROTO_UDP, 65535), Some(PORT_SLOTS - 1));
+        assert_eq!(port_slot(1, 7000), None);
+    }
+}
