@@ -53,6 +53,7 @@ pub struct DoorSpec {
     pub _pad: [u8; 4],
 }
 const _: () = assert!(core::mem::size_of::<DoorSpec>() == 160);
+const _: () = assert!(MAX_STEPS.is_power_of_two());
 
 impl DoorSpec {
     /// An unused slot.
@@ -76,11 +77,14 @@ impl DoorSpec {
     /// Step `i`, if the sequence has one.
     #[must_use]
     pub fn step_at(&self, i: u8) -> Option<Step> {
-        if i < self.len {
-            self.steps.get(usize::from(i)).copied()
-        } else {
-            None
+        // User space never writes `len > MAX_STEPS`. The index is masked rather than
+        // compared with MAX_STEPS: a compare lets LLVM drop the bound on the register it
+        // actually indexes with, and the BPF verifier then rejects the load. With the mask,
+        // even a corrupt `len` can only select a wrong step, never read out of bounds.
+        if i >= self.len {
+            return None;
         }
+        Some(self.steps[usize::from(i) & (MAX_STEPS - 1)])
     }
 
     /// Whether a knock of this protocol passes the door's flag filter (UDP always does).

@@ -1,1 +1,9 @@
+//! knockgate's daemon as a library: configuration, the kernel side, commands and logging.
+//! The `knockd` binary is a thin shell around it; tests drive the same code.
 
+pub mod config;
+pub mod kernel;
+pub mod spec;
+
+/// The XDP program as built by `build.rs`; tests load exactly these bytes.
+pub static KNOCK_EBPF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/knock-ebpf"));

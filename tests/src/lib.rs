@@ -1,1 +1,4 @@
+//! Helpers for the privileged tests: crafted frames, network namespaces, processes.
 
+pub mod frame;
+pub mod netns;

@@ -1,0 +1,175 @@
+//! Frame parsing: Ethernet (up to two VLAN tags), IPv4 (IHL honoured), IPv6 (extension
+//! headers walked, bounded), then the TCP or UDP destination port.
+
+use core::mem::size_of;
+
+use aya_ebpf::programs::XdpContext;
+use knock_common::{AddrKey, PROTO_TCP, PROTO_UDP};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+};
+
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+/// VLAN tags followed (802.1ad outer + 802.1Q inner).
+const MAX_VLAN_TAGS: usize = 2;
+/// IPv6 extension headers walked before giving up.
+pub(crate) const MAX_EXT_HEADERS: usize = 6;
+/// Bytes of a VLAN tag: TCI then the next ethertype.
+const VLAN_LEN: usize = 4;
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_DSTOPTS: u8 = 60;
+
+/// Why a frame was not parsed to the end.
+pub(crate) enum Skip {
+    /// Not a TCP/UDP datagram we look at (other protocol, non-IP, fragment): pass it.
+    NotKnock,
+    /// Truncated or malformed where we needed to read: count it, pass it.
+    Malformed,
+}
+
+/// What the matcher needs of a knock packet.
+pub(crate) struct Packet {
+    pub(crate) src: AddrKey,
+    pub(crate) dst: AddrKey,
+    pub(crate) proto: u8,
+    pub(crate) dport: u16,
+    pub(crate) tcp_flags: u8,
+}
+
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, Skip> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return Err(Skip::Malformed);
+    }
+    Ok((start + offset) as *const T)
+}
+
+/// The first two bytes of an extension header: next header and length.
+/// (Two bytes, not one: for a one-byte read LLVM rewrites the bound check into a form
+/// the verifier draws no packet range from.)
+#[inline(always)]
+fn read_pair(ctx: &XdpContext, offset: usize) -> Result<[u8; 2], Skip> {
+    // SAFETY: ptr_at checked both bytes; [u8; 2] has alignment 1.
+    Ok(unsafe { *ptr_at::<[u8; 2]>(ctx, offset)? })
+}
+
+#[inline(always)]
+fn read_be16(ctx: &XdpContext, offset: usize) -> Result<u16, Skip> {
+    // SAFETY: ptr_at checked both bytes; [u8; 2] has alignment 1.
+    Ok(u16::from_be_bytes(unsafe { *ptr_at::<[u8; 2]>(ctx, offset)? }))
+}
+
+#[inline(always)]
+pub(crate) fn parse(ctx: &XdpContext) -> Result<Packet, Skip> {
+    let mut off = EthHdr::LEN;
+    // The ethertype sits in the last two bytes of the Ethernet header, or of each VLAN tag.
+    let mut ether_type = read_be16(ctx, off - 2)?;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
+            break;
+        }
+        off += VLAN_LEN;
+        ether_type = read_be16(ctx, off - 2)?;
+    }
+    match ether_type {
+        ETH_P_IPV4 => parse_v4(ctx, off),
+        ETH_P_IPV6 => parse_v6(ctx, off),
+        // Deeper VLAN stacks and every other ethertype.
+        _ => Err(Skip::NotKnock),
+    }
+}
+
+#[inline(always)]
+fn parse_v4(ctx: &XdpContext, off: usize) -> Result<Packet, Skip> {
+    let ip = ptr_at::<Ipv4Hdr>(ctx, off)?;
+    // SAFETY: ptr_at checked the whole fixed header; all fields are byte arrays.
+    let ip = unsafe { &*ip };
+    let ihl = usize::from(ip.ihl());
+    if ip.version() != 4 || ihl < Ipv4Hdr::LEN {
+        return Err(Skip::Malformed);
+    }
+    // More-fragments set, or a non-zero offset: no (whole) L4 header to read.
+    if ip.frag_offset() != 0 || ip.frag_flags() & 0x1 != 0 {
+        return Err(Skip::NotKnock);
+    }
+    let (dport, tcp_flags) = parse_l4(ctx, off + ihl, ip.proto)?;
+    Ok(Packet {
+        src: AddrKey::v4(ip.src_addr),
+        dst: AddrKey::v4(ip.dst_addr),
+        proto: ip.proto,
+        dport,
+        tcp_flags,
+    })
+}
+
+#[inline(always)]
+fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Packet, Skip> {
+    let ip = ptr_at::<Ipv6Hdr>(ctx, off)?;
+    // SAFETY: ptr_at checked the whole fixed header; all fields are byte arrays.
+    let ip = unsafe { &*ip };
+    let src = AddrKey::v6(ip.src_addr);
+    let dst = AddrKey::v6(ip.dst_addr);
+    let mut next = ip.next_hdr;
+    let mut l4 = off + Ipv6Hdr::LEN;
+    for _ in 0..MAX_EXT_HEADERS {
+        match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                let [nh, len] = read_pair(ctx, l4)?;
+                next = nh;
+                l4 += (usize::from(len) + 1) * 8;
+            }
+            IPPROTO_AH => {
+                let [nh, len] = read_pair(ctx, l4)?;
+                next = nh;
+                l4 += (usize::from(len) + 2) * 4;
+            }
+            // A fragment header means no whole L4 header in this frame to trust.
+            IPPROTO_FRAGMENT => return Err(Skip::NotKnock),
+            _ => break,
+        }
+    }
+    if next != PROTO_TCP && next != PROTO_UDP {
+        // Still an extension header after MAX_EXT_HEADERS is a chain we do not follow.
+        return match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => Err(Skip::Malformed),
+            _ => Err(Skip::NotKnock),
+        };
+    }
+    let (dport, tcp_flags) = parse_l4(ctx, l4, next)?;
+    Ok(Packet { src, dst, proto: next, dport, tcp_flags })
+}
+
+#[inline(always)]
+fn parse_l4(ctx: &XdpContext, off: usize, proto: u8) -> Result<(u16, u8), Skip> {
+    // Keeps the offset provably small for the verifier (headers before L4 are < 1 KiB).
+    if off > 1024 {
+        return Err(Skip::Malformed);
+    }
+    match proto {
+        PROTO_TCP => {
+            let tcp = ptr_at::<TcpHdr>(ctx, off)?;
+            // SAFETY: ptr_at checked the whole fixed header.
+            let tcp = unsafe { &*tcp };
+            let flags = (tcp.fin() | tcp.syn() << 1 | tcp.rst() << 2 | tcp.psh() << 3 | tcp.ack() << 4 | tcp.urg() << 5) as u8;
+            Ok((u16::from_be_bytes(tcp.dest), flags))
+        }
+        PROTO_UDP => {
+            let udp = ptr_at::<UdpHdr>(ctx, off)?;
+            // SAFETY: ptr_at checked the whole header.
+            Ok((unsafe { (*udp).dst_port() }, 0))
+        }
+        _ => Err(Skip::NotKnock),
+    }
+}

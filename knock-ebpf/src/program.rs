@@ -1,0 +1,191 @@
+//! Maps and the XDP entry point.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    cty::c_void,
+    helpers::{bpf_ktime_get_ns, bpf_loop},
+    macros::{map, xdp},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::XdpContext,
+};
+use knock_common::{
+    Attempt, Bucket, Counter, DoorSpec, EventKind, Knock, KnockEvent, MAX_DOORS, Outcome, PORT_SLOTS, ProgressKey,
+    Settings, XDP_PASS, port_slot, step,
+};
+
+use crate::parse::{self, Packet, Skip};
+
+const _: () = assert!(XDP_PASS == xdp_action::XDP_PASS);
+
+/// Configured doors, written by the daemon. Slot i is door i of the config.
+#[map]
+static DOORS: Array<DoorSpec> = Array::with_max_entries(MAX_DOORS, 0);
+
+/// One slot: door count, config generation, stage-event budget.
+#[map]
+static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+/// (protocol, port) -> mask of doors whose sequence names it; 0 = not a knock port.
+#[map]
+static PORT_DOORS: Array<u32> = Array::with_max_entries(PORT_SLOTS, 0);
+
+/// This host's addresses on the interface; knocks must be sent to one (or to a door's target).
+#[map]
+static LOCAL_ADDRS: HashMap<knock_common::AddrKey, u8> = HashMap::with_max_entries(256, 0);
+
+/// Per (source, door) progress. LRU: a flood evicts old attempts instead of failing inserts.
+/// The daemon may resize it at load time.
+#[map]
+static PROGRESS: LruHashMap<ProgressKey, Attempt> = LruHashMap::with_max_entries(65536, 0);
+
+/// Events for the daemon: completed sequences, and stage progress within a budget.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Per-CPU counters indexed by `Counter`.
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+/// Per-CPU token bucket for stage events, so a flood of first knocks cannot flood user space.
+#[map]
+static STAGE_BUDGET: PerCpuArray<Bucket> = PerCpuArray::with_max_entries(1, 0);
+
+#[xdp]
+fn knockgate(ctx: XdpContext) -> u32 {
+    count(Counter::Packets);
+    match parse::parse(&ctx) {
+        Ok(pkt) => on_packet(&pkt),
+        Err(Skip::Malformed) => count(Counter::ParseErrors),
+        Err(Skip::NotKnock) => {}
+    }
+    // knockgate observes; it never drops (the gate comes with its own verdicts).
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn count(c: Counter) {
+    if let Some(v) = COUNTERS.get_ptr_mut(c as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *v += 1 };
+    }
+}
+
+#[inline(always)]
+fn on_packet(pkt: &Packet) {
+    let Some(slot) = port_slot(pkt.proto, pkt.dport) else { return };
+    match PORT_DOORS.get(slot) {
+        Some(&mask) if mask != 0 => {}
+        _ => return,
+    }
+    let Some(settings) = SETTINGS.get(0) else { return };
+    let mut ctx = DoorLoop {
+        pkt,
+        settings,
+        // SAFETY: the value is only tested for presence.
+        to_local: unsafe { LOCAL_ADDRS.get(&pkt.dst) }.is_some(),
+        knock: Knock { proto: pkt.proto, port: pkt.dport, tcp_flags: pkt.tcp_flags },
+        // SAFETY: a helper without arguments.
+        now: unsafe { bpf_ktime_get_ns() },
+    };
+    // bpf_loop (kernel 5.17+) has the verifier check the body once instead of once per door.
+    // SAFETY: `door_step` matches the callback ABI and `ctx` outlives the call.
+    unsafe {
+        bpf_loop(
+            settings.door_count.min(MAX_DOORS),
+            door_step as *mut c_void,
+            core::ptr::from_mut(&mut ctx).cast(),
+            0,
+        );
+    }
+}
+
+/// State shared with the `bpf_loop` body.
+struct DoorLoop<'a> {
+    pkt: &'a Packet,
+    settings: &'a Settings,
+    to_local: bool,
+    knock: Knock,
+    now: u64,
+}
+
+/// One door of the loop; returns 0 to continue.
+extern "C" fn door_step(index: u32, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer `on_packet` gave it.
+    let ctx = unsafe { &*(ctx as *const DoorLoop<'_>) };
+    let Some(door) = DOORS.get(index) else { return 1 };
+    let addressed = if door.target_family == 0 {
+        ctx.to_local
+    } else {
+        ctx.pkt.dst.same_addr(door.target_family, &door.target)
+    };
+    if addressed {
+        knock_door(door, index as u8, ctx.settings, ctx.pkt, ctx.knock, ctx.now);
+    }
+    0
+}
+
+#[inline(always)]
+fn knock_door(door: &DoorSpec, index: u8, settings: &Settings, pkt: &Packet, knock: Knock, now: u64) {
+    let key = ProgressKey::new(&pkt.src, index);
+    // SAFETY: copied out at once; the map is updated only below.
+    let current = unsafe { PROGRESS.get(&key) }.copied();
+    let expired = current.is_some_and(|a| a.expired(door.timeout_ns, now));
+    if expired {
+        count(Counter::Timeouts);
+    }
+    match step(door, current, knock, now) {
+        Outcome::Ignore => {}
+        Outcome::Progress(attempt) => {
+            count(Counter::Steps);
+            // A live attempt that did not advance by one was broken, then restarted.
+            if current.is_some_and(|c| !expired && attempt.stage != c.stage + 1) {
+                count(Counter::Resets);
+            }
+            // A failed update only loses progress; it can never open anything.
+            let _ = PROGRESS.insert(&key, &attempt, 0).is_ok();
+            if stage_budget(settings, now) {
+                emit(settings, pkt, EventKind::Stage, index, attempt.stage);
+            } else {
+                count(Counter::StagesSuppressed);
+            }
+        }
+        Outcome::Open => {
+            count(Counter::Steps);
+            count(Counter::Opens);
+            if current.is_some() {
+                let _ = PROGRESS.remove(&key).is_ok();
+            }
+            emit(settings, pkt, EventKind::Open, index, door.len);
+        }
+        Outcome::Reset => {
+            if !expired {
+                count(Counter::Resets);
+            }
+            let _ = PROGRESS.remove(&key).is_ok();
+        }
+    }
+}
+
+#[inline(always)]
+fn stage_budget(settings: &Settings, now: u64) -> bool {
+    match STAGE_BUDGET.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, only this CPU touches it while the program runs.
+        Some(b) => unsafe { (*b).take(now, settings.stage_rate, settings.stage_burst) },
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn emit(settings: &Settings, pkt: &Packet, kind: EventKind, door: u8, stage: u8) {
+    let event = KnockEvent {
+        generation: settings.generation,
+        addr: pkt.src.addr,
+        kind: kind as u8,
+        family: pkt.src.family,
+        door,
+        stage,
+    };
+    if EVENTS.output::<KnockEvent>(&event, 0).is_err() {
+        count(Counter::EventsLost);
+    }
+}

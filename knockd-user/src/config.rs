@@ -1,0 +1,505 @@
+//! The knockd.conf grammar (knockd 0.8, reference §1), parsed strictly: where knockd
+//! silently misreads a value (port 0 from `abc`, a trailing comma, `syn, ack`), this
+//! parser either takes the obvious meaning or refuses with `file:line: message`.
+
+use std::{
+    fmt,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use knock_common::{MAX_DOORS, MAX_STEPS, PROTO_TCP, PROTO_UDP, TcpFlags};
+
+/// knockd's `SEQ_TIMEOUT`.
+pub const DEFAULT_SEQ_TIMEOUT: Duration = Duration::from_secs(25);
+/// knockd's `CMD_TIMEOUT`.
+pub const DEFAULT_CMD_TIMEOUT: Duration = Duration::from_secs(10);
+/// knockd's default interface.
+pub const DEFAULT_INTERFACE: &str = "eth0";
+
+/// A configuration error, printed as `file:line: message`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    /// 1-based; `None` for errors about the whole file.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: {}", self.path.display(), line, self.message),
+            None => write!(f, "{}: {}", self.path.display(), self.message),
+        }
+    }
+}
+
+/// One knock: a port and its protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Knock {
+    pub port: u16,
+    pub proto: Proto,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    #[must_use]
+    pub const fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => PROTO_TCP,
+            Proto::Udp => PROTO_UDP,
+        }
+    }
+
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+/// `[options]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Options {
+    pub use_syslog: bool,
+    pub log_file: Option<PathBuf>,
+    pub pid_file: Option<PathBuf>,
+    pub interface: Option<String>,
+}
+
+/// A command setting for one address family: knockd tells "absent" (fall back to the IPv4
+/// command) from "present but empty" (run nothing).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum V6Command {
+    #[default]
+    SameAsV4,
+    Set(String),
+}
+
+/// One door (a `[name]` section).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Door {
+    pub name: String,
+    /// Line of the `[name]` header.
+    pub line: usize,
+    pub sequence: Vec<Knock>,
+    pub seq_timeout: Duration,
+    pub start_command: Option<String>,
+    pub start_command_6: V6Command,
+    pub cmd_timeout: Duration,
+    pub stop_command: Option<String>,
+    pub stop_command_6: V6Command,
+    /// TCP flags that must be set / clear (`TCPFlags = syn,!ack`).
+    pub flags_set: u8,
+    pub flags_clear: u8,
+    pub target: Option<IpAddr>,
+}
+
+impl Door {
+    fn new(name: String, line: usize) -> Self {
+        Self {
+            name,
+            line,
+            sequence: Vec::new(),
+            seq_timeout: DEFAULT_SEQ_TIMEOUT,
+            start_command: None,
+            start_command_6: V6Command::SameAsV4,
+            cmd_timeout: DEFAULT_CMD_TIMEOUT,
+            stop_command: None,
+            stop_command_6: V6Command::SameAsV4,
+            flags_set: 0,
+            flags_clear: 0,
+            target: None,
+        }
+    }
+
+    /// The start command for a knocker of this family; `None` when there is nothing to run.
+    #[must_use]
+    pub fn start_for(&self, v6: bool) -> Option<&str> {
+        pick(self.start_command.as_deref(), &self.start_command_6, v6)
+    }
+
+    /// The stop command for a knocker of this family; `None` when there is nothing to run.
+    #[must_use]
+    pub fn stop_for(&self, v6: bool) -> Option<&str> {
+        pick(self.stop_command.as_deref(), &self.stop_command_6, v6)
+    }
+}
+
+fn pick<'a>(v4: Option<&'a str>, v6cmd: &'a V6Command, v6: bool) -> Option<&'a str> {
+    let cmd = match (v6, v6cmd) {
+        (true, V6Command::Set(c)) => Some(c.as_str()),
+        _ => v4,
+    };
+    cmd.filter(|c| !c.is_empty())
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Config {
+    pub options: Options,
+    pub doors: Vec<Door>,
+}
+
+impl Config {
+    /// Reads and parses a knockd.conf file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.to_path_buf(),
+            line: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses knockd.conf text; `path` only names the file in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        Parser { path, config: Config::default(), section: Section::None }.run(text)
+    }
+}
+
+enum Section {
+    None,
+    Options,
+    /// Index into `config.doors`.
+    Door(usize),
+}
+
+struct Parser<'a> {
+    path: &'a Path,
+    config: Config,
+    section: Section,
+}
+
+impl Parser<'_> {
+    fn err(&self, line: usize, message: impl Into<String>) -> ConfigError {
+        ConfigError { path: self.path.to_path_buf(), line: Some(line), message: message.into() }
+    }
+
+    fn run(mut self, text: &str) -> Result<Config, ConfigError> {
+        for (i, raw) in text.lines().enumerate() {
+            let n = i + 1;
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if line.starts_with('[') && line.ends_with(']') && line.len() >= 2 {
+                self.section(n, &line[1..line.len() - 1])?;
+            } else {
+                self.directive(n, line)?;
+            }
+        }
+        for door in &self.config.doors {
+            if door.sequence.is_empty() {
+                return Err(self.err(door.line, format!("section '{}' has an empty knock sequence", door.name)));
+            }
+        }
+        Ok(self.config)
+    }
+
+    fn section(&mut self, n: usize, name: &str) -> Result<(), ConfigError> {
+        if name.is_empty() {
+            return Err(self.err(n, "bad section name: []"));
+        }
+        // knockd: `[options]` is case-sensitive; any other name is a door.
+        if name == "options" {
+            self.section = Section::Options;
+            return Ok(());
+        }
+        if self.config.doors.len() >= MAX_DOORS as usize {
+            return Err(self.err(n, format!("too many doors: at most {MAX_DOORS} are supported")));
+        }
+        self.config.doors.push(Door::new(name.to_owned(), n));
+        self.section = Section::Door(self.config.doors.len() - 1);
+        Ok(())
+    }
+
+    fn directive(&mut self, n: usize, line: &str) -> Result<(), ConfigError> {
+        let Some((key, value)) = line.split_once('=') else {
+            // knockd accepts the bare word `UseSyslog` in any section.
+            if line.eq_ignore_ascii_case("usesyslog") {
+                self.config.options.use_syslog = true;
+                return Ok(());
+            }
+            return Err(self.err(n, format!("expected `key = value`, found '{line}'")));
+        };
+        let key = key.trim().to_ascii_uppercase();
+        let value = value.trim();
+        match self.section {
+            Section::None => Err(self.err(n, format!("'{}' is outside any section: all directives must belong to a section", key.to_ascii_lowercase()))),
+            Section::Options => self.option(n, &key, value),
+            Section::Door(i) => {
+                let mut door = self.config.doors[i].clone();
+                self.door_directive(n, &mut door, &key, value)?;
+                self.config.doors[i] = door;
+                Ok(())
+            }
+        }
+    }
+
+    fn option(&mut self, n: usize, key: &str, value: &str) -> Result<(), ConfigError> {
+        let opts = &mut self.config.options;
+        match key {
+            "LOGFILE" => opts.log_file = non_empty(value).map(PathBuf::from),
+            "PIDFILE" => opts.pid_file = non_empty(value).map(PathBuf::from),
+            "INTERFACE" => opts.interface = non_empty(value).map(str::to_owned),
+            "USESYSLOG" => {
+                return Err(self.err(n, "UseSyslog takes no value: write the bare word `UseSyslog`"));
+            }
+            _ => return Err(self.err(n, format!("unknown option '{}' in [options]", key.to_ascii_lowercase()))),
+        }
+        Ok(())
+    }
+
+    fn door_directive(&self, n: usize, door: &mut Door, key: &str, value: &str) -> Result<(), ConfigError> {
+        match key {
+            "SEQUENCE" => door.sequence = self.sequence(n, value)?,
+            "ONE_TIME_SEQUENCES" => {
+                return Err(self.err(n, "one_time_sequences is not supported yet by knockgate"));
+            }
+            "SEQ_TIMEOUT" | "TIMEOUT" => door.seq_timeout = self.seconds(n, key, value)?,
+            "CMD_TIMEOUT" => door.cmd_timeout = self.seconds(n, key, value)?,
+            "START_COMMAND" | "COMMAND" => door.start_command = Some(value.to_owned()),
+            "START_COMMAND_6" | "COMMAND_6" => door.start_command_6 = V6Command::Set(value.to_owned()),
+            "STOP_COMMAND" => door.stop_command = Some(value.to_owned()),
+            "STOP_COMMAND_6" => door.stop_command_6 = V6Command::Set(value.to_owned()),
+            "TCPFLAGS" => self.tcp_flags(n, door, value)?,
+            "TARGET" => {
+                door.target = Some(value.parse().map_err(|_| self.err(n, format!("target '{value}' is not an IP address")))?);
+            }
+            "LOGFILE" | "PIDFILE" | "INTERFACE" => {
+                return Err(self.err(n, format!("'{}' belongs in [options], not in door '{}'", key.to_ascii_lowercase(), door.name)));
+            }
+            _ => return Err(self.err(n, format!("unknown directive '{}' in door '{}'", key.to_ascii_lowercase(), door.name))),
+        }
+        Ok(())
+    }
+
+    fn seconds(&self, n: usize, key: &str, value: &str) -> Result<Duration, ConfigError> {
+        value
+            .parse::<u32>()
+            .map(|s| Duration::from_secs(u64::from(s)))
+            .map_err(|_| self.err(n, format!("{} '{value}' is not a whole number of seconds", key.to_ascii_lowercase())))
+    }
+
+    fn sequence(&self, n: usize, value: &str) -> Result<Vec<Knock>, ConfigError> {
+        let steps = value
+            .split(',')
+            .map(|item| parse_knock(item).map_err(|m| self.err(n, m)))
+            .collect::<Result<Vec<_>, _>>()?;
+        if steps.len() > MAX_STEPS {
+            return Err(self.err(n, format!("sequence has {} steps: at most {MAX_STEPS} are supported", steps.len())));
+        }
+        Ok(steps)
+    }
+
+    fn tcp_flags(&self, n: usize, door: &mut Door, value: &str) -> Result<(), ConfigError> {
+        for item in value.split(',') {
+            let item = item.trim();
+            let (negate, name) = match item.strip_prefix('!') {
+                Some(rest) => (true, rest.trim()),
+                None => (false, item),
+            };
+            let bit = match name.to_ascii_uppercase().as_str() {
+                "FIN" => TcpFlags::FIN,
+                "SYN" => TcpFlags::SYN,
+                "RST" => TcpFlags::RST,
+                "PSH" => TcpFlags::PSH,
+                "ACK" => TcpFlags::ACK,
+                "URG" => TcpFlags::URG,
+                _ => return Err(self.err(n, format!("unrecognized tcp flag '{item}' (use fin, syn, rst, psh, ack, urg, each optionally with !)"))),
+            };
+            // knockd: repeated mentions accumulate; the last mention of a flag wins.
+            if negate {
+                door.flags_set &= !bit;
+                door.flags_clear |= bit;
+            } else {
+                door.flags_clear &= !bit;
+                door.flags_set |= bit;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn non_empty(v: &str) -> Option<&str> {
+    (!v.is_empty()).then_some(v)
+}
+
+/// Parses one `port[:proto]` sequence item. Shared by the config and the client.
+pub fn parse_knock(item: &str) -> Result<Knock, String> {
+    let item = item.trim();
+    if item.is_empty() {
+        return Err("empty step in sequence (a doubled or trailing comma?)".to_owned());
+    }
+    let (port, proto) = match item.split_once(':') {
+        Some((p, proto)) => (p.trim(), Some(proto.trim())),
+        None => (item, None),
+    };
+    let proto = match proto.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("tcp") => Proto::Tcp,
+        Some("udp") => Proto::Udp,
+        Some(other) => return Err(format!("unknown protocol '{other}' in '{item}' (use tcp or udp)")),
+    };
+    let port = match port.parse::<u32>() {
+        Ok(p @ 1..=65535) => u16::try_from(p).map_err(|_| format!("port {p} is out of range"))?,
+        Ok(p) => return Err(format!("port {p} in '{item}' is out of range 1-65535")),
+        Err(_) => return Err(format!("'{port}' in '{item}' is not a port number")),
+    };
+    Ok(Knock { port, proto })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEBIAN_EXAMPLE: &str = "\
+[options]
+\tlogfile = /var/log/knockd.log
+
+[openSSH]
+\tsequence    = 7000,8000,9000
+\tseq_timeout = 5
+\tcommand     = /sbin/iptables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
+\ttcpflags    = syn
+
+[closeSSH]
+\tsequence    = 9000,8000,7000
+\tseq_timeout = 5
+\tcommand     = /sbin/iptables -D INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
+\ttcpflags    = syn
+";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("knockd.conf"), text)
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    fn tcp(port: u16) -> Knock {
+        Knock { port, proto: Proto::Tcp }
+    }
+
+    #[test]
+    fn knockd_example_parses() {
+        let c = parse(DEBIAN_EXAMPLE).unwrap();
+        assert_eq!(c.options.log_file.as_deref(), Some(Path::new("/var/log/knockd.log")));
+        assert_eq!(c.doors.len(), 2);
+        let open = &c.doors[0];
+        assert_eq!(open.name, "openSSH");
+        assert_eq!(open.sequence, [tcp(7000), tcp(8000), tcp(9000)]);
+        assert_eq!(open.seq_timeout, Duration::from_secs(5));
+        assert_eq!(open.flags_set, TcpFlags::SYN);
+        assert_eq!(open.flags_clear, 0);
+        assert_eq!(open.start_for(false), Some("/sbin/iptables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT"));
+        assert_eq!(open.stop_for(false), None);
+        assert_eq!(open.cmd_timeout, DEFAULT_CMD_TIMEOUT);
+        assert_eq!(c.doors[1].sequence, [tcp(9000), tcp(8000), tcp(7000)]);
+    }
+
+    #[test]
+    fn start_stop_form_and_defaults() {
+        let c = parse(
+            "[openclose]\nsequence = 7000:udp, 8000:TCP ,9000\nstart_command = a %IP%\ncmd_timeout = 10\nstop_command = b %IP%\n",
+        )
+        .unwrap();
+        let d = &c.doors[0];
+        assert_eq!(d.sequence, [Knock { port: 7000, proto: Proto::Udp }, tcp(8000), tcp(9000)]);
+        assert_eq!(d.start_for(false), Some("a %IP%"));
+        assert_eq!(d.stop_for(false), Some("b %IP%"));
+        assert_eq!(d.seq_timeout, DEFAULT_SEQ_TIMEOUT);
+        assert_eq!((d.flags_set, d.flags_clear), (0, 0));
+    }
+
+    #[test]
+    fn keys_are_case_insensitive_and_aliases_work() {
+        let c = parse("[d]\nSEQUENCE=1\nTimeout=3\nCommand=x\nCommand_6=y\nTcpFlags=SYN,!ack\n").unwrap();
+        let d = &c.doors[0];
+        assert_eq!(d.seq_timeout, Duration::from_secs(3));
+        assert_eq!(d.start_for(false), Some("x"));
+        assert_eq!(d.start_for(true), Some("y"));
+        assert_eq!((d.flags_set, d.flags_clear), (TcpFlags::SYN, TcpFlags::ACK));
+    }
+
+    #[test]
+    fn v6_commands_fall_back_or_disable() {
+        let c = parse("[a]\nsequence=1\ncommand=v4 %IP%\n[b]\nsequence=2\ncommand=v4\nstart_command_6 =\nstop_command=s\n").unwrap();
+        assert_eq!(c.doors[0].start_for(true), Some("v4 %IP%"));
+        assert_eq!(c.doors[1].start_for(true), None);
+        assert_eq!(c.doors[1].stop_for(true), Some("s"));
+    }
+
+    #[test]
+    fn tcpflags_accept_spaces_and_last_mention_wins() {
+        let c = parse("[d]\nsequence=1\ntcpflags = syn, ack\ntcpflags = !syn\n").unwrap();
+        assert_eq!((c.doors[0].flags_set, c.doors[0].flags_clear), (TcpFlags::ACK, TcpFlags::SYN));
+    }
+
+    #[test]
+    fn bare_usesyslog_and_value_in_equals() {
+        let c = parse("UseSyslog\n[options]\nlogfile = /tmp/a=b\n").unwrap();
+        assert!(c.options.use_syslog);
+        assert_eq!(c.options.log_file.as_deref(), Some(Path::new("/tmp/a=b")));
+    }
+
+    #[test]
+    fn bad_files_name_the_line_and_the_value() {
+        let cases: &[(&str, &str)] = &[
+            ("[d]\nsequence = 7000,70000\n", "knockd.conf:2: port 70000 in '70000' is out of range 1-65535"),
+            ("[d]\nsequence = 7000,abc\n", "knockd.conf:2: 'abc' in 'abc' is not a port number"),
+            ("[d]\nsequence = 7000,,8000\n", "knockd.conf:2: empty step in sequence (a doubled or trailing comma?)"),
+            ("[d]\nsequence = 7000,\n", "knockd.conf:2: empty step in sequence (a doubled or trailing comma?)"),
+            ("[d]\nsequence =\n", "knockd.conf:2: empty step in sequence (a doubled or trailing comma?)"),
+            ("[d]\nsequence = 0\n", "knockd.conf:2: port 0 in '0' is out of range 1-65535"),
+            ("[d]\nsequence = 7000:icmp\n", "knockd.conf:2: unknown protocol 'icmp' in '7000:icmp' (use tcp or udp)"),
+            ("[d]\nsequence = 1\nfoo = bar\n", "knockd.conf:3: unknown directive 'foo' in door 'd'"),
+            ("sequence = 1\n", "knockd.conf:1: 'sequence' is outside any section: all directives must belong to a section"),
+            ("[d]\nsequence = 1\ntcpflags = syn,bogus\n", "knockd.conf:3: unrecognized tcp flag 'bogus' (use fin, syn, rst, psh, ack, urg, each optionally with !)"),
+            ("\n[d]\nseq_timeout = 5\n", "knockd.conf:2: section 'd' has an empty knock sequence"),
+            ("[d]\nsequence = 1\nseq_timeout = 5s\n", "knockd.conf:3: seq_timeout '5s' is not a whole number of seconds"),
+            ("[d]\nsequence = 1\ncmd_timeout = -1\n", "knockd.conf:3: cmd_timeout '-1' is not a whole number of seconds"),
+            ("[options]\nUseSyslog = yes\n", "knockd.conf:2: UseSyslog takes no value: write the bare word `UseSyslog`"),
+            ("[options]\nsequence = 1\n", "knockd.conf:2: unknown option 'sequence' in [options]"),
+            ("[d]\nsequence = 1\ninterface = eth0\n", "knockd.conf:3: 'interface' belongs in [options], not in door 'd'"),
+            ("[]\n", "knockd.conf:1: bad section name: []"),
+            ("[d]\nsequence = 1\njunk\n", "knockd.conf:3: expected `key = value`, found 'junk'"),
+            ("[d]\nsequence = 1\ntarget = host.example\n", "knockd.conf:3: target 'host.example' is not an IP address"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(&err(text), want, "for {text:?}");
+        }
+    }
+
+    #[test]
+    fn sequence_length_and_door_count_are_bounded() {
+        let long: Vec<String> = (1..=33).map(|p| p.to_string()).collect();
+        let text = format!("[d]\nsequence = {}\n", long.join(","));
+        assert_eq!(err(&text), "knockd.conf:2: sequence has 33 steps: at most 32 are supported");
+        let ok: Vec<String> = (1..=32).map(|p| p.to_string()).collect();
+        assert!(parse(&format!("[d]\nsequence = {}\n", ok.join(","))).is_ok());
+        let many: String = (0..33).map(|i| format!("[d{i}]\nsequence = {}\n", i + 1)).collect();
+        assert_eq!(err(&many), "knockd.conf:65: too many doors: at most 32 are supported");
+    }
+
+    #[test]
+    fn options_section_name_is_case_sensitive_like_knockd() {
+        // `[Options]` is a door; `logfile` in a door is refused.
+        assert_eq!(err("[Options]\nlogfile = /x\n"), "knockd.conf:2: 'logfile' belongs in [options], not in door 'Options'");
+    }
+
+    #[test]
+    fn missing_file_names_the_file() {
+        let e = Config::load(Path::new("/nonexistent/knockd.conf")).unwrap_err().to_string();
+        assert!(e.starts_with("/nonexistent/knockd.conf: cannot read:"), "{e}");
+    }
+}

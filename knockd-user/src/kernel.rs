@@ -1,0 +1,203 @@
+//! Loading the XDP program and keeping its maps in step with the configuration.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+};
+use knock_common::{AddrKey, Attempt, Counter, DoorSpec, MAX_DOORS, ProgressKey, Settings, maps};
+
+use crate::{
+    KNOCK_EBPF,
+    config::Config,
+    spec::{addr_key, door_spec, port_table},
+};
+
+/// Name of the XDP function in the object.
+pub const PROGRAM: &str = "knockgate";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("loading the XDP program: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("XDP program: {0}")]
+    Program(#[from] ProgramError),
+    #[error("map {name}: {source}")]
+    Map { name: &'static str, source: MapError },
+    #[error("map {0} is missing from the XDP object")]
+    MissingMap(&'static str),
+    #[error("program {PROGRAM} is missing from the XDP object")]
+    MissingProgram,
+}
+
+fn map_of<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::maps::Map, KernelError> {
+    ebpf.map_mut(name).ok_or(KernelError::MissingMap(name))
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> KernelError {
+    move |source| KernelError::Map { name, source }
+}
+
+/// Sizes and budgets fixed at load time.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Entries of the per (source, door) progress table.
+    pub progress_entries: u32,
+    /// Stage events per second and CPU sent to user space (the rest are only counted).
+    pub stage_rate: u32,
+    pub stage_burst: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { progress_entries: 65536, stage_rate: 50, stage_burst: 100 }
+    }
+}
+
+/// The loaded program and its maps.
+pub struct KnockProgram {
+    ebpf: Ebpf,
+    limits: Limits,
+    /// What `PORT_DOORS` holds now, so updates write only the slots that change.
+    ports: BTreeMap<u32, u32>,
+    generation: u32,
+    link: Option<XdpLinkId>,
+}
+
+impl KnockProgram {
+    /// Loads the program into the kernel (verifier included); nothing is attached yet.
+    pub fn load(limits: Limits) -> Result<Self, KernelError> {
+        let mut ebpf = EbpfLoader::new().map_max_entries(maps::PROGRESS, limits.progress_entries).load(KNOCK_EBPF)?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROGRAM)
+            .ok_or(KernelError::MissingProgram)?
+            .try_into()?;
+        prog.load()?;
+        Ok(Self { ebpf, limits, ports: BTreeMap::new(), generation: 0, link: None })
+    }
+
+    fn xdp(&self) -> Result<&Xdp, KernelError> {
+        Ok(self.ebpf.program(PROGRAM).ok_or(KernelError::MissingProgram)?.try_into()?)
+    }
+
+    fn xdp_mut(&mut self) -> Result<&mut Xdp, KernelError> {
+        Ok(self.ebpf.program_mut(PROGRAM).ok_or(KernelError::MissingProgram)?.try_into()?)
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, KernelError> {
+        map_of(&mut self.ebpf, name)
+    }
+
+    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, KernelError> {
+        self.ebpf.map(name).ok_or(KernelError::MissingMap(name))
+    }
+
+    /// Writes the doors of `config` into the maps. Returns the new generation number,
+    /// which events made under this configuration carry.
+    pub fn apply(&mut self, config: &Config) -> Result<u32, KernelError> {
+        let specs: Vec<DoorSpec> = config.doors.iter().map(door_spec).collect();
+        let table = port_table(config);
+        self.generation = self.generation.wrapping_add(1);
+        let settings = Settings {
+            door_count: u32::try_from(specs.len()).unwrap_or(MAX_DOORS).min(MAX_DOORS),
+            generation: self.generation,
+            stage_rate: self.limits.stage_rate,
+            stage_burst: self.limits.stage_burst,
+        };
+        {
+            let mut doors: Array<_, DoorSpec> = Array::try_from(self.map_mut(maps::DOORS)?).map_err(map_err(maps::DOORS))?;
+            for i in 0..MAX_DOORS {
+                let spec = specs.get(i as usize).copied().unwrap_or(DoorSpec::EMPTY);
+                doors.set(i, spec, 0).map_err(map_err(maps::DOORS))?;
+            }
+        }
+        {
+            let mut ports: Array<_, u32> = Array::try_from(map_of(&mut self.ebpf, maps::PORT_DOORS)?).map_err(map_err(maps::PORT_DOORS))?;
+            for (&slot, &mask) in &table {
+                if self.ports.get(&slot) != Some(&mask) {
+                    ports.set(slot, mask, 0).map_err(map_err(maps::PORT_DOORS))?;
+                }
+            }
+            for slot in self.ports.keys().filter(|s| !table.contains_key(s)) {
+                ports.set(*slot, 0, 0).map_err(map_err(maps::PORT_DOORS))?;
+            }
+        }
+        self.ports = table;
+        let mut s: Array<_, Settings> = Array::try_from(self.map_mut(maps::SETTINGS)?).map_err(map_err(maps::SETTINGS))?;
+        s.set(0, settings, 0).map_err(map_err(maps::SETTINGS))?;
+        Ok(self.generation)
+    }
+
+    /// Makes `LOCAL_ADDRS` hold exactly `addrs`.
+    pub fn set_local_addrs(&mut self, addrs: &[IpAddr]) -> Result<(), KernelError> {
+        let wanted: Vec<AddrKey> = addrs.iter().copied().map(addr_key).collect();
+        let mut map: HashMap<_, AddrKey, u8> =
+            HashMap::try_from(self.map_mut(maps::LOCAL_ADDRS)?).map_err(map_err(maps::LOCAL_ADDRS))?;
+        let stale: Vec<AddrKey> = map.keys().filter_map(Result::ok).filter(|k| !wanted.contains(k)).collect();
+        for k in &stale {
+            map.remove(k).map_err(map_err(maps::LOCAL_ADDRS))?;
+        }
+        for k in &wanted {
+            map.insert(k, 1, 0).map_err(map_err(maps::LOCAL_ADDRS))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches to `iface`. Skb mode works on every interface; driver mode is faster where supported.
+    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<(), KernelError> {
+        let link = self.xdp_mut()?.attach(iface, mode)?;
+        self.link = Some(link);
+        Ok(())
+    }
+
+    /// Detaches from the interface (also done on drop).
+    pub fn detach(&mut self) -> Result<(), KernelError> {
+        if let Some(link) = self.link.take() {
+            self.xdp_mut()?.detach(link)?;
+        }
+        Ok(())
+    }
+
+    /// Runs the program once on `frame` with BPF_PROG_TEST_RUN; returns the XDP verdict.
+    pub fn test_run(&self, frame: &[u8]) -> Result<u32, KernelError> {
+        let opts = TestRunOptions { data_in: Some(frame), ..Default::default() };
+        Ok(self.xdp()?.test_run(opts)?.return_value)
+    }
+
+    /// Takes the event ring buffer out (once) for the event loop.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, KernelError> {
+        let map = self.ebpf.take_map(maps::EVENTS).ok_or(KernelError::MissingMap(maps::EVENTS))?;
+        RingBuf::try_from(map).map_err(map_err(maps::EVENTS))
+    }
+
+    /// The counters summed over CPUs.
+    pub fn counters(&self) -> Result<Vec<(Counter, u64)>, KernelError> {
+        let map: PerCpuArray<_, u64> = PerCpuArray::try_from(self.map(maps::COUNTERS)?).map_err(map_err(maps::COUNTERS))?;
+        Counter::ALL
+            .iter()
+            .map(|&c| {
+                let per_cpu = map.get(&(c as u32), 0).map_err(map_err(maps::COUNTERS))?;
+                Ok((c, per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+
+    /// One source's attempt at door `door`, if the kernel holds one.
+    pub fn attempt(&self, src: IpAddr, door: u8) -> Result<Option<Attempt>, KernelError> {
+        let map: HashMap<_, ProgressKey, Attempt> =
+            HashMap::try_from(self.map(maps::PROGRESS)?).map_err(map_err(maps::PROGRESS))?;
+        match map.get(&ProgressKey::new(&addr_key(src), door), 0) {
+            Ok(a) => Ok(Some(a)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(maps::PROGRESS)(e)),
+        }
+    }
+
+    /// Kernel memory the maps take, roughly (entries × (key + value)), for the start-up log.
+    #[must_use]
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+}

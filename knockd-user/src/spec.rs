@@ -1,0 +1,102 @@
+//! From the parsed config to what the XDP program reads: `DoorSpec`s and the port table.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use knock_common::{AddrKey, DoorSpec, Family, Step, port_slot};
+
+use crate::config::{Config, Door};
+
+/// The kernel form of one door.
+#[must_use]
+pub fn door_spec(door: &Door) -> DoorSpec {
+    let mut spec = DoorSpec::EMPTY;
+    for (slot, knock) in spec.steps.iter_mut().zip(&door.sequence) {
+        *slot = Step::new(knock.proto.number(), knock.port);
+    }
+    // The parser bounds sequences to MAX_STEPS (32), so this never saturates.
+    spec.len = u8::try_from(door.sequence.len()).unwrap_or(u8::MAX);
+    spec.timeout_ns = u64::try_from(door.seq_timeout.as_nanos()).unwrap_or(u64::MAX);
+    spec.flags_set = door.flags_set;
+    spec.flags_clear = door.flags_clear;
+    if let Some(target) = door.target {
+        let key = addr_key(target);
+        spec.target = key.addr;
+        spec.target_family = key.family;
+    }
+    spec
+}
+
+/// `PORT_DOORS` content: for each (protocol, port) slot a sequence names, the door mask.
+#[must_use]
+pub fn port_table(config: &Config) -> BTreeMap<u32, u32> {
+    let mut table = BTreeMap::new();
+    for (i, door) in config.doors.iter().enumerate() {
+        for knock in &door.sequence {
+            if let Some(slot) = port_slot(knock.proto.number(), knock.port) {
+                *table.entry(slot).or_insert(0) |= 1u32 << i;
+            }
+        }
+    }
+    table
+}
+
+#[must_use]
+pub fn addr_key(ip: IpAddr) -> AddrKey {
+    match ip {
+        IpAddr::V4(v4) => AddrKey::v4(v4.octets()),
+        IpAddr::V6(v6) => AddrKey::v6(v6.octets()),
+    }
+}
+
+/// The address an event carries, back as an `IpAddr`; `None` for an unknown family.
+#[must_use]
+pub fn event_addr(family: u8, addr: [u8; 16]) -> Option<IpAddr> {
+    if family == Family::V4 as u8 {
+        Some(IpAddr::from([addr[0], addr[1], addr[2], addr[3]]))
+    } else if family == Family::V6 as u8 {
+        Some(IpAddr::from(addr))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use knock_common::{PROTO_TCP, PROTO_UDP, TcpFlags};
+
+    use super::*;
+
+    #[test]
+    fn doors_and_port_table() {
+        let c = Config::parse(
+            Path::new("t"),
+            "[a]\nsequence=7000,8000:udp\nseq_timeout=5\ntcpflags=syn,!ack\ntarget=198.18.0.9\n[b]\nsequence=8000:udp,9000\n",
+        )
+        .unwrap();
+        let a = door_spec(&c.doors[0]);
+        assert_eq!(a.len, 2);
+        assert_eq!(a.steps[0], Step::new(PROTO_TCP, 7000));
+        assert_eq!(a.steps[1], Step::new(PROTO_UDP, 8000));
+        assert_eq!(a.timeout_ns, 5_000_000_000);
+        assert_eq!((a.flags_set, a.flags_clear), (TcpFlags::SYN, TcpFlags::ACK));
+        assert_eq!(a.target_family, 4);
+        assert_eq!(&a.target[..4], &[198, 18, 0, 9]);
+        let t = port_table(&c);
+        assert_eq!(t.get(&7000), Some(&0b01));
+        assert_eq!(t.get(&(65536 + 8000)), Some(&0b11));
+        assert_eq!(t.get(&9000), Some(&0b10));
+        assert_eq!(t.get(&8000), None, "TCP 8000 is no knock");
+    }
+
+    #[test]
+    fn event_addresses_round_trip() {
+        for ip in ["198.18.0.2", "2001:db8::2"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let k = addr_key(ip);
+            assert_eq!(event_addr(k.family, k.addr), Some(ip));
+        }
+        assert_eq!(event_addr(0, [0; 16]), None);
+    }
+}

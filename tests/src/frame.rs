@@ -1,0 +1,148 @@
+//! Crafted Ethernet frames for `Xdp::test_run`. Checksums are left zero: XDP runs before
+//! the stack checks them, and the program does not look at them.
+
+use std::net::IpAddr;
+
+use knock_common::{PROTO_TCP, PROTO_UDP, TcpFlags};
+
+pub const SYN: u8 = TcpFlags::SYN;
+pub const ACK: u8 = TcpFlags::ACK;
+
+/// A frame under construction: L2 header, optional VLAN tags, L3, L4.
+#[derive(Clone, Debug)]
+pub struct FrameBuilder {
+    vlans: Vec<u16>,
+    src: IpAddr,
+    dst: IpAddr,
+    ip_options: usize,
+    v6_ext: Vec<u8>,
+    l4: L4,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum L4 {
+    Tcp { dport: u16, flags: u8 },
+    Udp { dport: u16 },
+    Other(u8),
+}
+
+impl FrameBuilder {
+    fn new(src: &str, dst: &str, l4: L4) -> Self {
+        Self {
+            vlans: Vec::new(),
+            src: src.parse().expect("test address"),
+            dst: dst.parse().expect("test address"),
+            ip_options: 0,
+            v6_ext: Vec::new(),
+            l4,
+        }
+    }
+
+    #[must_use]
+    pub fn tcp(src: &str, dst: &str, dport: u16, flags: u8) -> Self {
+        Self::new(src, dst, L4::Tcp { dport, flags })
+    }
+
+    #[must_use]
+    pub fn udp(src: &str, dst: &str, dport: u16) -> Self {
+        Self::new(src, dst, L4::Udp { dport })
+    }
+
+    #[must_use]
+    pub fn proto(src: &str, dst: &str, proto: u8) -> Self {
+        Self::new(src, dst, L4::Other(proto))
+    }
+
+    /// Adds an 802.1Q tag (the first call gives the outer tag, as 802.1ad).
+    #[must_use]
+    pub fn vlan(mut self, id: u16) -> Self {
+        self.vlans.push(id);
+        self
+    }
+
+    /// IPv4 options of `words` 4-byte words (NOPs).
+    #[must_use]
+    pub fn ip_options(mut self, words: usize) -> Self {
+        self.ip_options = words;
+        self
+    }
+
+    /// IPv6 extension headers, by protocol number, in order (8 bytes each).
+    #[must_use]
+    pub fn v6_ext(mut self, headers: &[u8]) -> Self {
+        self.v6_ext.extend_from_slice(headers);
+        self
+    }
+
+    #[must_use]
+    pub fn build(&self) -> Vec<u8> {
+        let mut f = Vec::with_capacity(128);
+        f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2]);
+        let l3_type: u16 = if self.src.is_ipv4() { 0x0800 } else { 0x86DD };
+        for (i, id) in self.vlans.iter().enumerate() {
+            let tpid: u16 = if i == 0 && self.vlans.len() > 1 { 0x88A8 } else { 0x8100 };
+            f.extend_from_slice(&tpid.to_be_bytes());
+            f.extend_from_slice(&id.to_be_bytes());
+        }
+        f.extend_from_slice(&l3_type.to_be_bytes());
+        let l4 = self.l4_bytes();
+        let proto = match self.l4 {
+            L4::Tcp { .. } => PROTO_TCP,
+            L4::Udp { .. } => PROTO_UDP,
+            L4::Other(p) => p,
+        };
+        match (self.src, self.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let ihl = 5 + self.ip_options;
+                let total = u16::try_from(ihl * 4 + l4.len()).expect("small frame");
+                f.push(0x40 | u8::try_from(ihl).expect("ihl"));
+                f.push(0);
+                f.extend_from_slice(&total.to_be_bytes());
+                f.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0]);
+                f.extend_from_slice(&s.octets());
+                f.extend_from_slice(&d.octets());
+                f.extend(std::iter::repeat_n(1u8, self.ip_options * 4));
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                let first = self.v6_ext.first().copied().unwrap_or(proto);
+                let payload = u16::try_from(self.v6_ext.len() * 8 + l4.len()).expect("small frame");
+                f.extend_from_slice(&[0x60, 0, 0, 0]);
+                f.extend_from_slice(&payload.to_be_bytes());
+                f.push(first);
+                f.push(64);
+                f.extend_from_slice(&s.octets());
+                f.extend_from_slice(&d.octets());
+                for (i, _) in self.v6_ext.iter().enumerate() {
+                    let next = self.v6_ext.get(i + 1).copied().unwrap_or(proto);
+                    // 8 bytes: next header, length 0 (in 8-byte units beyond the first 8), padding.
+                    f.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+                }
+            }
+            _ => panic!("mixed address families"),
+        }
+        f.extend_from_slice(&l4);
+        f
+    }
+
+    fn l4_bytes(&self) -> Vec<u8> {
+        match self.l4 {
+            L4::Tcp { dport, flags } => {
+                let mut t = vec![0u8; 20];
+                t[0..2].copy_from_slice(&40000u16.to_be_bytes());
+                t[2..4].copy_from_slice(&dport.to_be_bytes());
+                t[12] = 5 << 4;
+                t[13] = flags;
+                t[14..16].copy_from_slice(&64240u16.to_be_bytes());
+                t
+            }
+            L4::Udp { dport } => {
+                let mut u = vec![0u8; 9];
+                u[0..2].copy_from_slice(&40000u16.to_be_bytes());
+                u[2..4].copy_from_slice(&dport.to_be_bytes());
+                u[4..6].copy_from_slice(&9u16.to_be_bytes());
+                u
+            }
+            L4::Other(_) => vec![0u8; 8],
+        }
+    }
+}

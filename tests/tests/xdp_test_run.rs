@@ -1,0 +1,167 @@
+//! The shipped XDP program in the kernel, driven with crafted frames through
+//! BPF_PROG_TEST_RUN (needs root: CAP_BPF + CAP_NET_ADMIN). Kernel ≥ 5.18 is assumed
+//! for XDP test runs of frames without `data_out`; the machine runs 6.18.
+
+use std::{net::IpAddr, path::Path};
+
+use knock_common::{Counter, XDP_PASS};
+use knockd_user::{
+    config::Config,
+    kernel::{KnockProgram, Limits},
+};
+use tests::frame::{ACK, FrameBuilder, SYN};
+
+const SERVER: &str = "198.18.0.1";
+const CLIENT: &str = "198.18.0.2";
+const OTHER: &str = "198.18.0.3";
+
+const CONFIG: &str = "\
+[openSSH]
+sequence = 7000,8000,9000
+seq_timeout = 5
+command = true
+tcpflags = syn,!ack
+[udp]
+sequence = 7100:udp,7200:udp
+seq_timeout = 5
+command = true
+[short]
+sequence = 7301,7302
+seq_timeout = 1
+command = true
+tcpflags = syn
+";
+
+fn program(config: &str) -> KnockProgram {
+    let config = Config::parse(Path::new("test.conf"), config).expect("config");
+    let mut p = KnockProgram::load(Limits::default()).expect("load (are you root?)");
+    p.apply(&config).expect("apply");
+    p.set_local_addrs(&[SERVER.parse().unwrap(), "2001:db8::1".parse().unwrap()]).expect("addrs");
+    p
+}
+
+fn stage(p: &KnockProgram, src: &str, door: u8) -> Option<u8> {
+    let ip: IpAddr = src.parse().unwrap();
+    p.attempt(ip, door).expect("read PROGRESS").map(|a| a.stage)
+}
+
+fn syn(p: &KnockProgram, src: &str, port: u16) {
+    run(p, &FrameBuilder::tcp(src, SERVER, port, SYN).build());
+}
+
+fn run(p: &KnockProgram, frame: &[u8]) {
+    assert_eq!(p.test_run(frame).expect("test_run"), XDP_PASS, "knockgate never drops in observe mode");
+}
+
+fn counter(p: &KnockProgram, c: Counter) -> u64 {
+    p.counters().expect("counters").into_iter().find(|(k, _)| *k == c).map(|(_, v)| v).unwrap()
+}
+
+#[test]
+fn sequence_advances_and_opens() {
+    let p = program(CONFIG);
+    syn(&p, CLIENT, 7000);
+    assert_eq!(stage(&p, CLIENT, 0), Some(1));
+    syn(&p, CLIENT, 8000);
+    assert_eq!(stage(&p, CLIENT, 0), Some(2));
+    syn(&p, CLIENT, 9000);
+    assert_eq!(stage(&p, CLIENT, 0), None, "a completed attempt is removed");
+    assert_eq!(counter(&p, Counter::Opens), 1);
+}
+
+#[test]
+fn wrong_sequence_port_resets_and_non_sequence_port_is_ignored() {
+    let p = program(CONFIG);
+    syn(&p, CLIENT, 7000);
+    syn(&p, CLIENT, 22);
+    syn(&p, CLIENT, 8001);
+    assert_eq!(stage(&p, CLIENT, 0), Some(1), "ports in no sequence are ignored");
+    syn(&p, CLIENT, 9000);
+    assert_eq!(stage(&p, CLIENT, 0), None, "a sequence port out of order resets");
+    assert_eq!(counter(&p, Counter::Resets), 1);
+    assert_eq!(counter(&p, Counter::Opens), 0);
+}
+
+#[test]
+fn flags_mismatch_is_ignored() {
+    let p = program(CONFIG);
+    syn(&p, CLIENT, 7000);
+    run(&p, &FrameBuilder::tcp(CLIENT, SERVER, 9000, ACK).build());
+    run(&p, &FrameBuilder::tcp(CLIENT, SERVER, 9000, SYN | ACK).build());
+    assert_eq!(stage(&p, CLIENT, 0), Some(1));
+    run(&p, &FrameBuilder::tcp(OTHER, SERVER, 7000, ACK).build());
+    assert_eq!(stage(&p, OTHER, 0), None, "a first knock with the wrong flags starts nothing");
+}
+
+#[test]
+fn udp_steps() {
+    let p = program(CONFIG);
+    run(&p, &FrameBuilder::udp(CLIENT, SERVER, 7100).build());
+    assert_eq!(stage(&p, CLIENT, 1), Some(1));
+    run(&p, &FrameBuilder::tcp(CLIENT, SERVER, 7200, SYN).build());
+    assert_eq!(stage(&p, CLIENT, 1), Some(1), "TCP to a UDP step's port is no knock");
+    run(&p, &FrameBuilder::udp(CLIENT, SERVER, 7200).build());
+    assert_eq!(stage(&p, CLIENT, 1), None);
+    assert_eq!(counter(&p, Counter::Opens), 1);
+}
+
+#[test]
+fn sources_are_independent() {
+    let p = program(CONFIG);
+    syn(&p, CLIENT, 7000);
+    syn(&p, OTHER, 7000);
+    syn(&p, OTHER, 9000);
+    syn(&p, CLIENT, 8000);
+    assert_eq!(stage(&p, CLIENT, 0), Some(2));
+    assert_eq!(stage(&p, OTHER, 0), None);
+}
+
+#[test]
+fn knocks_to_other_hosts_do_not_count() {
+    let p = program(CONFIG);
+    run(&p, &FrameBuilder::tcp(CLIENT, "198.18.0.77", 7000, SYN).build());
+    assert_eq!(stage(&p, CLIENT, 0), None);
+}
+
+#[test]
+fn timeout_from_first_knock() {
+    let p = program(CONFIG);
+    syn(&p, CLIENT, 7301);
+    assert_eq!(stage(&p, CLIENT, 2), Some(1));
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    syn(&p, CLIENT, 7302);
+    assert_eq!(counter(&p, Counter::Opens), 0, "seq_timeout = 1 s has passed");
+    assert_eq!(counter(&p, Counter::Timeouts), 1);
+}
+
+#[test]
+fn ipv6_and_vlan_knocks() {
+    let p = program(CONFIG);
+    let c6 = "2001:db8::2";
+    for port in [7000, 8000, 9000] {
+        run(&p, &FrameBuilder::tcp(c6, "2001:db8::1", port, SYN).v6_ext(&[0, 60]).build());
+    }
+    for port in [7000, 8000, 9000] {
+        run(&p, &FrameBuilder::tcp(CLIENT, SERVER, port, SYN).vlan(10).vlan(20).build());
+    }
+    assert_eq!(counter(&p, Counter::Opens), 2);
+}
+
+#[test]
+fn short_and_odd_frames_pass_untouched() {
+    let p = program(CONFIG);
+    let full = FrameBuilder::tcp(CLIENT, SERVER, 7000, SYN).ip_options(3).build();
+    // Every truncation from the minimum test-run size (14 bytes) up to the last byte.
+    for len in 14..full.len() {
+        run(&p, &full[..len]);
+    }
+    assert_eq!(stage(&p, CLIENT, 0), None, "a truncated knock never counts");
+    run(&p, &full);
+    assert_eq!(stage(&p, CLIENT, 0), Some(1), "IPv4 options are skipped by IHL");
+    // Non-IP, and other IP protocols.
+    let mut arp = full.clone();
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    run(&p, &arp);
+    run(&p, &FrameBuilder::proto(OTHER, SERVER, 1).build());
+    assert!(counter(&p, Counter::ParseErrors) > 0);
+}
