@@ -1,8 +1,11 @@
 //! knockgate's daemon as a library: configuration, the kernel side, commands and logging.
 //! The `knockd` binary is a thin shell around it; tests drive the same code.
 
+pub mod command;
 pub mod config;
+pub mod daemon;
 pub mod kernel;
+pub mod log;
 pub mod spec;
 
 /// The XDP program as built by `build.rs`; tests load exactly these bytes.

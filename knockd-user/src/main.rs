@@ -1,1 +1,117 @@
-fn main() {}
+//! `knockd`: drop-in for knockd 0.8, with the matching done in XDP.
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
+
+use anyhow::Context as _;
+use aya::programs::XdpMode;
+use clap::Parser;
+use knockd_user::{
+    config::{Config, DEFAULT_INTERFACE},
+    daemon::Daemon,
+    kernel::{KnockProgram, Limits},
+    log::KnockLog,
+};
+use tracing_subscriber::EnvFilter;
+
+/// Port-knock server: watches an interface for knock sequences and runs commands.
+#[derive(Debug, Parser)]
+#[command(name = "knockd", version, about)]
+struct Args {
+    /// Network interface to listen on (overrides `Interface` in the config) [default: eth0]
+    #[arg(short = 'i', long)]
+    interface: Option<String>,
+    /// Configuration file.
+    #[arg(short = 'c', long, default_value = "/etc/knockd.conf")]
+    config: PathBuf,
+    /// Run in the background and write a pidfile.
+    #[arg(short = 'd', long)]
+    daemon: bool,
+    /// Debug output.
+    #[arg(short = 'D', long)]
+    debug: bool,
+    /// Look up DNS names of knockers (accepted for compatibility; not done: it blocks and leaks).
+    #[arg(short = 'l', long)]
+    lookup: bool,
+    /// Pidfile, used with -d (the config's `PidFile` wins, as in knockd).
+    #[arg(short = 'p', long)]
+    pidfile: Option<PathBuf>,
+    /// Log file (the config's `LogFile` wins, as in knockd).
+    #[arg(short = 'g', long)]
+    logfile: Option<PathBuf>,
+    /// Verbose output.
+    #[arg(short = 'v', long)]
+    verbose: bool,
+    /// Ignore IPv6 knocks.
+    #[arg(short = '4', long = "only-ip-v4")]
+    only_ipv4: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let level = if args.debug {
+        "debug"
+    } else if args.verbose {
+        "info"
+    } else {
+        "warn"
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)))
+        .with_writer(std::io::stderr)
+        .init();
+    match start(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("knockd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(args: Args) -> anyhow::Result<()> {
+    // Everything that can be wrong with the config is found before anything is attached.
+    let config = Config::load(&args.config)?;
+    let interface = args
+        .interface
+        .clone()
+        .or_else(|| config.options.interface.clone())
+        .unwrap_or_else(|| DEFAULT_INTERFACE.to_owned());
+    let log_path = config.options.log_file.clone().or(args.logfile.clone());
+    let log = Arc::new(KnockLog::open(log_path.as_deref(), config.options.use_syslog));
+    if args.lookup {
+        tracing::warn!("-l/--lookup is accepted but knockgate does not look up knockers' names");
+    }
+
+    let mut program = KnockProgram::load(Limits::default()).context("loading the XDP program (needs root: CAP_BPF and CAP_NET_ADMIN)")?;
+    let generation = program.apply(&config)?;
+    let addrs = knockd_user::daemon::interface_addrs(&interface, args.only_ipv4)
+        .with_context(|| format!("reading the addresses of {interface}"))?;
+    program.set_local_addrs(&addrs)?;
+    if let Err(native) = program.attach(&interface, XdpMode::Default) {
+        tracing::debug!("native XDP on {interface} failed ({native}); using generic (skb) mode");
+        program
+            .attach(&interface, XdpMode::Skb)
+            .with_context(|| format!("attaching XDP to interface {interface}"))?;
+    }
+    let events = program.take_events()?;
+    let limits = program.limits();
+    tracing::info!(
+        "{} door(s); per-source table of {} entries (~{} KiB of kernel memory)",
+        config.doors.len(),
+        limits.progress_entries,
+        u64::from(limits.progress_entries) * 96 / 1024
+    );
+
+    if args.daemon {
+        let pidfile = config.options.pid_file.clone().or(args.pidfile.clone()).unwrap_or_else(|| PathBuf::from("/var/run/knockd.pid"));
+        nix::unistd::daemon(false, false).context("daemonizing")?;
+        if let Err(e) = std::fs::write(&pidfile, format!("{}\n", std::process::id())) {
+            log.line(&format!("could not create pid file {}: {e}", pidfile.display()));
+        }
+    }
+    log.line(&format!("starting up, listening on {interface}"));
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let daemon = Daemon { program, config, generation, interface, ipv4_only: args.only_ipv4, log };
+    runtime.block_on(daemon.run(events))
+}
