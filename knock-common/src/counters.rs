@@ -34,6 +34,7 @@ impl Counter {
     ];
 
     /// Number of slots the counter map needs.
+    #[expect(clippy::cast_possible_truncation, reason = "eight counters")]
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
     #[must_use]

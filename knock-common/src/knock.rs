@@ -47,7 +47,7 @@ pub struct Knock {
 }
 
 impl Knock {
-    const fn is(&self, step: Step) -> bool {
+    const fn is(self, step: Step) -> bool {
         self.port == step.port && self.proto == step.proto
     }
 }
@@ -102,6 +102,10 @@ pub fn step(door: &DoorSpec, current: Option<Attempt>, knock: Knock, now_ns: u64
         Outcome::Ignore
     }
 }
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), integers and byte arrays, size asserted (no implicit padding).
+unsafe impl aya::Pod for Attempt {}
 
 #[cfg(test)]
 mod tests {
@@ -269,7 +273,7 @@ mod tests {
 
     #[test]
     fn a_full_32_step_sequence_opens() {
-        let steps: Vec<(u8, u16)> = (0..MAX_STEPS).map(|i| (PROTO_TCP, 1000 + i as u16)).collect();
+        let steps: Vec<(u8, u16)> = (1000..).take(MAX_STEPS).map(|p| (PROTO_TCP, p)).collect();
         let d = door(&steps, 60, SYN, 0);
         let knocks: Vec<_> = steps.iter().map(|&(_, p)| (tcp(p), 1)).collect();
         let out = run(&d, &knocks);
@@ -290,6 +294,3 @@ mod tests {
     }
 }
 
-#[cfg(feature = "user")]
-// SAFETY: repr(C), integers and byte arrays, size asserted (no implicit padding).
-unsafe impl aya::Pod for Attempt {}

@@ -97,11 +97,11 @@ impl Doorkeeper {
             run(&log, &name, &start).await;
             // knockd: the stop is due `cmd_timeout` after the start command returns.
             bump(&pending, &key, Instant::now() + timeout);
-            loop {
-                let Some(due) = pending.lock().ok().and_then(|p| p.get(&key).copied()) else { break };
-                if Instant::now() >= due || *shutdown.borrow() {
-                    break;
-                }
+            // Sleep until the (possibly pushed back) deadline, or until shutdown.
+            while let Some(due) = pending.lock().ok().and_then(|p| p.get(&key).copied())
+                && Instant::now() < due
+                && !*shutdown.borrow()
+            {
                 tokio::select! {
                     () = tokio::time::sleep_until(due) => {}
                     _ = shutdown.changed() => {}
@@ -174,7 +174,7 @@ mod tests {
         assert_eq!(keeper.pending(), 1);
         tokio::time::sleep(Duration::from_millis(700)).await;
         assert_eq!(lines(dir.path()), ["start 198.18.0.2"], "stop was pushed back");
-        tokio::time::sleep(Duration::from_millis(1000)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(lines(dir.path()), ["start 198.18.0.2", "stop 198.18.0.2"]);
         assert_eq!(keeper.pending(), 0);
         keeper.shutdown(Duration::from_secs(5)).await;

@@ -487,7 +487,7 @@ mod tests {
         assert_eq!(err(&text), "knockd.conf:2: sequence has 33 steps: at most 32 are supported");
         let ok: Vec<String> = (1..=32).map(|p| p.to_string()).collect();
         assert!(parse(&format!("[d]\nsequence = {}\n", ok.join(","))).is_ok());
-        let many: String = (0..33).map(|i| format!("[d{i}]\nsequence = {}\n", i + 1)).collect();
+        let many: String = (0..33).map(|i| format!("[d{i}]\nsequence = {}\n", i + 1)).collect::<Vec<_>>().concat();
         assert_eq!(err(&many), "knockd.conf:65: too many doors: at most 32 are supported");
     }
 

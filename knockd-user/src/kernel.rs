@@ -160,7 +160,7 @@ impl KnockProgram {
         Ok(())
     }
 
-    /// Runs the program once on `frame` with BPF_PROG_TEST_RUN; returns the XDP verdict.
+    /// Runs the program once on `frame` with `BPF_PROG_TEST_RUN`; returns the XDP verdict.
     pub fn test_run(&self, frame: &[u8]) -> Result<u32, KernelError> {
         let opts = TestRunOptions { data_in: Some(frame), ..Default::default() };
         Ok(self.xdp()?.test_run(opts)?.return_value)
@@ -195,7 +195,7 @@ impl KnockProgram {
         }
     }
 
-    /// Kernel memory the maps take, roughly (entries × (key + value)), for the start-up log.
+    /// The sizes and budgets the program was loaded with.
     #[must_use]
     pub fn limits(&self) -> Limits {
         self.limits

@@ -59,7 +59,7 @@ fn main() -> ExitCode {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)))
         .with_writer(std::io::stderr)
         .init();
-    match start(args) {
+    match start(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("knockd: {e:#}");
@@ -68,7 +68,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn start(args: Args) -> anyhow::Result<()> {
+fn start(args: &Args) -> anyhow::Result<()> {
     // Everything that can be wrong with the config is found before anything is attached.
     let config = Config::load(&args.config)?;
     let interface = args

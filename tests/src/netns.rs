@@ -1,6 +1,6 @@
 //! Throwaway network namespaces joined by a veth pair, removed on drop.
 //!
-//! Addresses come from the benchmarking ranges 198.18.0.0/15 and 2001:db8::/32 only.
+//! Addresses come from the benchmarking range `198.18.0.0/15` and `2001:db8::/32` only.
 
 use std::{
     process::{Command, Output},
@@ -10,6 +10,7 @@ use std::{
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// Runs a command, panicking with its output if it fails.
+#[expect(clippy::must_use_candidate, reason = "most callers only need the success check")]
 pub fn sh(cmd: &str) -> Output {
     let out = Command::new("/bin/sh").arg("-c").arg(cmd).output().expect("spawn /bin/sh");
     assert!(
@@ -22,8 +23,8 @@ pub fn sh(cmd: &str) -> Output {
     out
 }
 
-/// Two namespaces, `server` and `client`, joined by veth `kg-s<N>` / `kg-c<N>`.
-/// Server 198.18.0.1 / 2001:db8::1, client 198.18.0.2 / 2001:db8::2.
+/// Two namespaces, `server` and `client`, joined by veth `kgs<N>` / `kgc<N>`.
+/// Server `198.18.0.1` / `2001:db8::1`, client `198.18.0.2` / `2001:db8::2`.
 pub struct NetPair {
     pub server: String,
     pub client: String,

@@ -1,6 +1,7 @@
 //! The shipped XDP program in the kernel, driven with crafted frames through
-//! BPF_PROG_TEST_RUN (needs root: CAP_BPF + CAP_NET_ADMIN). Kernel ≥ 5.18 is assumed
-//! for XDP test runs of frames without `data_out`; the machine runs 6.18.
+//! `BPF_PROG_TEST_RUN` (needs root: `CAP_BPF` and `CAP_NET_ADMIN`). The program uses
+//! `bpf_loop` (kernel 5.17+); the machine runs 6.18.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests panic on failure")]
 
 use std::{net::IpAddr, path::Path};
 
