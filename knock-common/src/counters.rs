@@ -19,10 +19,12 @@ pub enum Counter {
     EventsLost,
     /// Stage events not sent because their budget was spent.
     StagesSuppressed,
+    /// Failed updates of the progress table (progress lost; nothing opens).
+    MapErrors,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 8] = [
+    pub const ALL: [Counter; 9] = [
         Counter::Packets,
         Counter::Steps,
         Counter::Resets,
@@ -31,10 +33,11 @@ impl Counter {
         Counter::ParseErrors,
         Counter::EventsLost,
         Counter::StagesSuppressed,
+        Counter::MapErrors,
     ];
 
     /// Number of slots the counter map needs.
-    #[expect(clippy::cast_possible_truncation, reason = "eight counters")]
+    #[expect(clippy::cast_possible_truncation, reason = "a handful of counters")]
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
     #[must_use]
@@ -48,6 +51,7 @@ impl Counter {
             Counter::ParseErrors => "parse_errors",
             Counter::EventsLost => "events_lost",
             Counter::StagesSuppressed => "stage_events_suppressed",
+            Counter::MapErrors => "map_errors",
         }
     }
 }

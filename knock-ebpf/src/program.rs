@@ -142,7 +142,9 @@ fn knock_door(door: &DoorSpec, index: u8, settings: &Settings, pkt: &Packet, kno
                 count(Counter::Resets);
             }
             // A failed update only loses progress; it can never open anything.
-            let _ = PROGRESS.insert(&key, &attempt, 0).is_ok();
+            if PROGRESS.insert(&key, &attempt, 0).is_err() {
+                count(Counter::MapErrors);
+            }
             if stage_budget(settings, now) {
                 emit(settings, pkt, EventKind::Stage, index, attempt.stage);
             } else {
@@ -153,7 +155,7 @@ fn knock_door(door: &DoorSpec, index: u8, settings: &Settings, pkt: &Packet, kno
             count(Counter::Steps);
             count(Counter::Opens);
             if current.is_some() {
-                let _ = PROGRESS.remove(&key).is_ok();
+                forget(&key);
             }
             emit(settings, pkt, EventKind::Open, index, door.len);
         }
@@ -161,8 +163,16 @@ fn knock_door(door: &DoorSpec, index: u8, settings: &Settings, pkt: &Packet, kno
             if !expired {
                 count(Counter::Resets);
             }
-            let _ = PROGRESS.remove(&key).is_ok();
+            forget(&key);
         }
+    }
+}
+
+/// Removes an attempt; a failure (already evicted) is only counted.
+#[inline(always)]
+fn forget(key: &ProgressKey) {
+    if PROGRESS.remove(key).is_err() {
+        count(Counter::MapErrors);
     }
 }
 

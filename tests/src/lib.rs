@@ -2,5 +2,6 @@
 //! Test helpers panic on failure, like the tests themselves (a panic keeps the backtrace).
 #![allow(clippy::expect_used, clippy::missing_panics_doc, reason = "test helpers panic by design")]
 
+pub mod daemon;
 pub mod frame;
 pub mod netns;

@@ -1,1 +1,124 @@
-fn main() {}
+//! `cargo xtask run|test|bench`: the project's two commands, each of which first makes sure
+//! its prerequisites are there (installing them as root on Debian/Ubuntu, otherwise
+//! printing the exact commands).
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+mod demo;
+mod prereq;
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run knockd. Without arguments: a demo in two throwaway network namespaces.
+    Run {
+        /// Arguments for knockd, e.g. `-- -i eth0 -c /etc/knockd.conf`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run every test: host unit tests, clippy, then the privileged kernel and netns tests.
+    Test {
+        /// Also run the privileged tests with a release build (what production loads).
+        #[arg(long)]
+        release: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Run { args } => run(&args),
+        Cmd::Test { release } => test(release),
+    }
+}
+
+/// The workspace root (xtask's parent directory).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Runs a command in the workspace root, failing with its command line.
+fn cmd(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("running {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed: {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Cargo's target directory (honours `CARGO_TARGET_DIR` and config).
+fn target_dir() -> anyhow::Result<PathBuf> {
+    let out = Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .current_dir(root())
+        .output()
+        .context("cargo metadata")?;
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).context("cargo metadata output")?;
+    meta["target_directory"].as_str().map(PathBuf::from).context("no target_directory in cargo metadata")
+}
+
+/// Builds `knockd` and `knock`; returns the directory holding them.
+fn build_bins(release: bool) -> anyhow::Result<PathBuf> {
+    let mut args = vec!["build", "--package", "knockd-user", "--package", "knock-cli"];
+    if release {
+        args.push("--release");
+    }
+    cmd(env!("CARGO"), &args)?;
+    Ok(target_dir()?.join(if release { "release" } else { "debug" }))
+}
+
+fn run(args: &[String]) -> anyhow::Result<()> {
+    prereq::ensure(prereq::Need::Run)?;
+    let bins = build_bins(false)?;
+    prereq::require_root("knockd loads an XDP program")?;
+    if args.is_empty() {
+        return demo::run(&bins);
+    }
+    let status = Command::new(bins.join("knockd")).args(args).status().context("starting knockd")?;
+    std::process::exit(status.code().unwrap_or(1));
+}
+
+fn test(release: bool) -> anyhow::Result<()> {
+    prereq::ensure(prereq::Need::Test)?;
+    // Host tests: no root, stable toolchain.
+    cmd(env!("CARGO"), &["test", "--workspace", "--exclude", "tests", "--exclude", "knock-ebpf"])?;
+    cmd(env!("CARGO"), &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    prereq::require_root("the kernel and network-namespace tests load XDP programs")?;
+    let mut profiles = vec![false];
+    if release {
+        profiles.push(true);
+    }
+    for release in profiles {
+        let bins = build_bins(release)?;
+        let mut args = vec!["test", "--package", "tests"];
+        if release {
+            args.push("--release");
+        }
+        args.extend(["--", "--test-threads=1"]);
+        let status = Command::new(env!("CARGO"))
+            .args(&args)
+            .current_dir(root())
+            .env("KNOCKGATE_BIN_DIR", &bins)
+            .status()
+            .context("running the privileged tests")?;
+        if !status.success() {
+            bail!("privileged tests failed ({})", if release { "release" } else { "debug" });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! A `knockd` process in a namespace, stopped on drop.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+/// Directory of the binaries under test: `KNOCKGATE_BIN_DIR` (set by `cargo xtask test`),
+/// else `target/debug`.
+#[must_use]
+pub fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("KNOCKGATE_BIN_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug"),
+        PathBuf::from,
+    );
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: run the tests with `cargo xtask test`", path.display());
+    path
+}
+
+/// Polls `f` every 50 ms until it returns true or `limit` passes.
+pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A running daemon; SIGTERM and wait on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `program args...` inside namespace `ns` and waits until `log` says it listens.
+    #[must_use]
+    pub fn start(ns: &str, program: &Path, args: &[&str], log: &Path) -> Self {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn daemon");
+        let d = Self { child: Some(child), log: log.to_path_buf() };
+        assert!(
+            wait_for(Duration::from_secs(20), || d.log_text().contains("listening on")),
+            "daemon did not start; log:\n{}",
+            d.log_text()
+        );
+        d
+    }
+
+    #[must_use]
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_err() {
+            return child.wait().ok();
+        }
+        let end = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < end {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill().ok();
+        child.wait().ok()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

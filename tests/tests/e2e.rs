@@ -1,0 +1,179 @@
+//! End to end: knockd in one network namespace, real clients in another, joined by a veth
+//! pair (198.18.0.0/15), real iptables in the server namespace.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests panic on failure")]
+
+use std::{path::Path, process::Command, time::Duration};
+
+use tests::{
+    daemon::{Daemon, bin, wait_for},
+    netns::{NetPair, sh},
+};
+
+const RULE: &str = "-A INPUT -s 198.18.0.2/32 -p tcp -m tcp --dport 22 -j ACCEPT";
+const SYN_RULE: &str = "-A INPUT -s 198.18.0.2/32 -p tcp -m tcp --dport 22 --tcp-flags FIN,SYN,RST,ACK SYN -j ACCEPT";
+
+/// knockd's own example, verbatim apart from the log path.
+fn knockd_example(log: &Path) -> String {
+    format!(
+        "[options]
+\tlogfile = {}
+[openSSH]
+\tsequence = 7000,8000,9000
+\tseq_timeout = 5
+\tcommand = /sbin/iptables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
+\ttcpflags = syn
+[closeSSH]
+\tsequence = 9000,8000,7000
+\tseq_timeout = 5
+\tcommand = /sbin/iptables -D INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
+\ttcpflags = syn
+",
+        log.display()
+    )
+}
+
+struct Setup {
+    net: NetPair,
+    daemon: Daemon,
+    _dir: tempfile::TempDir,
+}
+
+fn setup(config: impl FnOnce(&Path) -> String) -> Setup {
+    let net = NetPair::new();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("knockd.log");
+    let conf = dir.path().join("knockd.conf");
+    std::fs::write(&conf, config(&log)).unwrap();
+    let knockd = bin("knockd");
+    let daemon = Daemon::start(&net.server, &knockd, &["-i", &net.server_if, "-c", conf.to_str().unwrap()], &log);
+    Setup { net, daemon, _dir: dir }
+}
+
+impl Setup {
+    fn rules(&self) -> String {
+        String::from_utf8(sh(&self.net.in_server("iptables -S INPUT")).stdout).unwrap()
+    }
+
+    fn knock(&self, client: &Path, args: &str) {
+        sh(&self.net.in_client(&format!("{} {args}", client.display())));
+    }
+
+    fn wait_rule(&self, rule: &str, present: bool, limit: Duration) -> bool {
+        wait_for(limit, || self.rules().contains(rule) == present)
+    }
+}
+
+#[test]
+fn project_knock_opens_and_closes() {
+    let s = setup(knockd_example);
+    let knock = bin("knock");
+    assert!(!s.rules().contains(RULE));
+    s.knock(&knock, "-v 198.18.0.1 7000 8000 9000");
+    assert!(s.wait_rule(RULE, true, Duration::from_secs(5)), "door did not open; log:\n{}", s.daemon.log_text());
+    s.knock(&knock, "198.18.0.1 9000 8000 7000");
+    assert!(s.wait_rule(RULE, false, Duration::from_secs(5)), "door did not close; log:\n{}", s.daemon.log_text());
+    let log = s.daemon.log_text();
+    for want in [
+        "] 198.18.0.2: openSSH: Stage 1\n",
+        "] 198.18.0.2: openSSH: OPEN SESAME\n",
+        "] openSSH: running command: /sbin/iptables -A INPUT -s 198.18.0.2 -p tcp --dport 22 -j ACCEPT\n",
+        "] 198.18.0.2: closeSSH: OPEN SESAME\n",
+        "] closeSSH: running command: /sbin/iptables -D INPUT -s 198.18.0.2 -p tcp --dport 22 -j ACCEPT\n",
+    ] {
+        assert!(log.contains(want), "log lacks {want:?}:\n{log}");
+    }
+}
+
+#[test]
+fn debian_knock_opens_and_closes() {
+    let s = setup(knockd_example);
+    let knock = Path::new("/usr/bin/knock");
+    assert!(knock.exists(), "Debian's knock client (package knockd) is missing: run `cargo xtask test`");
+    s.knock(knock, "-v 198.18.0.1 7000 8000 9000");
+    assert!(s.wait_rule(RULE, true, Duration::from_secs(5)), "door did not open; log:\n{}", s.daemon.log_text());
+    s.knock(knock, "198.18.0.1 9000 8000 7000");
+    assert!(s.wait_rule(RULE, false, Duration::from_secs(5)), "door did not close; log:\n{}", s.daemon.log_text());
+}
+
+#[test]
+fn wrong_order_opens_nothing() {
+    let s = setup(knockd_example);
+    let knock = bin("knock");
+    s.knock(&knock, "198.18.0.1 7000 9000 8000");
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(!s.rules().contains(RULE));
+    assert!(!s.daemon.log_text().contains("OPEN SESAME"), "{}", s.daemon.log_text());
+}
+
+#[test]
+fn start_command_then_stop_after_cmd_timeout() {
+    let s = setup(|log| {
+        format!(
+            "[options]
+\tlogfile = {}
+[openclose]
+\tsequence = 7000,8000,9000
+\tseq_timeout = 5
+\ttcpflags = syn
+\tstart_command = /usr/sbin/iptables -A INPUT -s %IP% -p tcp --syn --dport 22 -j ACCEPT
+\tcmd_timeout = 2
+\tstop_command = /usr/sbin/iptables -D INPUT -s %IP% -p tcp --syn --dport 22 -j ACCEPT
+",
+            log.display()
+        )
+    });
+    s.knock(&bin("knock"), "-d 20 198.18.0.1 7000 8000 9000");
+    assert!(s.wait_rule(SYN_RULE, true, Duration::from_secs(2)), "no rule; log:\n{}", s.daemon.log_text());
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(s.rules().contains(SYN_RULE), "closed before cmd_timeout");
+    assert!(s.wait_rule(SYN_RULE, false, Duration::from_secs(4)), "not closed after cmd_timeout:\n{}", s.daemon.log_text());
+    assert!(s.daemon.log_text().contains("] 198.18.0.2: openclose: command timeout\n"));
+}
+
+#[test]
+fn ipv6_udp_knock_and_clean_shutdown() {
+    let mut s = setup(|log| {
+        format!(
+            "[options]
+\tlogfile = {log}
+[v6]
+\tsequence = 7100:udp,7200,7300:udp
+\tseq_timeout = 5
+\tcommand = echo opened %IP% >> {log}.cmd
+",
+            log = log.display()
+        )
+    });
+    s.knock(&bin("knock"), "-6 2001:db8::1 7100:udp 7200 7300:udp");
+    let cmd_out = s.daemon.log.with_extension("log.cmd");
+    assert!(
+        wait_for(Duration::from_secs(5), || std::fs::read_to_string(&cmd_out).is_ok_and(|t| t == "opened 2001:db8::2\n")),
+        "no v6 open; log:\n{}",
+        s.daemon.log_text()
+    );
+    let status = s.daemon.stop().expect("daemon status");
+    assert!(status.success(), "knockd exited with {status}");
+    let link = Command::new("ip").args(["-n", &s.net.server, "link", "show", &s.net.server_if]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&link.stdout).contains("xdp"), "XDP still attached after SIGTERM");
+    assert!(s.daemon.log_text().ends_with("shutting down\n"));
+}
+
+#[test]
+fn bad_config_fails_before_attaching() {
+    let net = NetPair::new();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("bad.conf");
+    std::fs::write(&conf, "[d]\nsequence = 7000,70000\n").unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &net.server])
+        .arg(bin("knockd"))
+        .args(["-i", &net.server_if, "-c"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:2: port 70000 in '70000' is out of range 1-65535", conf.display())), "{err}");
+    let link = Command::new("ip").args(["-n", &net.server, "link", "show", &net.server_if]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&link.stdout).contains("xdp"));
+}

@@ -1,0 +1,106 @@
+//! `cargo xtask run` with no arguments: knockd on knockd's own example config, in a
+//! throwaway pair of network namespaces joined by a veth pair (198.18.0.0/15 only).
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+
+const SERVER_NS: &str = "kg-demo-srv";
+const CLIENT_NS: &str = "kg-demo-cli";
+const SERVER_IF: &str = "kgdemo-s";
+const CLIENT_IF: &str = "kgdemo-c";
+const SERVER_IP: &str = "198.18.0.1";
+const CLIENT_IP: &str = "198.18.0.2";
+const DIR: &str = "/tmp/knockgate-demo";
+
+/// knockd's example, with the log in the demo directory.
+fn config() -> String {
+    format!(
+        "[options]
+\tlogfile = {DIR}/knockd.log
+
+[openSSH]
+\tsequence    = 7000,8000,9000
+\tseq_timeout = 5
+\tcommand     = /sbin/iptables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
+\ttcpflags    = syn
+
+[closeSSH]
+\tsequence    = 9000,8000,7000
+\tseq_timeout = 5
+\tcommand     = /sbin/iptables -D INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
+\ttcpflags    = syn
+"
+    )
+}
+
+/// Deletes the namespaces (and with them the veth pair) when the demo ends.
+struct Namespaces;
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in [SERVER_NS, CLIENT_NS] {
+            // A non-zero exit only means the namespace was never made.
+            if let Err(e) = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status() {
+                eprintln!("cleanup: ip netns del {ns}: {e}");
+            }
+        }
+    }
+}
+
+fn sh(script: &str) -> anyhow::Result<()> {
+    let status = Command::new("/bin/sh").arg("-c").arg(script).status().context("running /bin/sh")?;
+    if !status.success() {
+        bail!("`{script}` failed: {status}");
+    }
+    Ok(())
+}
+
+pub(crate) fn run(bins: &Path) -> anyhow::Result<()> {
+    // A demo left over from a killed run is removed first.
+    drop(Namespaces);
+    let _cleanup = Namespaces;
+    sh(&format!(
+        "set -e
+         ip netns add {SERVER_NS}; ip netns add {CLIENT_NS}
+         ip link add {SERVER_IF} netns {SERVER_NS} type veth peer name {CLIENT_IF} netns {CLIENT_NS}
+         ip -n {SERVER_NS} addr add {SERVER_IP}/24 dev {SERVER_IF}
+         ip -n {CLIENT_NS} addr add {CLIENT_IP}/24 dev {CLIENT_IF}
+         ip -n {SERVER_NS} link set lo up; ip -n {CLIENT_NS} link set lo up
+         ip -n {SERVER_NS} link set {SERVER_IF} up; ip -n {CLIENT_NS} link set {CLIENT_IF} up"
+    ))?;
+    std::fs::create_dir_all(DIR).with_context(|| format!("creating {DIR}"))?;
+    let conf = Path::new(DIR).join("knockd.conf");
+    std::fs::write(&conf, config()).with_context(|| format!("writing {}", conf.display()))?;
+
+    let knock = bins.join("knock");
+    println!(
+        "\nknockgate demo: knockd runs in network namespace {SERVER_NS} ({SERVER_IP}) on {SERVER_IF},\n\
+         with knockd's example config {conf}.\n\n\
+         In another terminal, knock from the client namespace:\n\
+         \x20   sudo ip netns exec {CLIENT_NS} {knock} -v {SERVER_IP} 7000 8000 9000\n\
+         See the rule it added:\n\
+         \x20   sudo ip netns exec {SERVER_NS} iptables -S INPUT\n\
+         Close it again:\n\
+         \x20   sudo ip netns exec {CLIENT_NS} {knock} {SERVER_IP} 9000 8000 7000\n\
+         The log:  tail -f {DIR}/knockd.log\n\n\
+         Ctrl-C stops knockd and removes the namespaces.\n",
+        knock = knock.display(),
+        conf = conf.display(),
+    );
+    // Ctrl-C reaches knockd (same process group), which shuts down cleanly; this process
+    // only waits for it and then cleans up.
+    ctrlc::set_handler(|| {}).context("installing the Ctrl-C handler")?;
+    let status = Command::new("ip")
+        .args(["netns", "exec", SERVER_NS])
+        .arg(bins.join("knockd"))
+        .args(["-v", "-i", SERVER_IF, "-c"])
+        .arg(&conf)
+        .status()
+        .context("starting knockd")?;
+    println!("knockd exited ({status}); removing the demo namespaces");
+    Ok(())
+}
