@@ -124,7 +124,7 @@ fn start_command_then_stop_after_cmd_timeout() {
     });
     s.knock(&bin("knock"), "-d 20 198.18.0.1 7000 8000 9000");
     assert!(s.wait_rule(SYN_RULE, true, Duration::from_secs(2)), "no rule; log:\n{}", s.daemon.log_text());
-    std::thread::sleep(Duration::from_millis(1000));
+    std::thread::sleep(Duration::from_secs(1));
     assert!(s.rules().contains(SYN_RULE), "closed before cmd_timeout");
     assert!(s.wait_rule(SYN_RULE, false, Duration::from_secs(4)), "not closed after cmd_timeout:\n{}", s.daemon.log_text());
     assert!(s.daemon.log_text().contains("] 198.18.0.2: openclose: command timeout\n"));
