@@ -50,7 +50,9 @@ pub struct DoorSpec {
     /// TCP flags that must be clear for a TCP knock to count.
     pub flags_clear: u8,
     pub steps: [Step; MAX_STEPS],
-    pub _pad: [u8; 4],
+    /// Changes whenever this slot gets a different door or sequence (reload, one-time
+    /// sequence used up): attempts made under another epoch are void.
+    pub epoch: u32,
 }
 const _: () = assert!(core::mem::size_of::<DoorSpec>() == 160);
 const _: () = assert!(MAX_STEPS.is_power_of_two());
@@ -65,7 +67,7 @@ impl DoorSpec {
         flags_set: 0,
         flags_clear: 0,
         steps: [Step { port: 0, proto: 0, _pad: 0 }; MAX_STEPS],
-        _pad: [0; 4],
+        epoch: 0,
     };
 
     /// knockd's `flags_match`: every listed flag set, every `!`-listed flag clear.
@@ -98,14 +100,13 @@ impl DoorSpec {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
-    /// Slots of `DOORS` in use, from 0.
-    pub door_count: u32,
-    /// Bumped by user space on every reload; copied into events.
-    pub generation: u32,
+    /// Slots of `DOORS` to walk, from 0 (unused slots within have `len == 0`).
+    pub slots: u32,
     /// Stage events per second and CPU (0: none).
     pub stage_rate: u32,
     /// Stage events that may be sent back to back.
     pub stage_burst: u32,
+    pub _pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<Settings>() == 16);
 

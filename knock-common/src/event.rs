@@ -24,9 +24,10 @@ impl EventKind {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KnockEvent {
-    /// `SETTINGS.generation` when the event was made: tells a door index of an old
-    /// configuration from one of the current.
-    pub generation: u32,
+    /// When the attempt started (`bpf_ktime_get_ns`), to watch its timeout.
+    pub started_ns: u64,
+    /// The door's epoch: tells an event of a replaced door from one of the current door.
+    pub epoch: u32,
     /// Source address, network order.
     pub addr: [u8; 16],
     /// `EventKind as u8`.
@@ -38,7 +39,7 @@ pub struct KnockEvent {
     /// Stage reached (the sequence length for `Open`).
     pub stage: u8,
 }
-const _: () = assert!(core::mem::size_of::<KnockEvent>() == 24);
+const _: () = assert!(core::mem::size_of::<KnockEvent>() == 32);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), integers and byte arrays, size asserted (no implicit padding).

@@ -18,16 +18,18 @@ use crate::{DoorSpec, Step};
 pub struct Attempt {
     /// `bpf_ktime_get_ns()` of the first knock.
     pub started_ns: u64,
+    /// The door's epoch when the attempt started.
+    pub epoch: u32,
     /// Steps matched so far (1 after the first knock).
     pub stage: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
 }
 const _: () = assert!(core::mem::size_of::<Attempt>() == 16);
 
 impl Attempt {
     #[must_use]
-    pub const fn new(stage: u8, started_ns: u64) -> Self {
-        Self { started_ns, stage, _pad: [0; 7] }
+    pub const fn new(stage: u8, started_ns: u64, epoch: u32) -> Self {
+        Self { started_ns, epoch, stage, _pad: [0; 3] }
     }
 
     /// Whether the attempt's window has closed at `now_ns` (knockd: `now - start >= timeout`).
@@ -71,8 +73,9 @@ pub fn step(door: &DoorSpec, current: Option<Attempt>, knock: Knock, now_ns: u64
     if door.len == 0 || !door.accepts_flags(knock.proto, knock.tcp_flags) {
         return Outcome::Ignore;
     }
+    // An attempt from another epoch belongs to a door that is gone or changed.
     let live = match current {
-        Some(a) if !a.expired(door.timeout_ns, now_ns) => Some(a),
+        Some(a) if a.epoch == door.epoch && !a.expired(door.timeout_ns, now_ns) => Some(a),
         _ => None,
     };
     if let Some(a) = live {
@@ -81,7 +84,7 @@ pub fn step(door: &DoorSpec, current: Option<Attempt>, knock: Knock, now_ns: u64
             return if next >= door.len {
                 Outcome::Open
             } else {
-                Outcome::Progress(Attempt::new(next, a.started_ns))
+                Outcome::Progress(Attempt::new(next, a.started_ns, door.epoch))
             };
         }
         if a.stage > 0 && door.step_at(a.stage - 1).is_some_and(|s| knock.is(s)) {
@@ -93,7 +96,7 @@ pub fn step(door: &DoorSpec, current: Option<Attempt>, knock: Knock, now_ns: u64
         return if door.len == 1 {
             Outcome::Open
         } else {
-            Outcome::Progress(Attempt::new(1, now_ns))
+            Outcome::Progress(Attempt::new(1, now_ns, door.epoch))
         };
     }
     if current.is_some() {
@@ -164,8 +167,8 @@ mod tests {
         assert_eq!(
             out,
             [
-                Outcome::Progress(Attempt::new(1, SEC)),
-                Outcome::Progress(Attempt::new(2, SEC)),
+                Outcome::Progress(Attempt::new(1, SEC, 0)),
+                Outcome::Progress(Attempt::new(2, SEC, 0)),
                 Outcome::Open
             ]
         );
@@ -176,7 +179,7 @@ mod tests {
         let out = run(&ssh(), &[(tcp(9000), 0), (tcp(8000), 1), (tcp(7000), 2)]);
         assert_eq!(out[0], Outcome::Ignore);
         assert_eq!(out[1], Outcome::Ignore);
-        assert_eq!(out[2], Outcome::Progress(Attempt::new(1, 2)));
+        assert_eq!(out[2], Outcome::Progress(Attempt::new(1, 2, 0)));
     }
 
     #[test]
@@ -191,7 +194,7 @@ mod tests {
         // 7000 8000 7000 8000 9000: the second 7000 breaks stage 2 and starts over.
         let d = ssh();
         let out = run(&d, &[(tcp(7000), 0), (tcp(8000), 1), (tcp(7000), 2), (tcp(8000), 3), (tcp(9000), 4)]);
-        assert_eq!(out[2], Outcome::Progress(Attempt::new(1, 2)));
+        assert_eq!(out[2], Outcome::Progress(Attempt::new(1, 2, 0)));
         assert_eq!(out[4], Outcome::Open);
     }
 
@@ -208,7 +211,7 @@ mod tests {
     fn repeat_expected_by_the_sequence_advances() {
         let d = door(&[(PROTO_TCP, 1000), (PROTO_TCP, 1000), (PROTO_TCP, 2000)], 5, SYN, 0);
         let out = run(&d, &[(tcp(1000), 0), (tcp(1000), 1), (tcp(2000), 2)]);
-        assert_eq!(out[1], Outcome::Progress(Attempt::new(2, 0)));
+        assert_eq!(out[1], Outcome::Progress(Attempt::new(2, 0, 0)));
         assert_eq!(out[2], Outcome::Open);
     }
 
@@ -227,7 +230,7 @@ mod tests {
     fn expired_attempt_restarts_on_a_first_knock() {
         let d = ssh();
         let out = run(&d, &[(tcp(7000), 0), (tcp(7000), 10 * SEC)]);
-        assert_eq!(out[1], Outcome::Progress(Attempt::new(1, 10 * SEC)));
+        assert_eq!(out[1], Outcome::Progress(Attempt::new(1, 10 * SEC, 0)));
     }
 
     #[test]
@@ -282,6 +285,17 @@ mod tests {
     }
 
     #[test]
+    fn attempts_of_another_epoch_are_void() {
+        let mut d = ssh();
+        d.epoch = 7;
+        let old = Attempt::new(2, 0, 6);
+        // The old attempt at stage 2 does not let 9000 open the new door.
+        assert_eq!(step(&d, Some(old), tcp(9000), 1), Outcome::Reset);
+        // A first knock starts over under the new epoch.
+        assert_eq!(step(&d, Some(old), tcp(7000), 1), Outcome::Progress(Attempt::new(1, 1, 7)));
+    }
+
+    #[test]
     fn empty_slot_ignores_everything() {
         assert_eq!(step(&DoorSpec::EMPTY, None, tcp(0), 0), Outcome::Ignore);
     }
@@ -289,7 +303,7 @@ mod tests {
     #[test]
     fn corrupt_stage_beyond_the_sequence_resets_instead_of_indexing() {
         let d = ssh();
-        let bogus = Attempt::new(200, 0);
+        let bogus = Attempt::new(200, 0, 0);
         assert_eq!(step(&d, Some(bogus), tcp(8000), 1), Outcome::Reset);
     }
 }

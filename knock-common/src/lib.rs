@@ -52,8 +52,12 @@ pub mod maps {
     pub const PORT_DOORS: &str = "PORT_DOORS";
     /// `HashMap<AddrKey, u8>`: the addresses of this host that knocks must be sent to.
     pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
-    /// `LruHashMap<ProgressKey, Attempt>`: per (source, door) progress.
+    /// `LruHashMap<ProgressKey, Attempt>`: per (source, door) progress past the first
+    /// knock. Only a source that knew two steps gets here, so a spoofed flood of first
+    /// knocks cannot evict these entries.
     pub const PROGRESS: &str = "PROGRESS";
+    /// `LruHashMap<ProgressKey, Attempt>`: attempts at stage 1 (one knock seen).
+    pub const FIRST_KNOCKS: &str = "FIRST_KNOCKS";
     /// `RingBuf` of `KnockEvent`.
     pub const EVENTS: &str = "EVENTS";
     /// `PerCpuArray<u64>` indexed by `Counter`.

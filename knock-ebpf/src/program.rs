@@ -33,10 +33,15 @@ static PORT_DOORS: Array<u32> = Array::with_max_entries(PORT_SLOTS, 0);
 #[map]
 static LOCAL_ADDRS: HashMap<knock_common::AddrKey, u8> = HashMap::with_max_entries(256, 0);
 
-/// Per (source, door) progress. LRU: a flood evicts old attempts instead of failing inserts.
-/// The daemon may resize it at load time.
+/// Per (source, door) progress past stage 1. LRU: when full, the least recently used attempt
+/// is evicted (nothing fails, nothing opens). The daemon may resize it at load time.
 #[map]
 static PROGRESS: LruHashMap<ProgressKey, Attempt> = LruHashMap::with_max_entries(65536, 0);
+
+/// Attempts at stage 1. Kept apart so that a flood of spoofed first knocks, which fills
+/// this table, cannot evict an attempt that has got further.
+#[map]
+static FIRST_KNOCKS: LruHashMap<ProgressKey, Attempt> = LruHashMap::with_max_entries(65536, 0);
 
 /// Events for the daemon: completed sequences, and stage progress within a budget.
 #[map]
@@ -91,7 +96,7 @@ fn on_packet(pkt: &Packet) {
     // SAFETY: `door_step` matches the callback ABI and `ctx` outlives the call.
     unsafe {
         bpf_loop(
-            settings.door_count.min(MAX_DOORS),
+            settings.slots.min(MAX_DOORS),
             door_step as *mut c_void,
             core::ptr::from_mut(&mut ctx).cast(),
             0,
@@ -127,9 +132,13 @@ extern "C" fn door_step(index: u32, ctx: *mut c_void) -> i64 {
 #[inline(always)]
 fn knock_door(door: &DoorSpec, index: u8, settings: &Settings, pkt: &Packet, knock: Knock, now: u64) {
     let key = ProgressKey::new(&pkt.src, index);
-    // SAFETY: copied out at once; the map is updated only below.
-    let current = unsafe { PROGRESS.get(&key) }.copied();
-    let expired = current.is_some_and(|a| a.expired(door.timeout_ns, now));
+    // SAFETY: copied out at once; the maps are updated only below.
+    let (current, table) = match unsafe { PROGRESS.get(&key) } {
+        Some(a) => (Some(*a), Table::Progress),
+        // SAFETY: as above.
+        None => (unsafe { FIRST_KNOCKS.get(&key) }.copied(), Table::First),
+    };
+    let expired = current.is_some_and(|a| a.epoch == door.epoch && a.expired(door.timeout_ns, now));
     if expired {
         count(Counter::Timeouts);
     }
@@ -138,15 +147,23 @@ fn knock_door(door: &DoorSpec, index: u8, settings: &Settings, pkt: &Packet, kno
         Outcome::Progress(attempt) => {
             count(Counter::Steps);
             // A live attempt that did not advance by one was broken, then restarted.
-            if current.is_some_and(|c| !expired && attempt.stage != c.stage + 1) {
+            if current.is_some_and(|c| !expired && c.epoch == door.epoch && attempt.stage != c.stage + 1) {
                 count(Counter::Resets);
             }
+            let target = if attempt.stage <= 1 { Table::First } else { Table::Progress };
+            if current.is_some() && table != target {
+                forget(table, &key);
+            }
             // A failed update only loses progress; it can never open anything.
-            if PROGRESS.insert(&key, &attempt, 0).is_err() {
+            let stored = match target {
+                Table::First => FIRST_KNOCKS.insert(&key, &attempt, 0),
+                Table::Progress => PROGRESS.insert(&key, &attempt, 0),
+            };
+            if stored.is_err() {
                 count(Counter::MapErrors);
             }
             if stage_budget(settings, now) {
-                emit(settings, pkt, EventKind::Stage, index, attempt.stage);
+                emit(pkt, EventKind::Stage, index, &attempt);
             } else {
                 count(Counter::StagesSuppressed);
             }
@@ -154,24 +171,38 @@ fn knock_door(door: &DoorSpec, index: u8, settings: &Settings, pkt: &Packet, kno
         Outcome::Open => {
             count(Counter::Steps);
             count(Counter::Opens);
-            if current.is_some() {
-                forget(&key);
-            }
-            emit(settings, pkt, EventKind::Open, index, door.len);
+            let started_ns = match current {
+                Some(a) => {
+                    forget(table, &key);
+                    a.started_ns
+                }
+                None => now,
+            };
+            emit(pkt, EventKind::Open, index, &Attempt::new(door.len, started_ns, door.epoch));
         }
         Outcome::Reset => {
             if !expired {
                 count(Counter::Resets);
             }
-            forget(&key);
+            forget(table, &key);
         }
     }
 }
 
-/// Removes an attempt; a failure (already evicted) is only counted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Table {
+    First,
+    Progress,
+}
+
+/// Removes an attempt; a failure (evicted meanwhile) is only counted.
 #[inline(always)]
-fn forget(key: &ProgressKey) {
-    if PROGRESS.remove(key).is_err() {
+fn forget(table: Table, key: &ProgressKey) {
+    let removed = match table {
+        Table::First => FIRST_KNOCKS.remove(key),
+        Table::Progress => PROGRESS.remove(key),
+    };
+    if removed.is_err() {
         count(Counter::MapErrors);
     }
 }
@@ -186,14 +217,15 @@ fn stage_budget(settings: &Settings, now: u64) -> bool {
 }
 
 #[inline(always)]
-fn emit(settings: &Settings, pkt: &Packet, kind: EventKind, door: u8, stage: u8) {
+fn emit(pkt: &Packet, kind: EventKind, door: u8, attempt: &Attempt) {
     let event = KnockEvent {
-        generation: settings.generation,
+        started_ns: attempt.started_ns,
+        epoch: attempt.epoch,
         addr: pkt.src.addr,
         kind: kind as u8,
         family: pkt.src.family,
         door,
-        stage,
+        stage: attempt.stage,
     };
     if EVENTS.output::<KnockEvent>(&event, 0).is_err() {
         count(Counter::EventsLost);

@@ -102,6 +102,16 @@ pub struct Door {
     pub flags_set: u8,
     pub flags_clear: u8,
     pub target: Option<IpAddr>,
+    /// `One_Time_Sequences`: the file, and where the active sequence's line starts.
+    pub one_time: Option<OneTime>,
+}
+
+/// A door's one-time sequences file (knockd's `One_Time_Sequences`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OneTime {
+    pub path: PathBuf,
+    /// Byte offset of the line holding the active sequence (marked with `#` once used).
+    pub offset: u64,
 }
 
 impl Door {
@@ -119,7 +129,20 @@ impl Door {
             flags_set: 0,
             flags_clear: 0,
             target: None,
+            one_time: None,
         }
+    }
+
+    /// Whether `other` matches knocks exactly like this door (commands may differ), so
+    /// attempts in progress can be kept across a reload.
+    #[must_use]
+    pub fn same_matching(&self, other: &Door) -> bool {
+        self.name == other.name
+            && self.sequence == other.sequence
+            && self.seq_timeout == other.seq_timeout
+            && self.flags_set == other.flags_set
+            && self.flags_clear == other.flags_clear
+            && self.target == other.target
     }
 
     /// The start command for a knocker of this family; `None` when there is nothing to run.
@@ -261,9 +284,15 @@ impl Parser<'_> {
 
     fn door_directive(&self, n: usize, door: &mut Door, key: &str, value: &str) -> Result<(), ConfigError> {
         match key {
-            "SEQUENCE" => door.sequence = self.sequence(n, value)?,
+            "SEQUENCE" => {
+                door.sequence = parse_sequence(value).map_err(|m| self.err(n, m))?;
+                door.one_time = None;
+            }
             "ONE_TIME_SEQUENCES" => {
-                return Err(self.err(n, "one_time_sequences is not supported yet by knockgate"));
+                let path = PathBuf::from(value);
+                let (sequence, offset) = crate::one_time::load(&path, &door.name).map_err(|e| self.err(n, e))?;
+                door.sequence = sequence;
+                door.one_time = Some(OneTime { path, offset });
             }
             "SEQ_TIMEOUT" | "TIMEOUT" => door.seq_timeout = self.seconds(n, key, value)?,
             "CMD_TIMEOUT" => door.cmd_timeout = self.seconds(n, key, value)?,
@@ -288,17 +317,6 @@ impl Parser<'_> {
             .parse::<u32>()
             .map(|s| Duration::from_secs(u64::from(s)))
             .map_err(|_| self.err(n, format!("{} '{value}' is not a whole number of seconds", key.to_ascii_lowercase())))
-    }
-
-    fn sequence(&self, n: usize, value: &str) -> Result<Vec<Knock>, ConfigError> {
-        let steps = value
-            .split(',')
-            .map(|item| parse_knock(item).map_err(|m| self.err(n, m)))
-            .collect::<Result<Vec<_>, _>>()?;
-        if steps.len() > MAX_STEPS {
-            return Err(self.err(n, format!("sequence has {} steps: at most {MAX_STEPS} are supported", steps.len())));
-        }
-        Ok(steps)
     }
 
     fn tcp_flags(&self, n: usize, door: &mut Door, value: &str) -> Result<(), ConfigError> {
@@ -334,7 +352,16 @@ fn non_empty(v: &str) -> Option<&str> {
     (!v.is_empty()).then_some(v)
 }
 
-/// Parses one `port[:proto]` sequence item. Shared by the config and the client.
+/// Parses a comma-separated sequence of `port[:proto]` items (at most `MAX_STEPS`).
+pub fn parse_sequence(value: &str) -> Result<Vec<Knock>, String> {
+    let steps = value.split(',').map(parse_knock).collect::<Result<Vec<_>, _>>()?;
+    if steps.len() > MAX_STEPS {
+        return Err(format!("sequence has {} steps: at most {MAX_STEPS} are supported", steps.len()));
+    }
+    Ok(steps)
+}
+
+/// Parses one `port[:proto]` sequence item.
 pub fn parse_knock(item: &str) -> Result<Knock, String> {
     let item = item.trim();
     if item.is_empty() {

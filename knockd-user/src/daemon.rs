@@ -1,6 +1,13 @@
-//! The event loop: ring-buffer events to log lines and commands; signals; address refresh.
+//! The event loop: ring-buffer events to log lines and commands, sequence timeouts, one-time
+//! sequences, SIGHUP reloads, address refresh, and a clean SIGINT/SIGTERM shutdown.
 
-use std::{net::IpAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
 use aya::maps::{MapData, RingBuf};
 use knock_common::{EventKind, KnockEvent};
@@ -9,21 +16,45 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
-use crate::{command::Doorkeeper, config::Config, kernel::KnockProgram, log::KnockLog, spec::event_addr};
+use crate::{
+    command::Doorkeeper,
+    config::Config,
+    doors::Doors,
+    kernel::KnockProgram,
+    log::KnockLog,
+    one_time,
+    spec::event_addr,
+};
 
 /// How often the interface's addresses are re-read (knocks must be sent to one of them).
 const ADDR_REFRESH: Duration = Duration::from_secs(2);
+/// How often watched attempts are checked for their timeout.
+const TIMEOUT_CHECK: Duration = Duration::from_millis(200);
+/// Most attempts watched for a timeout at once (stage events are rate-limited anyway).
+const MAX_WATCHED: usize = 16_384;
 /// How long shutdown waits for commands (pending stops included) to finish.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(30);
 
 /// Everything the loop needs.
 pub struct Daemon {
     pub program: KnockProgram,
-    pub config: Config,
-    pub generation: u32,
+    pub doors: Doors,
+    pub config_path: PathBuf,
+    /// `-g`: used when the config has no `LogFile` (the config wins, as in knockd).
+    pub logfile_flag: Option<PathBuf>,
     pub interface: String,
     pub ipv4_only: bool,
     pub log: Arc<KnockLog>,
+    /// Removed at exit (written with `-d`).
+    pub pidfile: Option<PathBuf>,
+}
+
+/// An attempt whose timeout the daemon logs when it happens.
+#[derive(Debug, Clone, Copy)]
+struct Watched {
+    epoch: u32,
+    started_ns: u64,
+    due_ns: u64,
 }
 
 /// The addresses of `iface` (IPv6 included unless `ipv4_only`), link-local ones too, as knockd.
@@ -46,6 +77,13 @@ pub fn interface_addrs(iface: &str, ipv4_only: bool) -> Result<Vec<IpAddr>, nix:
     Ok(addrs)
 }
 
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        u64::try_from(t.tv_sec()).unwrap_or(0).saturating_mul(1_000_000_000).saturating_add(u64::try_from(t.tv_nsec()).unwrap_or(0))
+    })
+}
+
 impl Daemon {
     /// Serves until SIGINT or SIGTERM, then runs pending stop commands and returns.
     pub async fn run(mut self, events: RingBuf<MapData>) -> anyhow::Result<()> {
@@ -54,20 +92,26 @@ impl Daemon {
         let mut events = unsafe { AsyncFd::register(events) }.map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sighup = signal(SignalKind::hangup())?;
         let mut refresh = tokio::time::interval(ADDR_REFRESH);
+        let mut timeouts = tokio::time::interval(TIMEOUT_CHECK);
         let mut keeper = Doorkeeper::new(Arc::clone(&self.log));
+        let mut watched: HashMap<(IpAddr, u8), Watched> = HashMap::new();
         let mut addrs = Vec::new();
         loop {
             tokio::select! {
                 guard = events.readable_mut() => {
                     let mut guard = guard?;
+                    let mut batch = Vec::new();
                     while let Some(item) = guard.get_inner_mut().next() {
-                        if let Some(ev) = parse_event(&item) {
-                            self.on_event(&mut keeper, &ev);
-                        }
+                        batch.extend(parse_event(&item));
                     }
                     guard.clear_ready();
+                    for ev in &batch {
+                        self.on_event(&mut keeper, &mut watched, ev)?;
+                    }
                 }
+                _ = timeouts.tick() => self.check_timeouts(&mut watched)?,
                 _ = refresh.tick() => {
                     match interface_addrs(&self.interface, self.ipv4_only) {
                         Ok(now) if now != addrs => {
@@ -79,12 +123,13 @@ impl Daemon {
                         Err(e) => tracing::warn!("reading addresses of {}: {e}", self.interface),
                     }
                 }
+                _ = sighup.recv() => self.reload()?,
                 _ = sigterm.recv() => break,
                 _ = sigint.recv() => break,
             }
         }
         if keeper.pending() > 0 {
-            tracing::info!("running {} pending stop command(s) before exit", keeper.pending());
+            self.log.line(&format!("running {} pending stop command(s) before exit", keeper.pending()));
         }
         keeper.shutdown(SHUTDOWN_LIMIT).await;
         match self.program.counters() {
@@ -96,26 +141,107 @@ impl Daemon {
         }
         self.program.detach()?;
         self.log.line("shutting down");
+        if let Some(p) = &self.pidfile
+            && let Err(e) = std::fs::remove_file(p)
+        {
+            tracing::warn!("removing pidfile {}: {e}", p.display());
+        }
         Ok(())
     }
 
-    fn on_event(&self, keeper: &mut Doorkeeper, ev: &KnockEvent) {
-        if ev.generation != self.generation {
-            tracing::debug!("event from an earlier configuration ignored");
-            return;
-        }
-        let (Some(door), Some(ip)) = (self.config.doors.get(usize::from(ev.door)), event_addr(ev.family, ev.addr)) else {
+    fn on_event(&mut self, keeper: &mut Doorkeeper, watched: &mut HashMap<(IpAddr, u8), Watched>, ev: &KnockEvent) -> anyhow::Result<()> {
+        let Some(ip) = event_addr(ev.family, ev.addr) else {
             tracing::warn!("malformed event ignored: {ev:?}");
-            return;
+            return Ok(());
         };
+        // An event of a door since replaced (reload, one-time sequence used) is void.
+        let Some(slot) = self.doors.get(ev.door, ev.epoch) else {
+            tracing::debug!("event for a replaced door ignored: {ev:?}");
+            return Ok(());
+        };
+        let door = slot.door.clone();
         match EventKind::from_u8(ev.kind) {
-            Some(EventKind::Stage) => self.log.line(&format!("{ip}: {}: Stage {}", door.name, ev.stage)),
+            Some(EventKind::Stage) => {
+                self.log.line(&format!("{ip}: {}: Stage {}", door.name, ev.stage));
+                let timeout = u64::try_from(door.seq_timeout.as_nanos()).unwrap_or(u64::MAX);
+                let w = Watched { epoch: ev.epoch, started_ns: ev.started_ns, due_ns: ev.started_ns.saturating_add(timeout) };
+                if watched.len() < MAX_WATCHED || watched.contains_key(&(ip, ev.door)) {
+                    watched.insert((ip, ev.door), w);
+                }
+            }
             Some(EventKind::Open) => {
+                watched.remove(&(ip, ev.door));
                 self.log.line(&format!("{ip}: {}: OPEN SESAME", door.name));
-                keeper.open(door, ip);
+                keeper.open(&door, ip);
+                if let Some(ot) = &door.one_time {
+                    match one_time::advance(&ot.path, ot.offset) {
+                        Ok(Some((sequence, offset))) => self.doors.set_sequence(ev.door, sequence, offset),
+                        Ok(None) => {
+                            self.log.line(&format!(
+                                "no more sequences left in the one time sequences file for door {} --> disabling the door",
+                                door.name
+                            ));
+                            self.doors.disable(ev.door);
+                        }
+                        Err(e) => {
+                            self.log.line(&format!(
+                                "error while disabling used one time sequence for door {} --> disabling the door ({e})",
+                                door.name
+                            ));
+                            self.doors.disable(ev.door);
+                        }
+                    }
+                    self.program.apply(&self.doors)?;
+                }
             }
             None => tracing::warn!("unknown event kind {}", ev.kind),
         }
+        Ok(())
+    }
+
+    /// Logs `sequence timeout` for watched attempts whose window has closed, when it closes
+    /// (knockd logs it only when the next packet arrives, possibly hours later).
+    fn check_timeouts(&mut self, watched: &mut HashMap<(IpAddr, u8), Watched>) -> anyhow::Result<()> {
+        let now = monotonic_ns();
+        let due: Vec<((IpAddr, u8), Watched)> = watched.iter().filter(|(_, w)| w.due_ns <= now).map(|(k, w)| (*k, *w)).collect();
+        for ((ip, slot), w) in due {
+            watched.remove(&(ip, slot));
+            let Some(door) = self.doors.get(slot, w.epoch).map(|s| s.door.clone()) else { continue };
+            match self.program.attempt(ip, slot)? {
+                Some(a) if a.epoch == w.epoch && a.started_ns == w.started_ns => {
+                    self.log.line(&format!("{ip}: {}: sequence timeout (stage {})", door.name, a.stage));
+                    self.program.forget_attempt(ip, slot)?;
+                }
+                Some(a) if a.epoch == w.epoch => {
+                    // Restarted meanwhile: watch the new attempt.
+                    let timeout = u64::try_from(door.seq_timeout.as_nanos()).unwrap_or(u64::MAX);
+                    watched.insert((ip, slot), Watched { epoch: a.epoch, started_ns: a.started_ns, due_ns: a.started_ns.saturating_add(timeout) });
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGHUP: a valid new config replaces the old one (attempts at unchanged doors are kept);
+    /// an invalid one is logged and the running config stays in force.
+    fn reload(&mut self) -> anyhow::Result<()> {
+        self.log.line("re-reading config file");
+        match Config::load(&self.config_path) {
+            Ok(config) => {
+                if let Some(i) = &config.options.interface
+                    && *i != self.interface
+                {
+                    tracing::warn!("Interface = {i} in the reloaded config is ignored: knockd stays on {}", self.interface);
+                }
+                let kept = self.doors.install(config.doors);
+                self.program.apply(&self.doors)?;
+                self.log.reopen(config.options.log_file.as_deref().or(self.logfile_flag.as_deref()));
+                self.log.line(&format!("config reloaded: {} door(s), {kept} unchanged", self.doors.active().count()));
+            }
+            Err(e) => self.log.line(&format!("error: {e} --> keeping the running configuration")),
+        }
+        Ok(())
     }
 }
 

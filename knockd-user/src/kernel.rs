@@ -7,12 +7,12 @@ use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
-use knock_common::{AddrKey, Attempt, Counter, DoorSpec, MAX_DOORS, ProgressKey, Settings, maps};
+use knock_common::{AddrKey, Attempt, Counter, DoorSpec, ProgressKey, Settings, maps};
 
 use crate::{
     KNOCK_EBPF,
-    config::Config,
-    spec::{addr_key, door_spec, port_table},
+    doors::Doors,
+    spec::{addr_key, port_table},
 };
 
 /// Name of the XDP function in the object.
@@ -43,8 +43,10 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> KernelError {
 /// Sizes and budgets fixed at load time.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Entries of the per (source, door) progress table.
+    /// Entries of the per (source, door) table of attempts past their first knock.
     pub progress_entries: u32,
+    /// Entries of the table of attempts at their first knock (what a spoofed flood fills).
+    pub first_knock_entries: u32,
     /// Stage events per second and CPU sent to user space (the rest are only counted).
     pub stage_rate: u32,
     pub stage_burst: u32,
@@ -52,7 +54,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { progress_entries: 65536, stage_rate: 50, stage_burst: 100 }
+        Self { progress_entries: 65536, first_knock_entries: 65536, stage_rate: 50, stage_burst: 100 }
     }
 }
 
@@ -62,20 +64,22 @@ pub struct KnockProgram {
     limits: Limits,
     /// What `PORT_DOORS` holds now, so updates write only the slots that change.
     ports: BTreeMap<u32, u32>,
-    generation: u32,
     link: Option<XdpLinkId>,
 }
 
 impl KnockProgram {
     /// Loads the program into the kernel (verifier included); nothing is attached yet.
     pub fn load(limits: Limits) -> Result<Self, KernelError> {
-        let mut ebpf = EbpfLoader::new().map_max_entries(maps::PROGRESS, limits.progress_entries).load(KNOCK_EBPF)?;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(maps::PROGRESS, limits.progress_entries)
+            .map_max_entries(maps::FIRST_KNOCKS, limits.first_knock_entries)
+            .load(KNOCK_EBPF)?;
         let prog: &mut Xdp = ebpf
             .program_mut(PROGRAM)
             .ok_or(KernelError::MissingProgram)?
             .try_into()?;
         prog.load()?;
-        Ok(Self { ebpf, limits, ports: BTreeMap::new(), generation: 0, link: None })
+        Ok(Self { ebpf, limits, ports: BTreeMap::new(), link: None })
     }
 
     fn xdp(&self) -> Result<&Xdp, KernelError> {
@@ -94,22 +98,19 @@ impl KnockProgram {
         self.ebpf.map(name).ok_or(KernelError::MissingMap(name))
     }
 
-    /// Writes the doors of `config` into the maps. Returns the new generation number,
-    /// which events made under this configuration carry.
-    pub fn apply(&mut self, config: &Config) -> Result<u32, KernelError> {
-        let specs: Vec<DoorSpec> = config.doors.iter().map(door_spec).collect();
-        let table = port_table(config);
-        self.generation = self.generation.wrapping_add(1);
+    /// Writes the doors in force into the maps.
+    pub fn apply(&mut self, doors: &Doors) -> Result<(), KernelError> {
+        let specs = doors.specs();
+        let table = port_table(doors.active().map(|(i, s)| (i, &s.door)));
         let settings = Settings {
-            door_count: u32::try_from(specs.len()).unwrap_or(MAX_DOORS).min(MAX_DOORS),
-            generation: self.generation,
+            slots: doors.slot_count(),
             stage_rate: self.limits.stage_rate,
             stage_burst: self.limits.stage_burst,
+            _pad: 0,
         };
         {
             let mut doors: Array<_, DoorSpec> = Array::try_from(self.map_mut(maps::DOORS)?).map_err(map_err(maps::DOORS))?;
-            for i in 0..MAX_DOORS {
-                let spec = specs.get(i as usize).copied().unwrap_or(DoorSpec::EMPTY);
+            for (i, spec) in (0u32..).zip(&specs) {
                 doors.set(i, spec, 0).map_err(map_err(maps::DOORS))?;
             }
         }
@@ -126,8 +127,7 @@ impl KnockProgram {
         }
         self.ports = table;
         let mut s: Array<_, Settings> = Array::try_from(self.map_mut(maps::SETTINGS)?).map_err(map_err(maps::SETTINGS))?;
-        s.set(0, settings, 0).map_err(map_err(maps::SETTINGS))?;
-        Ok(self.generation)
+        s.set(0, settings, 0).map_err(map_err(maps::SETTINGS))
     }
 
     /// Makes `LOCAL_ADDRS` hold exactly `addrs`.
@@ -184,15 +184,31 @@ impl KnockProgram {
             .collect()
     }
 
-    /// One source's attempt at door `door`, if the kernel holds one.
+    /// One source's attempt at door slot `door`, if the kernel holds one.
     pub fn attempt(&self, src: IpAddr, door: u8) -> Result<Option<Attempt>, KernelError> {
-        let map: HashMap<_, ProgressKey, Attempt> =
-            HashMap::try_from(self.map(maps::PROGRESS)?).map_err(map_err(maps::PROGRESS))?;
-        match map.get(&ProgressKey::new(&addr_key(src), door), 0) {
-            Ok(a) => Ok(Some(a)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(map_err(maps::PROGRESS)(e)),
+        let key = ProgressKey::new(&addr_key(src), door);
+        for name in [maps::PROGRESS, maps::FIRST_KNOCKS] {
+            let map: HashMap<_, ProgressKey, Attempt> = HashMap::try_from(self.map(name)?).map_err(map_err(name))?;
+            match map.get(&key, 0) {
+                Ok(a) => return Ok(Some(a)),
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(name)(e)),
+            }
         }
+        Ok(None)
+    }
+
+    /// Removes a source's attempt at door slot `door` (after its timeout was logged).
+    pub fn forget_attempt(&mut self, src: IpAddr, door: u8) -> Result<(), KernelError> {
+        let key = ProgressKey::new(&addr_key(src), door);
+        for name in [maps::PROGRESS, maps::FIRST_KNOCKS] {
+            let mut map: HashMap<_, ProgressKey, Attempt> = HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+            match map.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(name)(e)),
+            }
+        }
+        Ok(())
     }
 
     /// The sizes and budgets the program was loaded with.

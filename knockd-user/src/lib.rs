@@ -4,8 +4,10 @@
 pub mod command;
 pub mod config;
 pub mod daemon;
+pub mod doors;
 pub mod kernel;
 pub mod log;
+pub mod one_time;
 pub mod spec;
 
 /// The XDP program as built by `build.rs`; tests load exactly these bytes.

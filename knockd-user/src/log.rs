@@ -27,6 +27,17 @@ impl KnockLog {
     /// opened is reported and the daemon carries on without it.
     #[must_use]
     pub fn open(path: Option<&Path>, syslog: bool) -> Self {
+        let log = Self { file: Mutex::new(None), syslog };
+        log.reopen(path);
+        if syslog {
+            // SAFETY: the ident is a static C string; openlog keeps the pointer.
+            unsafe { libc::openlog(c"knockd".as_ptr(), 0, libc::LOG_DAEMON) };
+        }
+        log
+    }
+
+    /// Re-opens the log file, possibly at a new path (SIGHUP). Syslog stays as it was, as in knockd.
+    pub fn reopen(&self, path: Option<&Path>) {
         let file = path.and_then(|p| match OpenOptions::new().create(true).append(true).open(p) {
             Ok(f) => Some((p.to_path_buf(), f)),
             Err(e) => {
@@ -34,11 +45,9 @@ impl KnockLog {
                 None
             }
         });
-        if syslog {
-            // SAFETY: the ident is a static C string; openlog keeps the pointer.
-            unsafe { libc::openlog(c"knockd".as_ptr(), 0, libc::LOG_DAEMON) };
+        if let Ok(mut guard) = self.file.lock() {
+            *guard = file;
         }
-        Self { file: Mutex::new(file), syslog }
     }
 
     /// Logs one message.

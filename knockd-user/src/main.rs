@@ -8,6 +8,7 @@ use clap::Parser;
 use knockd_user::{
     config::{Config, DEFAULT_INTERFACE},
     daemon::Daemon,
+    doors::Doors,
     kernel::{KnockProgram, Limits},
     log::KnockLog,
 };
@@ -71,6 +72,8 @@ fn main() -> ExitCode {
 fn start(args: &Args) -> anyhow::Result<()> {
     // Everything that can be wrong with the config is found before anything is attached.
     let config = Config::load(&args.config)?;
+    // Absolute, so that a reload after -d (which changes to /) reads the same file.
+    let config_path = std::path::absolute(&args.config).unwrap_or_else(|_| args.config.clone());
     let interface = args
         .interface
         .clone()
@@ -83,7 +86,9 @@ fn start(args: &Args) -> anyhow::Result<()> {
     }
 
     let mut program = KnockProgram::load(Limits::default()).context("loading the XDP program (needs root: CAP_BPF and CAP_NET_ADMIN)")?;
-    let generation = program.apply(&config)?;
+    let mut doors = Doors::new();
+    doors.install(config.doors);
+    program.apply(&doors)?;
     let addrs = knockd_user::daemon::interface_addrs(&interface, args.only_ipv4)
         .with_context(|| format!("reading the addresses of {interface}"))?;
     program.set_local_addrs(&addrs)?;
@@ -96,22 +101,33 @@ fn start(args: &Args) -> anyhow::Result<()> {
     let events = program.take_events()?;
     let limits = program.limits();
     tracing::info!(
-        "{} door(s); per-source table of {} entries (~{} KiB of kernel memory)",
-        config.doors.len(),
+        "{} door(s); attempt tables of {} + {} entries",
+        doors.active().count(),
         limits.progress_entries,
-        u64::from(limits.progress_entries) * 96 / 1024
+        limits.first_knock_entries,
     );
 
+    let mut pidfile = None;
     if args.daemon {
-        let pidfile = config.options.pid_file.clone().or(args.pidfile.clone()).unwrap_or_else(|| PathBuf::from("/var/run/knockd.pid"));
+        let path = config.options.pid_file.clone().or(args.pidfile.clone()).unwrap_or_else(|| PathBuf::from("/var/run/knockd.pid"));
         nix::unistd::daemon(false, false).context("daemonizing")?;
-        if let Err(e) = std::fs::write(&pidfile, format!("{}\n", std::process::id())) {
-            log.line(&format!("could not create pid file {}: {e}", pidfile.display()));
+        match std::fs::write(&path, format!("{}\n", std::process::id())) {
+            Ok(()) => pidfile = Some(path),
+            Err(e) => log.line(&format!("could not create pid file {}: {e}", path.display())),
         }
     }
     log.line(&format!("starting up, listening on {interface}"));
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let daemon = Daemon { program, config, generation, interface, ipv4_only: args.only_ipv4, log };
+    let daemon = Daemon {
+        program,
+        doors,
+        config_path,
+        logfile_flag: args.logfile.clone(),
+        interface,
+        ipv4_only: args.only_ipv4,
+        log,
+        pidfile,
+    };
     runtime.block_on(daemon.run(events))
 }

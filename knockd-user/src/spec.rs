@@ -4,12 +4,13 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use knock_common::{AddrKey, DoorSpec, Family, Step, port_slot};
 
-use crate::config::{Config, Door};
+use crate::config::Door;
 
 /// The kernel form of one door.
 #[must_use]
-pub fn door_spec(door: &Door) -> DoorSpec {
+pub fn door_spec(door: &Door, epoch: u32) -> DoorSpec {
     let mut spec = DoorSpec::EMPTY;
+    spec.epoch = epoch;
     for (slot, knock) in spec.steps.iter_mut().zip(&door.sequence) {
         *slot = Step::new(knock.proto.number(), knock.port);
     }
@@ -26,14 +27,14 @@ pub fn door_spec(door: &Door) -> DoorSpec {
     spec
 }
 
-/// `PORT_DOORS` content: for each (protocol, port) slot a sequence names, the door mask.
+/// `PORT_DOORS` content: for each (protocol, port) a sequence names, the mask of door slots.
 #[must_use]
-pub fn port_table(config: &Config) -> BTreeMap<u32, u32> {
+pub fn port_table<'a>(doors: impl IntoIterator<Item = (u8, &'a Door)>) -> BTreeMap<u32, u32> {
     let mut table = BTreeMap::new();
-    for (i, door) in config.doors.iter().enumerate() {
+    for (i, door) in doors {
         for knock in &door.sequence {
             if let Some(slot) = port_slot(knock.proto.number(), knock.port) {
-                *table.entry(slot).or_insert(0) |= 1u32 << i;
+                *table.entry(slot).or_insert(0) |= 1u32.checked_shl(u32::from(i)).unwrap_or(0);
             }
         }
     }
@@ -67,6 +68,7 @@ mod tests {
     use knock_common::{PROTO_TCP, PROTO_UDP, TcpFlags};
 
     use super::*;
+    use crate::config::Config;
 
     #[test]
     fn doors_and_port_table() {
@@ -75,7 +77,8 @@ mod tests {
             "[a]\nsequence=7000,8000:udp\nseq_timeout=5\ntcpflags=syn,!ack\ntarget=198.18.0.9\n[b]\nsequence=8000:udp,9000\n",
         )
         .unwrap();
-        let a = door_spec(&c.doors[0]);
+        let a = door_spec(&c.doors[0], 3);
+        assert_eq!(a.epoch, 3);
         assert_eq!(a.len, 2);
         assert_eq!(a.steps[0], Step::new(PROTO_TCP, 7000));
         assert_eq!(a.steps[1], Step::new(PROTO_UDP, 8000));
@@ -83,7 +86,7 @@ mod tests {
         assert_eq!((a.flags_set, a.flags_clear), (TcpFlags::SYN, TcpFlags::ACK));
         assert_eq!(a.target_family, 4);
         assert_eq!(&a.target[..4], &[198, 18, 0, 9]);
-        let t = port_table(&c);
+        let t = port_table([(0, &c.doors[0]), (1, &c.doors[1])]);
         assert_eq!(t.get(&7000), Some(&0b01));
         assert_eq!(t.get(&(65536 + 8000)), Some(&0b11));
         assert_eq!(t.get(&9000), Some(&0b10));

@@ -8,6 +8,7 @@ use std::{net::IpAddr, path::Path};
 use knock_common::{Counter, XDP_PASS};
 use knockd_user::{
     config::Config,
+    doors::Doors,
     kernel::{KnockProgram, Limits},
 };
 use tests::frame::{ACK, FrameBuilder, SYN};
@@ -36,7 +37,9 @@ tcpflags = syn
 fn program(config: &str) -> KnockProgram {
     let config = Config::parse(Path::new("test.conf"), config).expect("config");
     let mut p = KnockProgram::load(Limits::default()).expect("load (are you root?)");
-    p.apply(&config).expect("apply");
+    let mut doors = Doors::new();
+    doors.install(config.doors);
+    p.apply(&doors).expect("apply");
     p.set_local_addrs(&[SERVER.parse().unwrap(), "2001:db8::1".parse().unwrap()]).expect("addrs");
     p
 }
