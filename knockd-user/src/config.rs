@@ -74,6 +74,10 @@ pub struct Options {
     pub log_file: Option<PathBuf>,
     pub pid_file: Option<PathBuf>,
     pub interface: Option<String>,
+    /// knockgate: entries of the kernel table of attempts past their first knock.
+    pub attempt_table_size: Option<u32>,
+    /// knockgate: entries of the kernel table of attempts at their first knock.
+    pub first_knock_table_size: Option<u32>,
 }
 
 /// A command setting for one address family: knockd tells "absent" (fall back to the IPv4
@@ -274,6 +278,8 @@ impl Parser<'_> {
             "LOGFILE" => opts.log_file = non_empty(value).map(PathBuf::from),
             "PIDFILE" => opts.pid_file = non_empty(value).map(PathBuf::from),
             "INTERFACE" => opts.interface = non_empty(value).map(str::to_owned),
+            "ATTEMPTTABLESIZE" => self.config.options.attempt_table_size = Some(table_size(value).map_err(|m| self.err(n, m))?),
+            "FIRSTKNOCKTABLESIZE" => self.config.options.first_knock_table_size = Some(table_size(value).map_err(|m| self.err(n, m))?),
             "USESYSLOG" => {
                 return Err(self.err(n, "UseSyslog takes no value: write the bare word `UseSyslog`"));
             }
@@ -345,6 +351,16 @@ impl Parser<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Most entries a kernel table may be given (a 16M-entry LRU table is over 1 GiB).
+pub const MAX_TABLE_SIZE: u32 = 1 << 24;
+
+fn table_size(value: &str) -> Result<u32, String> {
+    match value.parse::<u32>() {
+        Ok(n @ 1..=MAX_TABLE_SIZE) => Ok(n),
+        _ => Err(format!("table size '{value}' is not a whole number from 1 to {MAX_TABLE_SIZE}")),
     }
 }
 
@@ -497,6 +513,8 @@ mod tests {
             ("[d]\nsequence = 1\ncmd_timeout = -1\n", "knockd.conf:3: cmd_timeout '-1' is not a whole number of seconds"),
             ("[options]\nUseSyslog = yes\n", "knockd.conf:2: UseSyslog takes no value: write the bare word `UseSyslog`"),
             ("[options]\nsequence = 1\n", "knockd.conf:2: unknown option 'sequence' in [options]"),
+            ("[options]\nAttemptTableSize = 0\n", "knockd.conf:2: table size '0' is not a whole number from 1 to 16777216"),
+            ("[options]\nFirstKnockTableSize = lots\n", "knockd.conf:2: table size 'lots' is not a whole number from 1 to 16777216"),
             ("[d]\nsequence = 1\ninterface = eth0\n", "knockd.conf:3: 'interface' belongs in [options], not in door 'd'"),
             ("[]\n", "knockd.conf:1: bad section name: []"),
             ("[d]\nsequence = 1\njunk\n", "knockd.conf:3: expected `key = value`, found 'junk'"),

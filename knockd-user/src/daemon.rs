@@ -108,22 +108,34 @@ impl Daemon {
                     }
                     guard.clear_ready();
                     for ev in &batch {
-                        self.on_event(&mut keeper, &mut watched, ev)?;
+                        if let Err(e) = self.on_event(&mut keeper, &mut watched, ev) {
+                            tracing::error!("handling {ev:?}: {e:#}");
+                        }
                     }
                 }
-                _ = timeouts.tick() => self.check_timeouts(&mut watched)?,
+                _ = timeouts.tick() => {
+                    if let Err(e) = self.check_timeouts(&mut watched) {
+                        tracing::error!("checking sequence timeouts: {e:#}");
+                    }
+                }
                 _ = refresh.tick() => {
                     match interface_addrs(&self.interface, self.ipv4_only) {
                         Ok(now) if now != addrs => {
                             tracing::info!("addresses of {}: {now:?}", self.interface);
-                            self.program.set_local_addrs(&now)?;
-                            addrs = now;
+                            match self.program.set_local_addrs(&now) {
+                                Ok(()) => addrs = now,
+                                Err(e) => tracing::error!("updating local addresses: {e}"),
+                            }
                         }
                         Ok(_) => {}
                         Err(e) => tracing::warn!("reading addresses of {}: {e}", self.interface),
                     }
                 }
-                _ = sighup.recv() => self.reload()?,
+                _ = sighup.recv() => {
+                    if let Err(e) = self.reload() {
+                        tracing::error!("reload: {e:#}");
+                    }
+                }
                 _ = sigterm.recv() => break,
                 _ = sigint.recv() => break,
             }

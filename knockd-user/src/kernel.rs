@@ -205,6 +205,8 @@ impl KnockProgram {
             let mut map: HashMap<_, ProgressKey, Attempt> = HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
             match map.remove(&key) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
+                // Already gone (completed, reset or evicted meanwhile).
+                Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(map_err(name)(e)),
             }
         }

@@ -85,7 +85,13 @@ fn start(args: &Args) -> anyhow::Result<()> {
         tracing::warn!("-l/--lookup is accepted but knockgate does not look up knockers' names");
     }
 
-    let mut program = KnockProgram::load(Limits::default()).context("loading the XDP program (needs root: CAP_BPF and CAP_NET_ADMIN)")?;
+    let defaults = Limits::default();
+    let limits = Limits {
+        progress_entries: config.options.attempt_table_size.unwrap_or(defaults.progress_entries),
+        first_knock_entries: config.options.first_knock_table_size.unwrap_or(defaults.first_knock_entries),
+        ..defaults
+    };
+    let mut program = KnockProgram::load(limits).context("loading the XDP program (needs root: CAP_BPF and CAP_NET_ADMIN)")?;
     let mut doors = Doors::new();
     doors.install(config.doors);
     program.apply(&doors)?;

@@ -64,6 +64,14 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Sends `sig` to the daemon.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        if let Some(child) = &self.child {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+            nix::sys::signal::kill(pid, sig).expect("kill");
+        }
+    }
+
     /// Sends SIGTERM and waits for the exit.
     pub fn stop(&mut self) -> Option<ExitStatus> {
         let mut child = self.child.take()?;

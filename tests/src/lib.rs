@@ -4,4 +4,6 @@
 
 pub mod daemon;
 pub mod frame;
+pub mod inject;
 pub mod netns;
+pub mod scenario;

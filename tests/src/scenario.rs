@@ -1,0 +1,102 @@
+//! A knockd under test: a namespace pair, a config in a temporary directory, the daemon
+//! running in the server namespace, and an injector for spoofed frames from the client side.
+
+use std::{path::PathBuf, time::Duration};
+
+use crate::{
+    daemon::{Daemon, bin, wait_for},
+    frame::FrameBuilder,
+    inject::{Injector, mac_of},
+    netns::NetPair,
+};
+
+pub struct Scenario {
+    pub net: NetPair,
+    pub daemon: Daemon,
+    pub inject: Injector,
+    pub dir: tempfile::TempDir,
+    pub conf: PathBuf,
+}
+
+/// The server's IPv4 address, for frames.
+pub const SERVER: &str = NetPair::SERVER_V4;
+
+impl Scenario {
+    /// `config` may use `{DIR}` for the scenario's directory; the log is `{DIR}/knockd.log`.
+    #[must_use]
+    pub fn start(config: &str) -> Self {
+        Self::start_with(config, &[])
+    }
+
+    /// As `start`, with extra knockd arguments and files (name, content) made in `{DIR}` first.
+    #[must_use]
+    pub fn start_with(config: &str, extra: &[&str]) -> Self {
+        Self::start_full(config, extra, &[])
+    }
+
+    /// As `start`, with extra knockd arguments and files (name, content) made in `{DIR}` first.
+    #[must_use]
+    pub fn start_full(config: &str, extra: &[&str], files: &[(&str, &str)]) -> Self {
+        let net = NetPair::new();
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content).expect("write file");
+        }
+        let conf = dir.path().join("knockd.conf");
+        let text = format!("[options]\n\tlogfile = {{DIR}}/knockd.log\n{config}");
+        std::fs::write(&conf, text.replace("{DIR}", &dir.path().display().to_string())).expect("write config");
+        let mut args = vec!["-i", net.server_if.as_str(), "-c", conf.to_str().expect("utf-8 path")];
+        args.extend_from_slice(extra);
+        let daemon = Daemon::start(&net.server, &bin("knockd"), &args, &dir.path().join("knockd.log"));
+        let inject = Injector::new(&net.client, &net.client_if, mac_of(&net.server, &net.server_if));
+        Self { net, daemon, inject, dir, conf }
+    }
+
+    /// Replaces the config file (same `{DIR}` rule) without signalling.
+    pub fn rewrite_config(&self, config: &str) {
+        let text = format!("[options]\n\tlogfile = {{DIR}}/knockd.log\n{config}");
+        std::fs::write(&self.conf, text.replace("{DIR}", &self.dir.path().display().to_string())).expect("write config");
+    }
+
+    /// TCP SYNs from `src` to the server, in order.
+    pub fn syns(&self, src: &str, ports: &[u16]) {
+        for &p in ports {
+            self.inject.send(&FrameBuilder::tcp(src, SERVER, p, crate::frame::SYN).build());
+        }
+    }
+
+    pub fn frame(&self, frame: &FrameBuilder) {
+        self.inject.send(&frame.build());
+    }
+
+    #[must_use]
+    pub fn log(&self) -> String {
+        self.daemon.log_text()
+    }
+
+    /// Waits until the log holds `line` (as a whole message), up to 5 s.
+    #[must_use]
+    pub fn logged(&self, line: &str) -> bool {
+        let want = format!("] {line}\n");
+        wait_for(Duration::from_secs(5), || self.log().contains(&want))
+    }
+
+    /// Counts whole log messages equal to `line`.
+    #[must_use]
+    pub fn count(&self, line: &str) -> usize {
+        let want = format!("] {line}\n");
+        self.log().matches(&want).count()
+    }
+
+    /// Waits a little for events in flight, then says whether `line` was never logged.
+    #[must_use]
+    pub fn not_logged(&self, line: &str) -> bool {
+        std::thread::sleep(Duration::from_millis(400));
+        self.count(line) == 0
+    }
+
+    /// Sends a signal to the daemon.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        self.daemon.signal(sig);
+    }
+}
