@@ -39,13 +39,17 @@ struct Setup {
 }
 
 fn setup(config: impl FnOnce(&Path) -> String) -> Setup {
+    setup_daemon(&bin("knockd"), config)
+}
+
+/// Runs `knockd` (ours or Debian's) with the config in the server namespace.
+fn setup_daemon(knockd: &Path, config: impl FnOnce(&Path) -> String) -> Setup {
     let net = NetPair::new();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("knockd.log");
     let conf = dir.path().join("knockd.conf");
     std::fs::write(&conf, config(&log)).unwrap();
-    let knockd = bin("knockd");
-    let daemon = Daemon::start(&net.server, &knockd, &["-i", &net.server_if, "-c", conf.to_str().unwrap()], &log);
+    let daemon = Daemon::start(&net.server, knockd, &["-i", &net.server_if, "-c", conf.to_str().unwrap()], &log);
     Setup { net, daemon, _dir: dir }
 }
 
@@ -93,6 +97,19 @@ fn debian_knock_opens_and_closes() {
     assert!(s.wait_rule(RULE, true, Duration::from_secs(5)), "door did not open; log:\n{}", s.daemon.log_text());
     s.knock(knock, "198.18.0.1 9000 8000 7000");
     assert!(s.wait_rule(RULE, false, Duration::from_secs(5)), "door did not close; log:\n{}", s.daemon.log_text());
+}
+
+#[test]
+fn project_knock_opens_and_closes_debian_knockd() {
+    let knockd = Path::new("/usr/sbin/knockd");
+    assert!(knockd.exists(), "Debian's knockd (package knockd) is missing: run `cargo xtask test`");
+    // The same config file, run by the reference daemon.
+    let s = setup_daemon(knockd, knockd_example);
+    let knock = bin("knock");
+    s.knock(&knock, "-v 198.18.0.1 7000 8000 9000");
+    assert!(s.wait_rule(RULE, true, Duration::from_secs(5)), "Debian knockd did not open; log:\n{}", s.daemon.log_text());
+    s.knock(&knock, "198.18.0.1 9000 8000 7000");
+    assert!(s.wait_rule(RULE, false, Duration::from_secs(5)), "Debian knockd did not close; log:\n{}", s.daemon.log_text());
 }
 
 #[test]
