@@ -119,7 +119,8 @@ pub struct OneTime {
 }
 
 impl Door {
-    fn new(name: String, line: usize) -> Self {
+    #[must_use]
+    pub fn new(name: String, line: usize) -> Self {
         Self {
             name,
             line,
@@ -187,8 +188,17 @@ impl Config {
         Self::parse(path, &text)
     }
 
-    /// Parses knockd.conf text; `path` only names the file in errors.
+    /// Parses a config: the TOML form for a `.toml` file, knockd.conf grammar otherwise;
+    /// `path` only names the file in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        if path.extension().is_some_and(|e| e == "toml") {
+            return crate::toml_form::parse(path, text);
+        }
+        Self::parse_knockd(path, text)
+    }
+
+    /// Parses knockd.conf text.
+    pub fn parse_knockd(path: &Path, text: &str) -> Result<Self, ConfigError> {
         Parser { path, config: Config::default(), section: Section::None }.run(text)
     }
 }
@@ -306,7 +316,7 @@ impl Parser<'_> {
             "START_COMMAND_6" | "COMMAND_6" => door.start_command_6 = V6Command::Set(value.to_owned()),
             "STOP_COMMAND" => door.stop_command = Some(value.to_owned()),
             "STOP_COMMAND_6" => door.stop_command_6 = V6Command::Set(value.to_owned()),
-            "TCPFLAGS" => self.tcp_flags(n, door, value)?,
+            "TCPFLAGS" => apply_tcp_flags(door, value).map_err(|m| self.err(n, m))?,
             "TARGET" => {
                 door.target = Some(value.parse().map_err(|_| self.err(n, format!("target '{value}' is not an IP address")))?);
             }
@@ -324,40 +334,63 @@ impl Parser<'_> {
             .map(|s| Duration::from_secs(u64::from(s)))
             .map_err(|_| self.err(n, format!("{} '{value}' is not a whole number of seconds", key.to_ascii_lowercase())))
     }
+}
 
-    fn tcp_flags(&self, n: usize, door: &mut Door, value: &str) -> Result<(), ConfigError> {
-        for item in value.split(',') {
-            let item = item.trim();
-            let (negate, name) = match item.strip_prefix('!') {
-                Some(rest) => (true, rest.trim()),
-                None => (false, item),
-            };
-            let bit = match name.to_ascii_uppercase().as_str() {
-                "FIN" => TcpFlags::FIN,
-                "SYN" => TcpFlags::SYN,
-                "RST" => TcpFlags::RST,
-                "PSH" => TcpFlags::PSH,
-                "ACK" => TcpFlags::ACK,
-                "URG" => TcpFlags::URG,
-                _ => return Err(self.err(n, format!("unrecognized tcp flag '{item}' (use fin, syn, rst, psh, ack, urg, each optionally with !)"))),
-            };
-            // knockd: repeated mentions accumulate; the last mention of a flag wins.
-            if negate {
-                door.flags_set &= !bit;
-                door.flags_clear |= bit;
-            } else {
-                door.flags_clear &= !bit;
-                door.flags_set |= bit;
-            }
+/// Applies a `TCPFlags` value (`syn,!ack`; spaces allowed) to a door. knockd semantics:
+/// mentions accumulate, and the last mention of a flag wins.
+pub fn apply_tcp_flags(door: &mut Door, value: &str) -> Result<(), String> {
+    for item in value.split(',') {
+        let item = item.trim();
+        let (negate, name) = match item.strip_prefix('!') {
+            Some(rest) => (true, rest.trim()),
+            None => (false, item),
+        };
+        let bit = match name.to_ascii_uppercase().as_str() {
+            "FIN" => TcpFlags::FIN,
+            "SYN" => TcpFlags::SYN,
+            "RST" => TcpFlags::RST,
+            "PSH" => TcpFlags::PSH,
+            "ACK" => TcpFlags::ACK,
+            "URG" => TcpFlags::URG,
+            _ => return Err(format!("unrecognized tcp flag '{item}' (use fin, syn, rst, psh, ack, urg, each optionally with !)")),
+        };
+        if negate {
+            door.flags_set &= !bit;
+            door.flags_clear |= bit;
+        } else {
+            door.flags_clear &= !bit;
+            door.flags_set |= bit;
         }
-        Ok(())
     }
+    Ok(())
+}
+
+/// The `TCPFlags` value of a door, in the config's own words (`syn,!ack`).
+#[must_use]
+pub fn tcp_flags_text(door: &Door) -> Vec<String> {
+    const NAMES: [(u8, &str); 6] = [
+        (TcpFlags::FIN, "fin"),
+        (TcpFlags::SYN, "syn"),
+        (TcpFlags::RST, "rst"),
+        (TcpFlags::PSH, "psh"),
+        (TcpFlags::ACK, "ack"),
+        (TcpFlags::URG, "urg"),
+    ];
+    let mut out = Vec::new();
+    for (bit, name) in NAMES {
+        if door.flags_set & bit != 0 {
+            out.push(name.to_owned());
+        } else if door.flags_clear & bit != 0 {
+            out.push(format!("!{name}"));
+        }
+    }
+    out
 }
 
 /// Most entries a kernel table may be given (a 16M-entry LRU table is over 1 GiB).
 pub const MAX_TABLE_SIZE: u32 = 1 << 24;
 
-fn table_size(value: &str) -> Result<u32, String> {
+pub(crate) fn table_size(value: &str) -> Result<u32, String> {
     match value.parse::<u32>() {
         Ok(n @ 1..=MAX_TABLE_SIZE) => Ok(n),
         _ => Err(format!("table size '{value}' is not a whole number from 1 to {MAX_TABLE_SIZE}")),

@@ -9,6 +9,7 @@ pub mod kernel;
 pub mod log;
 pub mod one_time;
 pub mod spec;
+pub mod toml_form;
 
 /// The XDP program as built by `build.rs`; tests load exactly these bytes.
 pub static KNOCK_EBPF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/knock-ebpf"));

@@ -45,6 +45,9 @@ struct Args {
     /// Ignore IPv6 knocks.
     #[arg(short = '4', long = "only-ip-v4")]
     only_ipv4: bool,
+    /// Print the parsed configuration in knockgate's TOML form and exit.
+    #[arg(long)]
+    dump_config: bool,
 }
 
 fn main() -> ExitCode {
@@ -72,6 +75,10 @@ fn main() -> ExitCode {
 fn start(args: &Args) -> anyhow::Result<()> {
     // Everything that can be wrong with the config is found before anything is attached.
     let config = Config::load(&args.config)?;
+    if args.dump_config {
+        print!("{}", knockd_user::toml_form::dump(&config)?);
+        return Ok(());
+    }
     // Absolute, so that a reload after -d (which changes to /) reads the same file.
     let config_path = std::path::absolute(&args.config).unwrap_or_else(|_| args.config.clone());
     let interface = args
