@@ -93,11 +93,35 @@ fn run(args: &[String]) -> anyhow::Result<()> {
     std::process::exit(status.code().unwrap_or(1));
 }
 
+/// How long `cargo xtask test` fuzzes the config parsers.
+const FUZZ_SECONDS: u32 = 30;
+
+/// Fuzzes the config parsers for a bounded time (libFuzzer, nightly). New inputs go to a
+/// scratch corpus, so the checked-in seeds stay as they are.
+fn fuzz(seconds: u32) -> anyhow::Result<()> {
+    let corpus = target_dir()?.join("fuzz-corpus-config");
+    std::fs::create_dir_all(&corpus).context("creating the fuzz corpus directory")?;
+    let corpus = corpus.to_str().context("non-UTF-8 target directory")?.to_owned();
+    let limit = format!("-max_total_time={seconds}");
+    let status = Command::new("rustup")
+        .args(["run", "nightly", "cargo", "fuzz", "run", "config", &corpus, "fuzz/seeds/config", "--", &limit])
+        .current_dir(root())
+        // The parser needs no eBPF object: skip building it under sanitizer flags.
+        .env("KNOCKGATE_EBPF_STUB", "1")
+        .status()
+        .context("running cargo fuzz")?;
+    if !status.success() {
+        bail!("fuzzing the config parsers found a failure (see fuzz/artifacts/config)");
+    }
+    Ok(())
+}
+
 fn test(release: bool) -> anyhow::Result<()> {
     prereq::ensure(prereq::Need::Test)?;
     // Host tests: no root, stable toolchain.
     cmd(env!("CARGO"), &["test", "--workspace", "--exclude", "tests", "--exclude", "knock-ebpf"])?;
     cmd(env!("CARGO"), &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    fuzz(FUZZ_SECONDS)?;
     prereq::require_root("the kernel and network-namespace tests load XDP programs")?;
     let mut profiles = vec![false];
     if release {

@@ -56,6 +56,9 @@ pub(crate) fn ensure(need: Need) -> anyhow::Result<()> {
                 apt.push((*pkg).to_owned());
             }
         }
+        if !has_tool("cargo-fuzz") {
+            todo.push("cargo install cargo-fuzz".to_owned());
+        }
     }
     run_or_explain(&todo, &apt)
 }
