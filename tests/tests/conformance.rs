@@ -221,3 +221,20 @@ fn sigterm_runs_pending_stop_commands() {
     assert!(status.success(), "{status}");
     assert_eq!(std::fs::read_to_string(&cmds).unwrap(), "start 198.18.1.21\nstop 198.18.1.21\n");
 }
+
+#[test]
+fn interface_address_changes_are_followed() {
+    let s = Scenario::start(SSH);
+    let extra = "198.18.0.50";
+    for p in [7000, 8000, 9000] {
+        s.frame(&FrameBuilder::tcp("198.18.1.22", extra, p, SYN));
+    }
+    assert!(s.not_logged("198.18.1.22: ssh: OPEN SESAME"), "not yet an address of the host");
+    tests::netns::sh(&format!("ip -n {} addr add {extra}/32 dev {}", s.net.server, s.net.server_if));
+    // Addresses are re-read every 2 s.
+    std::thread::sleep(Duration::from_millis(2500));
+    for p in [7000, 8000, 9000] {
+        s.frame(&FrameBuilder::tcp("198.18.1.22", extra, p, SYN));
+    }
+    assert!(s.logged("198.18.1.22: ssh: OPEN SESAME"), "{}", s.log());
+}

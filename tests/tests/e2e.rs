@@ -194,3 +194,31 @@ fn bad_config_fails_before_attaching() {
     let link = Command::new("ip").args(["-n", &net.server, "link", "show", &net.server_if]).output().unwrap();
     assert!(!String::from_utf8_lossy(&link.stdout).contains("xdp"));
 }
+
+#[test]
+fn background_mode_writes_and_removes_the_pidfile() {
+    let net = NetPair::new();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("knockd.log");
+    let pid = dir.path().join("knockd.pid");
+    let conf = dir.path().join("knockd.conf");
+    std::fs::write(&conf, format!("[options]\nlogfile = {}\n[d]\nsequence = 7000\n", log.display())).unwrap();
+    // -d returns at once, leaving the daemon running in the background.
+    let status = Command::new("ip")
+        .args(["netns", "exec", &net.server])
+        .arg(bin("knockd"))
+        .args(["-d", "-i", &net.server_if, "-c"])
+        .arg(&conf)
+        .arg("-p")
+        .arg(&pid)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(wait_for(Duration::from_secs(10), || std::fs::read_to_string(&pid).is_ok_and(|t| t.ends_with('\n'))));
+    let text = std::fs::read_to_string(&pid).unwrap();
+    let daemon = nix::unistd::Pid::from_raw(text.trim().parse().unwrap());
+    assert!(wait_for(Duration::from_secs(10), || std::fs::read_to_string(&log).is_ok_and(|t| t.contains("listening on"))));
+    nix::sys::signal::kill(daemon, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(wait_for(Duration::from_secs(10), || !pid.exists()), "pidfile not removed");
+    assert!(std::fs::read_to_string(&log).unwrap().ends_with("shutting down\n"));
+}
