@@ -21,10 +21,16 @@ pub enum Counter {
     StagesSuppressed,
     /// Failed updates of the progress table (progress lost; nothing opens).
     MapErrors,
+    /// New connections to a gated port dropped (no allowance, or frame not parseable).
+    GateDrops,
+    /// New connections to a gated port let through by an allowance.
+    GatePasses,
+    /// Knock packets of stealth doors dropped.
+    StealthDrops,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 9] = [
+    pub const ALL: [Counter; 12] = [
         Counter::Packets,
         Counter::Steps,
         Counter::Resets,
@@ -34,6 +40,9 @@ impl Counter {
         Counter::EventsLost,
         Counter::StagesSuppressed,
         Counter::MapErrors,
+        Counter::GateDrops,
+        Counter::GatePasses,
+        Counter::StealthDrops,
     ];
 
     /// Number of slots the counter map needs.
@@ -52,6 +61,9 @@ impl Counter {
             Counter::EventsLost => "events_lost",
             Counter::StagesSuppressed => "stage_events_suppressed",
             Counter::MapErrors => "map_errors",
+            Counter::GateDrops => "gate_drops",
+            Counter::GatePasses => "gate_passes",
+            Counter::StealthDrops => "stealth_drops",
         }
     }
 }

@@ -1,6 +1,6 @@
 //! A door as the XDP program sees it.
 
-use crate::{MAX_STEPS, PROTO_TCP};
+use crate::{MAX_GATE_PORTS, MAX_STEPS, PROTO_TCP};
 
 /// TCP flag bits as they sit in byte 13 of the TCP header.
 pub struct TcpFlags;
@@ -53,9 +53,24 @@ pub struct DoorSpec {
     /// Changes whenever this slot gets a different door or sequence (reload, one-time
     /// sequence used up): attempts made under another epoch are void.
     pub epoch: u32,
+    /// How long a gate opening lasts.
+    pub gate_ttl_ns: u64,
+    /// Ports this door's completion opens (`gate_action == GATE_OPEN`) or closes.
+    pub gate: [Step; MAX_GATE_PORTS],
+    pub gate_len: u8,
+    /// `GATE_NONE`, `GATE_OPEN` or `GATE_CLOSE`.
+    pub gate_action: u8,
+    /// 1: knock packets for this door are dropped (no RST or ICMP answers them).
+    pub stealth: u8,
+    pub _pad: [u8; 5],
 }
-const _: () = assert!(core::mem::size_of::<DoorSpec>() == 160);
-const _: () = assert!(MAX_STEPS.is_power_of_two());
+const _: () = assert!(core::mem::size_of::<DoorSpec>() == 208);
+
+/// `DoorSpec::gate_action` values.
+pub const GATE_NONE: u8 = 0;
+pub const GATE_OPEN: u8 = 1;
+pub const GATE_CLOSE: u8 = 2;
+const _: () = assert!(MAX_STEPS.is_power_of_two() && MAX_GATE_PORTS.is_power_of_two());
 
 impl DoorSpec {
     /// An unused slot.
@@ -68,6 +83,12 @@ impl DoorSpec {
         flags_clear: 0,
         steps: [Step { port: 0, proto: 0, _pad: 0 }; MAX_STEPS],
         epoch: 0,
+        gate_ttl_ns: 0,
+        gate: [Step { port: 0, proto: 0, _pad: 0 }; MAX_GATE_PORTS],
+        gate_len: 0,
+        gate_action: GATE_NONE,
+        stealth: 0,
+        _pad: [0; 5],
     };
 
     /// knockd's `flags_match`: every listed flag set, every `!`-listed flag clear.
@@ -89,6 +110,15 @@ impl DoorSpec {
         Some(self.steps[usize::from(i) & (MAX_STEPS - 1)])
     }
 
+    /// Gate port `i`, if the door has one (masked index: see `step_at`).
+    #[must_use]
+    pub fn gate_at(&self, i: usize) -> Option<Step> {
+        if i >= usize::from(self.gate_len) {
+            return None;
+        }
+        Some(self.gate[i & (MAX_GATE_PORTS - 1)])
+    }
+
     /// Whether a knock of this protocol passes the door's flag filter (UDP always does).
     #[must_use]
     pub const fn accepts_flags(&self, proto: u8, tcp_flags: u8) -> bool {
@@ -106,9 +136,13 @@ pub struct Settings {
     pub stage_rate: u32,
     /// Stage events that may be sent back to back.
     pub stage_burst: u32,
+    /// Non-zero when some door gates a port: frames that cannot be parsed are then dropped.
+    pub gating: u32,
+    /// Door slots whose knock packets are dropped (stealth).
+    pub stealth_mask: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Settings>() == 16);
+const _: () = assert!(core::mem::size_of::<Settings>() == 24);
 
 #[cfg(feature = "user")]
 mod user {

@@ -15,12 +15,14 @@ pub mod budget;
 pub mod counters;
 pub mod door;
 pub mod event;
+pub mod gate;
 pub mod knock;
 
 pub use addr::{AddrKey, Family, ProgressKey};
 pub use budget::Bucket;
 pub use counters::Counter;
-pub use door::{DoorSpec, Settings, Step, TcpFlags};
+pub use door::{DoorSpec, GATE_CLOSE, GATE_NONE, GATE_OPEN, Settings, Step, TcpFlags};
+pub use gate::{AllowKey, gate_passes, is_new_connection};
 pub use event::{EventKind, KnockEvent};
 pub use knock::{Attempt, Knock, Outcome, step};
 
@@ -28,6 +30,8 @@ pub use knock::{Attempt, Knock, Outcome, step};
 pub const MAX_DOORS: u32 = 32;
 /// Most steps in one sequence; knockd's `SEQ_MAX`.
 pub const MAX_STEPS: usize = 32;
+/// Most ports one door may gate.
+pub const MAX_GATE_PORTS: usize = 8;
 
 /// IANA protocol numbers of the two knock protocols.
 pub const PROTO_TCP: u8 = 6;
@@ -64,6 +68,10 @@ pub mod maps {
     pub const COUNTERS: &str = "COUNTERS";
     /// `PerCpuArray<Bucket>`, one slot: the budget of stage events.
     pub const STAGE_BUDGET: &str = "STAGE_BUDGET";
+    /// `Array<u32>`, `PORT_SLOTS` slots: for (protocol, port), the mask of doors gating it.
+    pub const GATE_PORTS: &str = "GATE_PORTS";
+    /// `LruHashMap<AllowKey, u64>`: (source, gated port) allowed until this `ktime` (ns).
+    pub const ALLOW: &str = "ALLOW";
 }
 
 /// Slots of `PORT_DOORS`: one per TCP port, then one per UDP port.

@@ -31,9 +31,11 @@ const IPPROTO_DSTOPTS: u8 = 60;
 
 /// Why a frame was not parsed to the end.
 pub(crate) enum Skip {
-    /// Not a TCP/UDP datagram we look at (other protocol, non-IP, fragment): pass it.
+    /// Not TCP or UDP (other protocol, non-IP), or a non-first fragment, whose datagram
+    /// cannot be reassembled without the first fragment, which carries the ports: pass it.
     NotKnock,
-    /// Truncated or malformed where we needed to read: count it, pass it.
+    /// Truncated or malformed where we needed to read, or a header chain deeper than we
+    /// follow: it could hide a port, so it is dropped while any gate is configured.
     Malformed,
 }
 
@@ -44,6 +46,8 @@ pub(crate) struct Packet {
     pub(crate) proto: u8,
     pub(crate) dport: u16,
     pub(crate) tcp_flags: u8,
+    /// The first fragment of a fragmented datagram: never a knock, but gated like any packet.
+    pub(crate) fragment: bool,
 }
 
 #[inline(always)]
@@ -86,7 +90,8 @@ pub(crate) fn parse(ctx: &XdpContext) -> Result<Packet, Skip> {
     match ether_type {
         ETH_P_IPV4 => parse_v4(ctx, off),
         ETH_P_IPV6 => parse_v6(ctx, off),
-        // Deeper VLAN stacks and every other ethertype.
+        // A third VLAN tag: a stack deeper than we follow.
+        ETH_P_8021Q | ETH_P_8021AD => Err(Skip::Malformed),
         _ => Err(Skip::NotKnock),
     }
 }
@@ -100,10 +105,11 @@ fn parse_v4(ctx: &XdpContext, off: usize) -> Result<Packet, Skip> {
     if ip.version() != 4 || ihl < Ipv4Hdr::LEN {
         return Err(Skip::Malformed);
     }
-    // More-fragments set, or a non-zero offset: no (whole) L4 header to read.
-    if ip.frag_offset() != 0 || ip.frag_flags() & 0x1 != 0 {
+    // A non-first fragment has no L4 header; the first one (offset 0) carries the ports.
+    if ip.frag_offset() != 0 {
         return Err(Skip::NotKnock);
     }
+    let fragment = ip.frag_flags() & 0x1 != 0;
     let (dport, tcp_flags) = parse_l4(ctx, off + ihl, ip.proto)?;
     Ok(Packet {
         src: AddrKey::v4(ip.src_addr),
@@ -111,6 +117,7 @@ fn parse_v4(ctx: &XdpContext, off: usize) -> Result<Packet, Skip> {
         proto: ip.proto,
         dport,
         tcp_flags,
+        fragment,
     })
 }
 
@@ -123,6 +130,7 @@ fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Packet, Skip> {
     let dst = AddrKey::v6(ip.dst_addr);
     let mut next = ip.next_hdr;
     let mut l4 = off + Ipv6Hdr::LEN;
+    let mut fragment = false;
     for _ in 0..MAX_EXT_HEADERS {
         match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
@@ -135,20 +143,29 @@ fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Packet, Skip> {
                 next = nh;
                 l4 += (usize::from(len) + 2) * 4;
             }
-            // A fragment header means no whole L4 header in this frame to trust.
-            IPPROTO_FRAGMENT => return Err(Skip::NotKnock),
+            IPPROTO_FRAGMENT => {
+                // next header, reserved, then offset (13 bits) and flags.
+                let [nh, _] = read_pair(ctx, l4)?;
+                let offset = read_be16(ctx, l4 + 2)? >> 3;
+                if offset != 0 {
+                    return Err(Skip::NotKnock);
+                }
+                fragment = true;
+                next = nh;
+                l4 += 8;
+            }
             _ => break,
         }
     }
     if next != PROTO_TCP && next != PROTO_UDP {
         // Still an extension header after MAX_EXT_HEADERS is a chain we do not follow.
         return match next {
-            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => Err(Skip::Malformed),
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => Err(Skip::Malformed),
             _ => Err(Skip::NotKnock),
         };
     }
     let (dport, tcp_flags) = parse_l4(ctx, l4, next)?;
-    Ok(Packet { src, dst, proto: next, dport, tcp_flags })
+    Ok(Packet { src, dst, proto: next, dport, tcp_flags, fragment })
 }
 
 #[inline(always)]

@@ -9,13 +9,14 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use knock_common::{
-    Attempt, Bucket, Counter, DoorSpec, EventKind, Knock, KnockEvent, MAX_DOORS, Outcome, PORT_SLOTS, ProgressKey,
-    Settings, XDP_PASS, port_slot, step,
+    AllowKey, Attempt, Bucket, Counter, DoorSpec, EventKind, GATE_CLOSE, GATE_OPEN, Knock, KnockEvent, MAX_DOORS,
+    MAX_GATE_PORTS, Outcome, PORT_SLOTS, ProgressKey, Settings, XDP_DROP, XDP_PASS, gate_passes, is_new_connection,
+    port_slot, step,
 };
 
 use crate::parse::{self, Packet, Skip};
 
-const _: () = assert!(XDP_PASS == xdp_action::XDP_PASS);
+const _: () = assert!(XDP_PASS == xdp_action::XDP_PASS && XDP_DROP == xdp_action::XDP_DROP);
 
 /// Configured doors, written by the daemon. Slot i is door i of the config.
 #[map]
@@ -55,16 +56,33 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT
 #[map]
 static STAGE_BUDGET: PerCpuArray<Bucket> = PerCpuArray::with_max_entries(1, 0);
 
+/// (protocol, port) -> mask of doors gating it; 0 = not gated.
+#[map]
+static GATE_PORTS: Array<u32> = Array::with_max_entries(PORT_SLOTS, 0);
+
+/// (source, gated port) -> `ktime` the allowance ends. Only a completed knock inserts here.
+/// LRU: when full, the oldest allowance goes (its source must knock again); nothing opens.
+#[map]
+static ALLOW: LruHashMap<AllowKey, u64> = LruHashMap::with_max_entries(65536, 0);
+
 #[xdp]
 fn knockgate(ctx: XdpContext) -> u32 {
     count(Counter::Packets);
+    let settings = SETTINGS.get(0);
     match parse::parse(&ctx) {
-        Ok(pkt) => on_packet(&pkt),
-        Err(Skip::Malformed) => count(Counter::ParseErrors),
-        Err(Skip::NotKnock) => {}
+        Ok(pkt) => on_packet(&pkt, settings),
+        Err(Skip::Malformed) => {
+            count(Counter::ParseErrors);
+            // It could be aimed at a gated port: never let it bypass the gate.
+            if settings.is_some_and(|s| s.gating != 0) {
+                count(Counter::GateDrops);
+                XDP_DROP
+            } else {
+                XDP_PASS
+            }
+        }
+        Err(Skip::NotKnock) => XDP_PASS,
     }
-    // knockgate observes; it never drops (the gate comes with its own verdicts).
-    xdp_action::XDP_PASS
 }
 
 #[inline(always)]
@@ -75,22 +93,47 @@ fn count(c: Counter) {
     }
 }
 
+/// The verdict for a parsed TCP/UDP packet: knock matching, then stealth and the gate.
 #[inline(always)]
-fn on_packet(pkt: &Packet) {
-    let Some(slot) = port_slot(pkt.proto, pkt.dport) else { return };
-    match PORT_DOORS.get(slot) {
-        Some(&mask) if mask != 0 => {}
-        _ => return,
+fn on_packet(pkt: &Packet, settings: Option<&Settings>) -> u32 {
+    let Some(slot) = port_slot(pkt.proto, pkt.dport) else { return XDP_PASS };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut verdict = XDP_PASS;
+    if let (Some(&doors), Some(settings)) = (PORT_DOORS.get(slot), settings)
+        && doors != 0
+        && !pkt.fragment
+    {
+        knock(pkt, settings, now);
+        if doors & settings.stealth_mask != 0 {
+            count(Counter::StealthDrops);
+            verdict = XDP_DROP;
+        }
     }
-    let Some(settings) = SETTINGS.get(0) else { return };
+    if GATE_PORTS.get(slot).is_some_and(|&g| g != 0) && is_new_connection(pkt.proto, pkt.tcp_flags) {
+        let key = AllowKey { addr: pkt.src.addr, family: pkt.src.family, proto: pkt.proto, port: pkt.dport };
+        // SAFETY: copied out at once.
+        let until = unsafe { ALLOW.get(&key) }.copied();
+        if gate_passes(until, now) {
+            count(Counter::GatePasses);
+        } else {
+            count(Counter::GateDrops);
+            verdict = XDP_DROP;
+        }
+    }
+    verdict
+}
+
+/// Matches a knock against every door.
+#[inline(always)]
+fn knock(pkt: &Packet, settings: &Settings, now: u64) {
     let mut ctx = DoorLoop {
         pkt,
         settings,
         // SAFETY: the value is only tested for presence.
         to_local: unsafe { LOCAL_ADDRS.get(&pkt.dst) }.is_some(),
         knock: Knock { proto: pkt.proto, port: pkt.dport, tcp_flags: pkt.tcp_flags },
-        // SAFETY: a helper without arguments.
-        now: unsafe { bpf_ktime_get_ns() },
+        now,
     };
     // bpf_loop (kernel 5.17+) has the verifier check the body once instead of once per door.
     // SAFETY: `door_step` matches the callback ABI and `ctx` outlives the call.
@@ -178,6 +221,8 @@ fn knock_door(door: &DoorSpec, index: u8, settings: &Settings, pkt: &Packet, kno
                 }
                 None => now,
             };
+            // The gate opens before user space even hears of the knock.
+            gate(door, pkt, now);
             emit(pkt, EventKind::Open, index, &Attempt::new(door.len, started_ns, door.epoch));
         }
         Outcome::Reset => {
@@ -185,6 +230,23 @@ fn knock_door(door: &DoorSpec, index: u8, settings: &Settings, pkt: &Packet, kno
                 count(Counter::Resets);
             }
             forget(table, &key);
+        }
+    }
+}
+
+/// Opens (or closes) the door's gated ports for the knocker.
+#[inline(always)]
+fn gate(door: &DoorSpec, pkt: &Packet, now: u64) {
+    for i in 0..MAX_GATE_PORTS {
+        let Some(port) = door.gate_at(i) else { break };
+        let key = AllowKey { addr: pkt.src.addr, family: pkt.src.family, proto: port.proto, port: port.port };
+        let done = match door.gate_action {
+            GATE_OPEN => ALLOW.insert(&key, &now.saturating_add(door.gate_ttl_ns), 0),
+            GATE_CLOSE => ALLOW.remove(&key).or(Ok(())),
+            _ => Ok(()),
+        };
+        if done.is_err() {
+            count(Counter::MapErrors);
         }
     }
 }

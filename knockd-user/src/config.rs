@@ -9,12 +9,14 @@ use std::{
     time::Duration,
 };
 
-use knock_common::{MAX_DOORS, MAX_STEPS, PROTO_TCP, PROTO_UDP, TcpFlags};
+use knock_common::{MAX_DOORS, MAX_GATE_PORTS, MAX_STEPS, PROTO_TCP, PROTO_UDP, TcpFlags};
 
 /// knockd's `SEQ_TIMEOUT`.
 pub const DEFAULT_SEQ_TIMEOUT: Duration = Duration::from_secs(25);
 /// knockd's `CMD_TIMEOUT`.
 pub const DEFAULT_CMD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a gate opening lasts unless `Gate_Timeout` says otherwise.
+pub const DEFAULT_GATE_TIMEOUT: Duration = Duration::from_secs(30);
 /// knockd's default interface.
 pub const DEFAULT_INTERFACE: &str = "eth0";
 
@@ -78,6 +80,8 @@ pub struct Options {
     pub attempt_table_size: Option<u32>,
     /// knockgate: entries of the kernel table of attempts at their first knock.
     pub first_knock_table_size: Option<u32>,
+    /// knockgate: entries of the kernel table of gate allowances.
+    pub allow_table_size: Option<u32>,
 }
 
 /// A command setting for one address family: knockd tells "absent" (fall back to the IPv4
@@ -108,6 +112,31 @@ pub struct Door {
     pub target: Option<IpAddr>,
     /// `One_Time_Sequences`: the file, and where the active sequence's line starts.
     pub one_time: Option<OneTime>,
+    /// knockgate: what completing this door does to gated ports, in the kernel.
+    pub gate: Gate,
+    /// knockgate: drop this door's knock packets (no RST/ICMP answers a knock).
+    pub stealth: bool,
+}
+
+/// A door's in-kernel gate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Gate {
+    #[default]
+    None,
+    /// `Gate = 22/tcp, ...`: the knocker may open new connections to these ports for `ttl`.
+    Open { ports: Vec<Knock>, ttl: Duration },
+    /// `Gate_Close = 22/tcp, ...`: completing this door withdraws the knocker's allowance.
+    Close { ports: Vec<Knock> },
+}
+
+impl Gate {
+    #[must_use]
+    pub fn ports(&self) -> &[Knock] {
+        match self {
+            Gate::None => &[],
+            Gate::Open { ports, .. } | Gate::Close { ports } => ports,
+        }
+    }
 }
 
 /// A door's one-time sequences file (knockd's `One_Time_Sequences`).
@@ -135,6 +164,8 @@ impl Door {
             flags_clear: 0,
             target: None,
             one_time: None,
+            gate: Gate::None,
+            stealth: false,
         }
     }
 
@@ -148,6 +179,8 @@ impl Door {
             && self.flags_set == other.flags_set
             && self.flags_clear == other.flags_clear
             && self.target == other.target
+            && self.gate == other.gate
+            && self.stealth == other.stealth
     }
 
     /// The start command for a knocker of this family; `None` when there is nothing to run.
@@ -238,6 +271,9 @@ impl Parser<'_> {
             if door.sequence.is_empty() {
                 return Err(self.err(door.line, format!("section '{}' has an empty knock sequence", door.name)));
             }
+            if matches!(&door.gate, Gate::Open { ports, .. } if ports.is_empty()) {
+                return Err(self.err(door.line, format!("door '{}' has gate_timeout but no gate ports", door.name)));
+            }
         }
         Ok(self.config)
     }
@@ -289,6 +325,7 @@ impl Parser<'_> {
             "PIDFILE" => opts.pid_file = non_empty(value).map(PathBuf::from),
             "INTERFACE" => opts.interface = non_empty(value).map(str::to_owned),
             "ATTEMPTTABLESIZE" => self.config.options.attempt_table_size = Some(table_size(value).map_err(|m| self.err(n, m))?),
+            "ALLOWTABLESIZE" => self.config.options.allow_table_size = Some(table_size(value).map_err(|m| self.err(n, m))?),
             "FIRSTKNOCKTABLESIZE" => self.config.options.first_knock_table_size = Some(table_size(value).map_err(|m| self.err(n, m))?),
             "USESYSLOG" => {
                 return Err(self.err(n, "UseSyslog takes no value: write the bare word `UseSyslog`"));
@@ -317,6 +354,26 @@ impl Parser<'_> {
             "STOP_COMMAND" => door.stop_command = Some(value.to_owned()),
             "STOP_COMMAND_6" => door.stop_command_6 = V6Command::Set(value.to_owned()),
             "TCPFLAGS" => apply_tcp_flags(door, value).map_err(|m| self.err(n, m))?,
+            "GATE" | "GATE_CLOSE" => {
+                let ports = parse_gate_ports(value).map_err(|m| self.err(n, m))?;
+                door.gate = match (&door.gate, key) {
+                    (Gate::Close { .. }, "GATE") | (Gate::Open { .. }, "GATE_CLOSE") => {
+                        return Err(self.err(n, format!("door '{}' cannot both open and close a gate", door.name)));
+                    }
+                    (Gate::Open { ttl, .. }, _) => Gate::Open { ports, ttl: *ttl },
+                    (_, "GATE") => Gate::Open { ports, ttl: DEFAULT_GATE_TIMEOUT },
+                    _ => Gate::Close { ports },
+                };
+            }
+            "GATE_TIMEOUT" => {
+                let ttl = self.seconds(n, key, value)?;
+                door.gate = match std::mem::take(&mut door.gate) {
+                    Gate::Open { ports, .. } => Gate::Open { ports, ttl },
+                    Gate::None => Gate::Open { ports: Vec::new(), ttl },
+                    Gate::Close { .. } => return Err(self.err(n, "gate_timeout belongs to a door with `gate`, not `gate_close`")),
+                };
+            }
+            "STEALTH" => door.stealth = parse_bool(value).map_err(|m| self.err(n, m))?,
             "TARGET" => {
                 door.target = Some(value.parse().map_err(|_| self.err(n, format!("target '{value}' is not an IP address")))?);
             }
@@ -399,6 +456,33 @@ pub(crate) fn table_size(value: &str) -> Result<u32, String> {
 
 fn non_empty(v: &str) -> Option<&str> {
     (!v.is_empty()).then_some(v)
+}
+
+/// Parses a gate's ports: `22/tcp, 51820/udp` (protocol required, at most `MAX_GATE_PORTS`).
+pub fn parse_gate_ports(value: &str) -> Result<Vec<Knock>, String> {
+    let ports = value
+        .split(',')
+        .map(|item| {
+            let item = item.trim();
+            let Some((port, proto)) = item.split_once('/') else {
+                return Err(format!("gate port '{item}' needs a protocol: write e.g. 22/tcp or 51820/udp"));
+            };
+            parse_knock(&format!("{port}:{proto}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if ports.len() > MAX_GATE_PORTS {
+        return Err(format!("{} gate ports: at most {MAX_GATE_PORTS} are supported", ports.len()));
+    }
+    Ok(ports)
+}
+
+/// `yes`/`no` (also `true`/`false`, `on`/`off`, `1`/`0`).
+pub fn parse_bool(value: &str) -> Result<bool, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "yes" | "true" | "on" | "1" => Ok(true),
+        "no" | "false" | "off" | "0" => Ok(false),
+        _ => Err(format!("'{value}' is not yes or no")),
+    }
 }
 
 /// Parses a comma-separated sequence of `port[:proto]` items (at most `MAX_STEPS`).
@@ -573,6 +657,28 @@ mod tests {
     fn options_section_name_is_case_sensitive_like_knockd() {
         // `[Options]` is a door; `logfile` in a door is refused.
         assert_eq!(err("[Options]\nlogfile = /x\n"), "knockd.conf:2: 'logfile' belongs in [options], not in door 'Options'");
+    }
+
+    #[test]
+    fn gate_directives() {
+        let c = parse("[open]\nsequence = 1\ngate = 22/tcp, 51820/UDP\ngate_timeout = 5\nstealth = yes\n[close]\nsequence = 2\ngate_close = 22/tcp\n").unwrap();
+        assert_eq!(
+            c.doors[0].gate,
+            Gate::Open { ports: vec![tcp(22), Knock { port: 51820, proto: Proto::Udp }], ttl: Duration::from_secs(5) }
+        );
+        assert!(c.doors[0].stealth);
+        assert_eq!(c.doors[1].gate, Gate::Close { ports: vec![tcp(22)] });
+        assert_eq!(parse("[d]\nsequence = 1\ngate = 22/tcp\n").unwrap().doors[0].gate, Gate::Open { ports: vec![tcp(22)], ttl: DEFAULT_GATE_TIMEOUT });
+        for (text, want) in [
+            ("[d]\nsequence = 1\ngate = 22\n", "knockd.conf:3: gate port '22' needs a protocol: write e.g. 22/tcp or 51820/udp"),
+            ("[d]\nsequence = 1\ngate = 22/sctp\n", "knockd.conf:3: unknown protocol 'sctp' in '22:sctp' (use tcp or udp)"),
+            ("[d]\nsequence = 1\ngate = 22/tcp\ngate_close = 22/tcp\n", "knockd.conf:4: door 'd' cannot both open and close a gate"),
+            ("[d]\nsequence = 1\nstealth = maybe\n", "knockd.conf:3: 'maybe' is not yes or no"),
+            ("[d]\nsequence = 1\ngate_timeout = 5\n", "knockd.conf:1: door 'd' has gate_timeout but no gate ports"),
+            ("[d]\nsequence = 1\ngate = 1/tcp,2/tcp,3/tcp,4/tcp,5/tcp,6/tcp,7/tcp,8/tcp,9/tcp\n", "knockd.conf:3: 9 gate ports: at most 8 are supported"),
+        ] {
+            assert_eq!(err(text), want, "{text:?}");
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio::{
 
 use crate::{
     command::Doorkeeper,
-    config::Config,
+    config::{Config, Gate, Knock},
     doors::Doors,
     kernel::KnockProgram,
     log::KnockLog,
@@ -184,6 +184,17 @@ impl Daemon {
             Some(EventKind::Open) => {
                 watched.remove(&(ip, ev.door));
                 self.log.line(&format!("{ip}: {}: OPEN SESAME", door.name));
+                // The XDP program has already changed the gate; this only says so.
+                match &door.gate {
+                    Gate::None => {}
+                    Gate::Open { ports, ttl } => self.log.line(&format!(
+                        "{ip}: {}: gate open for {}s: {}",
+                        door.name,
+                        ttl.as_secs(),
+                        gate_ports(ports)
+                    )),
+                    Gate::Close { ports } => self.log.line(&format!("{ip}: {}: gate closed: {}", door.name, gate_ports(ports))),
+                }
                 keeper.open(&door, ip);
                 if let Some(ot) = &door.one_time {
                     match one_time::advance(&ot.path, ot.offset) {
@@ -255,6 +266,10 @@ impl Daemon {
         }
         Ok(())
     }
+}
+
+fn gate_ports(ports: &[Knock]) -> String {
+    ports.iter().map(|k| format!("{}/{}", k.port, k.proto.name())).collect::<Vec<_>>().join(", ")
 }
 
 fn parse_event(bytes: &[u8]) -> Option<KnockEvent> {

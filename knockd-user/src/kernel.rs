@@ -7,12 +7,13 @@ use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
-use knock_common::{AddrKey, Attempt, Counter, DoorSpec, ProgressKey, Settings, maps};
+use knock_common::{AddrKey, AllowKey, Attempt, Counter, DoorSpec, ProgressKey, Settings, maps};
 
 use crate::{
     KNOCK_EBPF,
+    config::{Gate, Knock},
     doors::Doors,
-    spec::{addr_key, port_table},
+    spec::{addr_key, gate_table, port_table},
 };
 
 /// Name of the XDP function in the object.
@@ -36,6 +37,21 @@ fn map_of<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::map
     ebpf.map_mut(name).ok_or(KernelError::MissingMap(name))
 }
 
+/// Makes a `PORT_SLOTS` array hold `want` (all other slots 0), writing only what changes.
+fn sync_table(ebpf: &mut Ebpf, name: &'static str, have: &mut BTreeMap<u32, u32>, want: BTreeMap<u32, u32>) -> Result<(), KernelError> {
+    let mut map: Array<_, u32> = Array::try_from(map_of(ebpf, name)?).map_err(map_err(name))?;
+    for (&slot, &mask) in &want {
+        if have.get(&slot) != Some(&mask) {
+            map.set(slot, mask, 0).map_err(map_err(name))?;
+        }
+    }
+    for slot in have.keys().filter(|s| !want.contains_key(s)) {
+        map.set(*slot, 0, 0).map_err(map_err(name))?;
+    }
+    *have = want;
+    Ok(())
+}
+
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> KernelError {
     move |source| KernelError::Map { name, source }
 }
@@ -47,6 +63,8 @@ pub struct Limits {
     pub progress_entries: u32,
     /// Entries of the table of attempts at their first knock (what a spoofed flood fills).
     pub first_knock_entries: u32,
+    /// Entries of the table of gate allowances (source, port).
+    pub allow_entries: u32,
     /// Stage events per second and CPU sent to user space (the rest are only counted).
     pub stage_rate: u32,
     pub stage_burst: u32,
@@ -54,7 +72,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { progress_entries: 65536, first_knock_entries: 65536, stage_rate: 50, stage_burst: 100 }
+        Self { progress_entries: 65536, first_knock_entries: 65536, allow_entries: 65536, stage_rate: 50, stage_burst: 100 }
     }
 }
 
@@ -64,6 +82,8 @@ pub struct KnockProgram {
     limits: Limits,
     /// What `PORT_DOORS` holds now, so updates write only the slots that change.
     ports: BTreeMap<u32, u32>,
+    /// Likewise for `GATE_PORTS`.
+    gates: BTreeMap<u32, u32>,
     link: Option<XdpLinkId>,
 }
 
@@ -73,13 +93,14 @@ impl KnockProgram {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(maps::PROGRESS, limits.progress_entries)
             .map_max_entries(maps::FIRST_KNOCKS, limits.first_knock_entries)
+            .map_max_entries(maps::ALLOW, limits.allow_entries)
             .load(KNOCK_EBPF)?;
         let prog: &mut Xdp = ebpf
             .program_mut(PROGRAM)
             .ok_or(KernelError::MissingProgram)?
             .try_into()?;
         prog.load()?;
-        Ok(Self { ebpf, limits, ports: BTreeMap::new(), link: None })
+        Ok(Self { ebpf, limits, ports: BTreeMap::new(), gates: BTreeMap::new(), link: None })
     }
 
     fn xdp(&self) -> Result<&Xdp, KernelError> {
@@ -101,33 +122,69 @@ impl KnockProgram {
     /// Writes the doors in force into the maps.
     pub fn apply(&mut self, doors: &Doors) -> Result<(), KernelError> {
         let specs = doors.specs();
-        let table = port_table(doors.active().map(|(i, s)| (i, &s.door)));
+        let active = || doors.active().map(|(i, s)| (i, &s.door));
+        let ports = port_table(active());
+        let gates = gate_table(active());
+        let stealth_mask = doors
+            .active()
+            .filter(|(_, s)| s.door.stealth)
+            .fold(0u32, |m, (i, _)| m | 1u32.checked_shl(u32::from(i)).unwrap_or(0));
         let settings = Settings {
             slots: doors.slot_count(),
             stage_rate: self.limits.stage_rate,
             stage_burst: self.limits.stage_burst,
+            gating: u32::from(doors.active().any(|(_, s)| matches!(s.door.gate, Gate::Open { .. }))),
+            stealth_mask,
             _pad: 0,
         };
+        // Gates first, so a port is gated before the door that opens it can be knocked.
+        sync_table(&mut self.ebpf, maps::GATE_PORTS, &mut self.gates, gates)?;
         {
-            let mut doors: Array<_, DoorSpec> = Array::try_from(self.map_mut(maps::DOORS)?).map_err(map_err(maps::DOORS))?;
+            let mut map: Array<_, DoorSpec> = Array::try_from(self.map_mut(maps::DOORS)?).map_err(map_err(maps::DOORS))?;
             for (i, spec) in (0u32..).zip(&specs) {
-                doors.set(i, spec, 0).map_err(map_err(maps::DOORS))?;
+                map.set(i, spec, 0).map_err(map_err(maps::DOORS))?;
             }
         }
-        {
-            let mut ports: Array<_, u32> = Array::try_from(map_of(&mut self.ebpf, maps::PORT_DOORS)?).map_err(map_err(maps::PORT_DOORS))?;
-            for (&slot, &mask) in &table {
-                if self.ports.get(&slot) != Some(&mask) {
-                    ports.set(slot, mask, 0).map_err(map_err(maps::PORT_DOORS))?;
-                }
-            }
-            for slot in self.ports.keys().filter(|s| !table.contains_key(s)) {
-                ports.set(*slot, 0, 0).map_err(map_err(maps::PORT_DOORS))?;
-            }
-        }
-        self.ports = table;
+        sync_table(&mut self.ebpf, maps::PORT_DOORS, &mut self.ports, ports)?;
         let mut s: Array<_, Settings> = Array::try_from(self.map_mut(maps::SETTINGS)?).map_err(map_err(maps::SETTINGS))?;
         s.set(0, settings, 0).map_err(map_err(maps::SETTINGS))
+    }
+
+    /// When a source's allowance for a gated port ends (`ktime` ns), if it has one.
+    pub fn allowed_until(&self, src: IpAddr, port: Knock) -> Result<Option<u64>, KernelError> {
+        let map: HashMap<_, AllowKey, u64> = HashMap::try_from(self.map(maps::ALLOW)?).map_err(map_err(maps::ALLOW))?;
+        let a = addr_key(src);
+        let key = AllowKey { addr: a.addr, family: a.family, proto: port.proto.number(), port: port.port };
+        match map.get(&key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(maps::ALLOW)(e)),
+        }
+    }
+
+    /// Kernel memory of each of this process's BPF maps (`memlock` in `/proc/self/fdinfo`).
+    #[must_use]
+    pub fn map_memory() -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        let Ok(dir) = std::fs::read_dir("/proc/self/fdinfo") else { return out };
+        for entry in dir.flatten() {
+            let Ok(text) = std::fs::read_to_string(entry.path()) else { continue };
+            let field = |name: &str| {
+                text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<u64>().ok())
+            };
+            if let (Some(id), Some(bytes)) = (field("map_id:"), field("memlock:")) {
+                let name = u32::try_from(id)
+                    .ok()
+                    .and_then(|id| aya::maps::MapInfo::from_id(id).ok())
+                    .and_then(|i| i.name_as_str().map(str::to_owned))
+                    .unwrap_or_else(|| format!("map {id}"));
+                if !out.iter().any(|(n, _)| *n == name) {
+                    out.push((name, bytes));
+                }
+            }
+        }
+        out.sort_by(|a, b| b.1.cmp(&a.1));
+        out
     }
 
     /// Makes `LOCAL_ADDRS` hold exactly `addrs`.

@@ -96,6 +96,7 @@ fn start(args: &Args) -> anyhow::Result<()> {
     let limits = Limits {
         progress_entries: config.options.attempt_table_size.unwrap_or(defaults.progress_entries),
         first_knock_entries: config.options.first_knock_table_size.unwrap_or(defaults.first_knock_entries),
+        allow_entries: config.options.allow_table_size.unwrap_or(defaults.allow_entries),
         ..defaults
     };
     let mut program = KnockProgram::load(limits).context("loading the XDP program (needs root: CAP_BPF and CAP_NET_ADMIN)")?;
@@ -113,12 +114,18 @@ fn start(args: &Args) -> anyhow::Result<()> {
     }
     let events = program.take_events()?;
     let limits = program.limits();
-    tracing::info!(
-        "{} door(s); attempt tables of {} + {} entries",
+    let memory = KnockProgram::map_memory();
+    let total: u64 = memory.iter().map(|(_, b)| b).sum();
+    let detail: Vec<String> = memory.iter().map(|(n, b)| format!("{n} {} KiB", b / 1024)).collect();
+    log.line(&format!(
+        "{} door(s); tables: attempts {}, first knocks {}, allowances {}; kernel memory {} KiB ({})",
         doors.active().count(),
         limits.progress_entries,
         limits.first_knock_entries,
-    );
+        limits.allow_entries,
+        total / 1024,
+        detail.join(", ")
+    ));
 
     let mut pidfile = None;
     if args.daemon {

@@ -2,9 +2,9 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use knock_common::{AddrKey, DoorSpec, Family, Step, port_slot};
+use knock_common::{AddrKey, DoorSpec, Family, GATE_CLOSE, GATE_OPEN, Step, port_slot};
 
-use crate::config::Door;
+use crate::config::{Door, Gate};
 
 /// The kernel form of one door.
 #[must_use]
@@ -19,6 +19,20 @@ pub fn door_spec(door: &Door, epoch: u32) -> DoorSpec {
     spec.timeout_ns = u64::try_from(door.seq_timeout.as_nanos()).unwrap_or(u64::MAX);
     spec.flags_set = door.flags_set;
     spec.flags_clear = door.flags_clear;
+    match &door.gate {
+        Gate::None => {}
+        Gate::Open { ttl, .. } => {
+            spec.gate_action = GATE_OPEN;
+            spec.gate_ttl_ns = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
+        }
+        Gate::Close { .. } => spec.gate_action = GATE_CLOSE,
+    }
+    for (slot, port) in spec.gate.iter_mut().zip(door.gate.ports()) {
+        *slot = Step::new(port.proto.number(), port.port);
+    }
+    // The parser bounds gates to MAX_GATE_PORTS (8).
+    spec.gate_len = u8::try_from(door.gate.ports().len()).unwrap_or(0);
+    spec.stealth = u8::from(door.stealth);
     if let Some(target) = door.target {
         let key = addr_key(target);
         spec.target = key.addr;
@@ -35,6 +49,23 @@ pub fn port_table<'a>(doors: impl IntoIterator<Item = (u8, &'a Door)>) -> BTreeM
         for knock in &door.sequence {
             if let Some(slot) = port_slot(knock.proto.number(), knock.port) {
                 *table.entry(slot).or_insert(0) |= 1u32.checked_shl(u32::from(i)).unwrap_or(0);
+            }
+        }
+    }
+    table
+}
+
+/// `GATE_PORTS` content: for each (protocol, port) a door opens, the mask of those doors.
+/// Ports only closed by some door are not gated by that alone.
+#[must_use]
+pub fn gate_table<'a>(doors: impl IntoIterator<Item = (u8, &'a Door)>) -> BTreeMap<u32, u32> {
+    let mut table = BTreeMap::new();
+    for (i, door) in doors {
+        if let Gate::Open { ports, .. } = &door.gate {
+            for p in ports {
+                if let Some(slot) = port_slot(p.proto.number(), p.port) {
+                    *table.entry(slot).or_insert(0) |= 1u32.checked_shl(u32::from(i)).unwrap_or(0);
+                }
             }
         }
     }

@@ -21,8 +21,8 @@ use toml::Spanned;
 
 use crate::{
     config::{
-        Config, ConfigError, DEFAULT_CMD_TIMEOUT, DEFAULT_SEQ_TIMEOUT, Door, OneTime, Options, Proto, V6Command,
-        apply_tcp_flags, parse_sequence, table_size, tcp_flags_text,
+        Config, ConfigError, DEFAULT_CMD_TIMEOUT, DEFAULT_GATE_TIMEOUT, DEFAULT_SEQ_TIMEOUT, Door, Gate, Knock, OneTime,
+        Options, Proto, V6Command, apply_tcp_flags, parse_gate_ports, parse_sequence, table_size, tcp_flags_text,
     },
     one_time,
 };
@@ -51,6 +51,8 @@ struct FileOptions {
     attempt_table_size: Option<Spanned<u32>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     first_knock_table_size: Option<Spanned<u32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allow_table_size: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -80,6 +82,21 @@ struct FileDoor {
     tcp_flags: Option<Spanned<Vec<String>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     target: Option<IpAddr>,
+    /// Ports this door opens in the kernel: `["22/tcp", "51820/udp"]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gate: Option<Spanned<Vec<String>>>,
+    /// Seconds a gate opening lasts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gate_timeout: Option<Spanned<u32>>,
+    /// Ports whose allowance completing this door withdraws.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gate_close: Option<Spanned<Vec<String>>>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    stealth: bool,
+}
+
+fn gate_text(ports: &[Knock]) -> Vec<String> {
+    ports.iter().map(|k| format!("{}/{}", k.port, k.proto.name())).collect()
 }
 
 /// 1-based line of a byte offset.
@@ -104,10 +121,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         interface: file.options.interface,
         attempt_table_size: None,
         first_knock_table_size: None,
+        allow_table_size: None,
     };
     for (value, slot) in [
         (&file.options.attempt_table_size, &mut options.attempt_table_size),
         (&file.options.first_knock_table_size, &mut options.first_knock_table_size),
+        (&file.options.allow_table_size, &mut options.allow_table_size),
     ] {
         if let Some(v) = value {
             *slot = Some(table_size(&v.get_ref().to_string()).map_err(|m| err(v.span().start, m))?);
@@ -147,6 +166,19 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             apply_tcp_flags(&mut door, &flags.get_ref().join(",")).map_err(|m| err(flags.span().start, m))?;
         }
         door.target = d.target;
+        let ports = |v: &Spanned<Vec<String>>| parse_gate_ports(&v.get_ref().join(",")).map_err(|m| err(v.span().start, m));
+        door.gate = match (&d.gate, &d.gate_close, &d.gate_timeout) {
+            (Some(_), Some(c), _) => return Err(err(c.span().start, format!("door '{}' cannot both open and close a gate", door.name))),
+            (None, Some(_), Some(t)) => return Err(err(t.span().start, format!("door '{}': gate_timeout belongs to a door with `gate`, not `gate_close`", door.name))),
+            (None, None, Some(t)) => return Err(err(t.span().start, format!("door '{}' has gate_timeout but no gate ports", door.name))),
+            (Some(g), None, t) => Gate::Open {
+                ports: ports(g)?,
+                ttl: t.as_ref().map_or(DEFAULT_GATE_TIMEOUT, |t| Duration::from_secs(u64::from(*t.get_ref()))),
+            },
+            (None, Some(c), None) => Gate::Close { ports: ports(c)? },
+            (None, None, None) => Gate::None,
+        };
+        door.stealth = d.stealth;
         doors.push(door);
     }
     Ok(Config { options, doors })
@@ -163,6 +195,7 @@ pub fn dump(config: &Config) -> Result<String, toml::ser::Error> {
             interface: config.options.interface.clone(),
             attempt_table_size: config.options.attempt_table_size.map(spanned),
             first_knock_table_size: config.options.first_knock_table_size.map(spanned),
+            allow_table_size: config.options.allow_table_size.map(spanned),
         },
         doors: config
             .doors
@@ -197,6 +230,19 @@ pub fn dump(config: &Config) -> Result<String, toml::ser::Error> {
                         },
                         tcp_flags: (!flags.is_empty()).then(|| Spanned::new(0..0, flags)),
                         target: d.target,
+                        gate: match &d.gate {
+                            Gate::Open { ports, .. } => Some(Spanned::new(0..0, gate_text(ports))),
+                            _ => None,
+                        },
+                        gate_timeout: match &d.gate {
+                            Gate::Open { ttl, .. } => u32::try_from(ttl.as_secs()).ok().map(|t| Spanned::new(0..0, t)),
+                            _ => None,
+                        },
+                        gate_close: match &d.gate {
+                            Gate::Close { ports } => Some(Spanned::new(0..0, gate_text(ports))),
+                            _ => None,
+                        },
+                        stealth: d.stealth,
                     },
                 )
             })
@@ -211,7 +257,8 @@ mod tests {
 
     const KNOCKD: &str = "[options]\nUseSyslog\nlogfile = /var/log/knockd.log\nAttemptTableSize = 1000\n\
         [openSSH]\nsequence = 7000,8000:udp,9000\nseq_timeout = 5\ncommand = open %IP%\ncommand_6 =\ntcpflags = syn,!ack\n\
-        [closeSSH]\nsequence = 9000\nstart_command = a\ncmd_timeout = 3\nstop_command = b\nstop_command_6 = c\ntarget = 2001:db8::1\n";
+        [closeSSH]\nsequence = 9000\nstart_command = a\ncmd_timeout = 3\nstop_command = b\nstop_command_6 = c\ntarget = 2001:db8::1\n\
+        [gate]\nsequence = 1,2\ngate = 22/tcp,51820/udp\ngate_timeout = 7\nstealth = yes\n[ungate]\nsequence = 2,1\ngate_close = 22/tcp\n";
 
     #[test]
     fn knockd_conf_round_trips_through_toml() {
@@ -230,7 +277,7 @@ mod tests {
         let cases: &[(&str, &str)] = &[
             ("[[door]]\nname = \"d\"\nsequence = [\"7000\", \"70000\"]\n", "t.toml:3: port 70000 in '70000' is out of range 1-65535"),
             ("[[door]]\nname = \"d\"\nsequence = [\"1\"]\ntcp_flags = [\"syn\", \"bogus\"]\n", "t.toml:4: unrecognized tcp flag 'bogus' (use fin, syn, rst, psh, ack, urg, each optionally with !)"),
-            ("[[door]]\nname = \"d\"\nsequence = [\"1\"]\ncolour = \"red\"\n", "t.toml:4: unknown field `colour`, expected one of `name`, `sequence`, `one_time_sequences`, `seq_timeout`, `command`, `start_command`, `command_6`, `start_command_6`, `cmd_timeout`, `stop_command`, `stop_command_6`, `tcp_flags`, `target`"),
+            ("[[door]]\nname = \"d\"\nsequence = [\"1\"]\ncolour = \"red\"\n", "t.toml:4: unknown field `colour`, expected one of `name`, `sequence`, `one_time_sequences`, `seq_timeout`, `command`, `start_command`, `command_6`, `start_command_6`, `cmd_timeout`, `stop_command`, `stop_command_6`, `tcp_flags`, `target`, `gate`, `gate_timeout`, `gate_close`, `stealth`"),
             ("\n[[door]]\nname = \"d\"\n", "t.toml:2: section 'd' has an empty knock sequence"),
             ("[[door]]\nname = \"d\"\nsequence = [\"1\"]\nseq_timeout = -5\n", "t.toml:4: invalid value: integer `-5`, expected u32"),
             ("[options]\nattempt_table_size = 0\n", "t.toml:2: table size '0' is not a whole number from 1 to 16777216"),

@@ -16,6 +16,8 @@ pub struct FrameBuilder {
     dst: IpAddr,
     ip_options: usize,
     v6_ext: Vec<u8>,
+    /// Fragment offset (8-byte units) and more-fragments flag, IPv4 header or IPv6 header 44.
+    frag: (u16, bool),
     l4: L4,
 }
 
@@ -34,6 +36,7 @@ impl FrameBuilder {
             dst: dst.parse().expect("test address"),
             ip_options: 0,
             v6_ext: Vec::new(),
+            frag: (0, false),
             l4,
         }
     }
@@ -64,6 +67,14 @@ impl FrameBuilder {
     #[must_use]
     pub fn ip_options(mut self, words: usize) -> Self {
         self.ip_options = words;
+        self
+    }
+
+    /// Marks the datagram a fragment: IPv4 header fields, or an IPv6 fragment header (44) if
+    /// one is among the extension headers.
+    #[must_use]
+    pub fn fragment(mut self, offset: u16, more: bool) -> Self {
+        self.frag = (offset, more);
         self
     }
 
@@ -98,7 +109,10 @@ impl FrameBuilder {
                 f.push(0x40 | u8::try_from(ihl).expect("ihl"));
                 f.push(0);
                 f.extend_from_slice(&total.to_be_bytes());
-                f.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0]);
+                let frag = if self.frag == (0, false) { 0x4000 } else { (self.frag.0 & 0x1fff) | (u16::from(self.frag.1) << 13) };
+                f.extend_from_slice(&[0, 1]);
+                f.extend_from_slice(&frag.to_be_bytes());
+                f.extend_from_slice(&[64, proto, 0, 0]);
                 f.extend_from_slice(&s.octets());
                 f.extend_from_slice(&d.octets());
                 f.extend(std::iter::repeat_n(1u8, self.ip_options * 4));
@@ -112,10 +126,18 @@ impl FrameBuilder {
                 f.push(64);
                 f.extend_from_slice(&s.octets());
                 f.extend_from_slice(&d.octets());
-                for (i, _) in self.v6_ext.iter().enumerate() {
+                for (i, &kind) in self.v6_ext.iter().enumerate() {
                     let next = self.v6_ext.get(i + 1).copied().unwrap_or(proto);
-                    // 8 bytes: next header, length 0 (in 8-byte units beyond the first 8), padding.
-                    f.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+                    if kind == 44 {
+                        // Fragment header: next, reserved, offset << 3 | M, identification.
+                        let off = (self.frag.0 << 3) | u16::from(self.frag.1);
+                        f.extend_from_slice(&[next, 0]);
+                        f.extend_from_slice(&off.to_be_bytes());
+                        f.extend_from_slice(&[0, 0, 0, 1]);
+                    } else {
+                        // 8 bytes: next header, length 0 (8-byte units beyond the first 8), PadN.
+                        f.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+                    }
                 }
             }
             _ => panic!("mixed address families"),
