@@ -183,7 +183,7 @@ impl KnockProgram {
                 }
             }
         }
-        out.sort_by(|a, b| b.1.cmp(&a.1));
+        out.sort_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
         out
     }
 

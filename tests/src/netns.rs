@@ -93,3 +93,18 @@ impl Drop for NetPair {
         }
     }
 }
+
+/// Runs `f` on a thread that has joined network namespace `ns`. Sockets made there stay in
+/// that namespace and can be used from any thread afterwards.
+pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let netns = std::fs::File::open(format!("/run/netns/{ns}")).expect("open netns");
+                nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                f()
+            })
+            .join()
+            .expect("netns thread")
+    })
+}

@@ -201,7 +201,7 @@ fn syn_to_22(f: &[u8]) -> Option<IpAddr> {
         }
     }
     let l3 = off + 2;
-    let (src, mut proto, l4): (IpAddr, u8, usize) = match ethertype {
+    let (src, proto, l4): (IpAddr, u8, usize) = match ethertype {
         0x0800 => {
             let vihl = get(l3)?;
             let ihl = usize::from(vihl & 0xf) * 4;
@@ -244,8 +244,7 @@ fn syn_to_22(f: &[u8]) -> Option<IpAddr> {
     if proto != 6 {
         return None;
     }
-    proto = get(l4 + 13)?;
-    let flags = proto;
+    let flags = get(l4 + 13)?;
     (f.len() >= l4 + 20 && be16(l4 + 2)? == 22 && flags & SYN != 0 && flags & ACK == 0).then_some(src)
 }
 
@@ -276,7 +275,7 @@ fn property_never_aborts_and_gated_syns_pass_only_when_allowed() {
             (0..14 + rng.below(120)).map(|_| u8::try_from(rng.next() & 0xff).unwrap()).collect()
         } else {
             let mut f = bases[rng.below(bases.len())].clone();
-            for _ in 0..1 + rng.below(3) {
+            for _ in 0..=rng.below(3) {
                 let at = rng.below(f.len());
                 f[at] = u8::try_from(rng.next() & 0xff).unwrap();
             }
