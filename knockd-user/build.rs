@@ -11,7 +11,9 @@ fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=KNOCKGATE_EBPF_STUB");
     if env::var_os("KNOCKGATE_EBPF_STUB").is_some_and(|v| v == "1") {
         let out = PathBuf::from(env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?);
-        fs::write(out.join("knock-ebpf"), []).context("writing the stub eBPF object")?;
+        for name in ["knock-ebpf", "xdp-pass"] {
+            fs::write(out.join(name), []).context("writing the stub eBPF objects")?;
+        }
         return Ok(());
     }
     let metadata = cargo_root()?;

@@ -223,6 +223,32 @@ impl KnockProgram {
         Ok(self.xdp()?.test_run(opts)?.return_value)
     }
 
+    /// Runs the program `repeat` times on `frame`; returns the verdict and the kernel's mean
+    /// time per run.
+    pub fn test_run_timed(&self, frame: &[u8], repeat: u32) -> Result<(u32, std::time::Duration), KernelError> {
+        let opts = TestRunOptions { data_in: Some(frame), repeat, ..Default::default() };
+        let r = self.xdp()?.test_run(opts)?;
+        Ok((r.return_value, r.duration))
+    }
+
+    /// Fills the attempt tables with `n` synthetic attempts at door slot 0 (sources
+    /// `2001:db8:ffff::/48`, never sent to), half past their first knock: for scale benchmarks.
+    pub fn fill_attempts(&mut self, n: u32, epoch: u32) -> Result<(), KernelError> {
+        let attempt = |stage| Attempt::new(stage, 0, epoch);
+        for name in [maps::PROGRESS, maps::FIRST_KNOCKS] {
+            let mut map: HashMap<_, ProgressKey, Attempt> = HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+            let stage = if name == maps::PROGRESS { 2 } else { 1 };
+            for i in (0..n).filter(|i| (i % 2 == 0) == (stage == 2)) {
+                let mut addr = [0u8; 16];
+                addr[..6].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0xff, 0xff]);
+                addr[12..].copy_from_slice(&i.to_be_bytes());
+                let key = ProgressKey::new(&AddrKey::v6(addr), 0);
+                map.insert(key, attempt(stage), 0).map_err(map_err(name))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Takes the event ring buffer out (once) for the event loop.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, KernelError> {
         let map = self.ebpf.take_map(maps::EVENTS).ok_or(KernelError::MissingMap(maps::EVENTS))?;

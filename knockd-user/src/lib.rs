@@ -13,3 +13,6 @@ pub mod toml_form;
 
 /// The XDP program as built by `build.rs`; tests load exactly these bytes.
 pub static KNOCK_EBPF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/knock-ebpf"));
+
+/// An empty `XDP_PASS` program (function `xdp_pass`): the benchmark's baseline.
+pub static XDP_PASS_EBPF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-pass"));

@@ -55,6 +55,41 @@ impl Injector {
         Self { fd, ifindex, macs }
     }
 
+    /// Frames ready for `send_batch`: MAC addresses already replaced.
+    #[must_use]
+    pub fn prepare(&self, frame: &[u8]) -> Vec<u8> {
+        let mut f = frame.to_vec();
+        f[..12].copy_from_slice(&self.macs);
+        f
+    }
+
+    /// Sends prepared frames with `sendmmsg`; returns how many went out.
+    pub fn send_batch(&self, frames: &[Vec<u8>]) -> usize {
+        // SAFETY: sockaddr_ll is plain data; zeroed is a valid start.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = u16::try_from(libc::AF_PACKET).expect("family");
+        addr.sll_ifindex = self.ifindex;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(&self.macs[..6]);
+        let mut iovs: Vec<libc::iovec> =
+            frames.iter().map(|f| libc::iovec { iov_base: f.as_ptr().cast_mut().cast(), iov_len: f.len() }).collect();
+        let mut msgs: Vec<libc::mmsghdr> = iovs
+            .iter_mut()
+            .map(|iov| {
+                // SAFETY: msghdr is plain data; zeroed is a valid start.
+                let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                h.msg_hdr.msg_name = std::ptr::from_mut(&mut addr).cast();
+                h.msg_hdr.msg_namelen = u32::try_from(size_of::<libc::sockaddr_ll>()).expect("len");
+                h.msg_hdr.msg_iov = std::ptr::from_mut(iov);
+                h.msg_hdr.msg_iovlen = 1;
+                h
+            })
+            .collect();
+        // SAFETY: every header points at live buffers of the stated lengths.
+        let n = unsafe { libc::sendmmsg(self.fd.as_raw_fd(), msgs.as_mut_ptr(), u32::try_from(msgs.len()).expect("batch"), 0) };
+        usize::try_from(n).unwrap_or(0)
+    }
+
     /// Sends one frame (its MAC addresses replaced by the real ones).
     pub fn send(&self, frame: &[u8]) {
         let mut frame = frame.to_vec();
