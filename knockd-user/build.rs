@@ -17,6 +17,8 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let metadata = cargo_root()?;
+    // aya-build watches the eBPF crate's directory; the program also compiles knock-common.
+    println!("cargo:rerun-if-changed={}", metadata.join("knock-common").display());
     let root = metadata.join("knock-ebpf");
     let root = root.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {}", root.display()))?;
     aya_build::build_ebpf(

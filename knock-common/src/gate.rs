@@ -3,7 +3,9 @@
 use crate::{PROTO_TCP, PROTO_UDP, TcpFlags};
 
 /// Key of `ALLOW`: a source allowed to open connections to one gated port.
-#[repr(C)]
+// Aligned to 4 so that building one on the BPF stack is a few word stores, not a
+// byte-wise memset call per field (the layout and size are unchanged).
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct AllowKey {
     pub addr: [u8; 16],
