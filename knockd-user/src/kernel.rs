@@ -72,7 +72,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { progress_entries: 65536, first_knock_entries: 65536, allow_entries: 65536, stage_rate: 50, stage_burst: 100 }
+        Self { progress_entries: 65536, first_knock_entries: 65536, allow_entries: 65536, stage_rate: 10, stage_burst: 20 }
     }
 }
 

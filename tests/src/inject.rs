@@ -64,6 +64,7 @@ impl Injector {
     }
 
     /// Sends prepared frames with `sendmmsg`; returns how many went out.
+    #[must_use]
     pub fn send_batch(&self, frames: &[Vec<u8>]) -> usize {
         // SAFETY: sockaddr_ll is plain data; zeroed is a valid start.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };

@@ -34,12 +34,15 @@ enum Cmd {
         #[arg(long)]
         release: bool,
     },
+    /// Benchmark against knockd 0.8: writes BENCHMARKS.md and bench/ (results.json, plots).
+    Bench,
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Run { args } => run(&args),
         Cmd::Test { release } => test(release),
+        Cmd::Bench => bench(),
     }
 }
 
@@ -116,6 +119,42 @@ fn fuzz(seconds: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Builds the bench binary and runs it; `smoke` runs every part at tiny sizes.
+fn run_bench(release: bool, out: &Path, smoke: bool) -> anyhow::Result<()> {
+    let bins = build_bins(release)?;
+    let mut args = vec!["build", "--package", "tests", "--bin", "bench"];
+    if release {
+        args.push("--release");
+    }
+    cmd(env!("CARGO"), &args)?;
+    let mut bench = Command::new(bins.join("bench"));
+    bench.arg("--out").arg(out).env("KNOCKGATE_BIN_DIR", &bins).current_dir(root());
+    if smoke {
+        bench.arg("--smoke");
+    }
+    if !bench.status().context("running the benchmark")?.success() {
+        bail!("the benchmark failed");
+    }
+    let results = out.join("results.json");
+    let plot = root().join("xtask/plot.py");
+    let status = Command::new("python3").arg(plot).arg(&results).arg(out).status().context("running xtask/plot.py")?;
+    if !status.success() {
+        bail!("plotting failed");
+    }
+    Ok(())
+}
+
+fn bench() -> anyhow::Result<()> {
+    prereq::ensure(prereq::Need::Bench)?;
+    prereq::require_root("the benchmark loads XDP programs and makes network namespaces")?;
+    let out = root().join("bench");
+    run_bench(true, &out, false)?;
+    std::fs::copy(out.join("BENCHMARKS.md"), root().join("BENCHMARKS.md")).context("copying BENCHMARKS.md")?;
+    std::fs::remove_file(out.join("BENCHMARKS.md")).context("tidying bench/")?;
+    println!("wrote BENCHMARKS.md and bench/ (results.json, plots)");
+    Ok(())
+}
+
 fn test(release: bool) -> anyhow::Result<()> {
     prereq::ensure(prereq::Need::Test)?;
     // Host tests: no root, stable toolchain.
@@ -144,5 +183,8 @@ fn test(release: bool) -> anyhow::Result<()> {
             bail!("privileged tests failed ({})", if release { "release" } else { "debug" });
         }
     }
+    // The benchmark at tiny sizes, so that it cannot rot.
+    run_bench(false, &target_dir()?.join("bench-smoke"), true)?;
+    println!("bench smoke: ok");
     Ok(())
 }

@@ -12,6 +12,7 @@ use anyhow::{Context as _, bail};
 pub(crate) enum Need {
     Run,
     Test,
+    Bench,
 }
 
 /// Debian packages the tests use, with a command each provides.
@@ -50,7 +51,10 @@ pub(crate) fn ensure(need: Need) -> anyhow::Result<()> {
             "LLVM_PREFIX={prefix} LLVM_SYS_{major}1_PREFIX={prefix} cargo install bpf-linker --force --no-default-features --features llvm-{major}"
         ));
     }
-    if need == Need::Test {
+    if need != Need::Run {
+        if !has_output("python3", &["-c", "import matplotlib; print('ok')"], "ok") {
+            todo.push("python3 -m pip install --quiet matplotlib".to_owned());
+        }
         for (pkg, tool) in TEST_PACKAGES {
             if !has_tool(tool) {
                 apt.push((*pkg).to_owned());

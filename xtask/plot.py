@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Plots for BENCHMARKS.md from the bench's results.json: plot.py RESULTS OUTDIR."""
+import json
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def main(results_path, out):
+    r = json.load(open(results_path))
+
+    rows = r["per_packet"]["rows"]
+    names = [x["case"] for x in rows]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    ys = range(len(rows))
+    ax.barh([y + 0.2 for y in ys], [x["knockgate_ns"] for x in rows], 0.4, label="knockgate")
+    ax.barh([y - 0.2 for y in ys], [x["empty_ns"] for x in rows], 0.4, label="empty XDP_PASS program")
+    ax.set_yticks(list(ys), names)
+    ax.invert_yaxis()
+    ax.set_xlabel("ns per packet (BPF_PROG_TEST_RUN, median)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(f"{out}/per_packet.png", dpi=100)
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    fl = r["flood"]
+    labels = [x["daemon"] for x in fl]
+    a1.bar(labels, [x["opened"] for x in fl], color=["tab:blue", "tab:red"])
+    a1.set_ylim(0, max(x["knocks"] for x in fl))
+    a1.set_title(f"legitimate opens of {fl[0]['knocks']} under a SYN flood")
+    a2.bar(labels, [x["daemon_cpu_percent"] for x in fl], color=["tab:blue", "tab:red"])
+    a2.set_title("daemon CPU, % of one core")
+    fig.tight_layout()
+    fig.savefig(f"{out}/flood.png", dpi=100)
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    lat = r["latency"] + [dict(r["gate_latency"], daemon="knockgate gate")]
+    labels = [f"{x['daemon']}" for x in lat]
+    xs = range(len(lat))
+    ax.bar([x - 0.2 for x in xs], [x["p50_ms"] for x in lat], 0.4, label="p50")
+    ax.bar([x + 0.2 for x in xs], [x["p99_ms"] for x in lat], 0.4, label="p99")
+    ax.set_xticks(list(xs), labels)
+    ax.set_yscale("log")
+    ax.set_ylabel("ms, last knock to open")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(f"{out}/latency.png", dpi=100)
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    sc = r["scale"]["rows"]
+    a1.plot([x["sources"] for x in sc], [x["knock_step_ns"] for x in sc], "o-", label="knockgate knock step (ns)")
+    a1.plot([x["sources"] for x in sc], [x["non_knock_syn_ns"] for x in sc], "o-", label="knockgate non-knock SYN (ns)")
+    a1.set_xscale("log")
+    a1.set_xlabel("tracked sources")
+    a1.set_ylabel("ns per packet")
+    a1.legend(fontsize=8)
+    ks = r["knockd_scale"]["rows"]
+    a2.plot([x["pending_attempts"] for x in ks], [x["cpu_us_per_packet"] * 1000 for x in ks], "o-", color="tab:red", label="knockd 0.8 (ns CPU)")
+    a2.plot([x["sources"] for x in sc], [x["knock_step_ns"] for x in sc], "o-", label="knockgate (ns)")
+    a2.set_xscale("log")
+    a2.set_yscale("log")
+    a2.set_xlabel("pending attempts / tracked sources")
+    a2.set_ylabel("ns per packet")
+    a2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(f"{out}/scale.png", dpi=100)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
