@@ -25,13 +25,14 @@ def main(results_path, out):
     fig.tight_layout()
     fig.savefig(f"{out}/per_packet.png", dpi=100)
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8))
     fl = r["flood"]
-    labels = [x["daemon"] for x in fl]
-    a1.bar(labels, [x["opened"] for x in fl], color=["tab:blue", "tab:red"])
+    labels = [x["daemon"] + ("\nmax rate" if x["paced_pps"] == 0 else f"\n{x['paced_pps'] // 1000}k pps") for x in fl]
+    colors = ["tab:blue" if x["daemon"] == "knockgate" else "tab:red" for x in fl]
+    a1.bar(labels, [x["opened"] for x in fl], color=colors)
     a1.set_ylim(0, max(x["knocks"] for x in fl))
     a1.set_title(f"legitimate opens of {fl[0]['knocks']} under a SYN flood")
-    a2.bar(labels, [x["daemon_cpu_percent"] for x in fl], color=["tab:blue", "tab:red"])
+    a2.bar(labels, [x["daemon_cpu_percent"] for x in fl], color=colors)
     a2.set_title("daemon CPU, % of one core")
     fig.tight_layout()
     fig.savefig(f"{out}/flood.png", dpi=100)
