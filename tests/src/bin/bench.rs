@@ -313,7 +313,7 @@ const PACED_PPS: u64 = 150_000;
 /// A flood at `rate` packets/s (0: as fast as the sender can).
 fn flood(opts: &Opts, peer: Peer, rate: u64) -> Value {
     let (knocks, max_secs) = if opts.smoke { (2, 3.0) } else { (8, 20.0) };
-    let rig = Rig::start(peer, &format!("\n[openSSH]\n\tsequence = 7000,8000,9000\n\tseq_timeout = 5\n\ttcpflags = syn\n"));
+    let rig = Rig::start(peer, "[openSSH]\n\tsequence = 7000,8000,9000\n\tseq_timeout = 5\n\ttcpflags = syn\n");
     let pid = rig.daemon.pid().unwrap();
     // Spoofed first knocks from every address of 198.18.0.0/15 but the test subnet
     // 198.18.0.0/24 (130,816 sources), in a shuffled order.
