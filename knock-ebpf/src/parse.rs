@@ -39,6 +39,19 @@ pub(crate) enum Skip {
     Malformed,
 }
 
+/// A TCP or UDP packet, parsed as far as its ports. Addresses are read only for the packets
+/// that need them (`addresses`): building address keys is most of the cost of a packet.
+pub(crate) struct Parsed {
+    /// Offset of the IP header.
+    pub(crate) l3: usize,
+    pub(crate) v6: bool,
+    pub(crate) proto: u8,
+    pub(crate) dport: u16,
+    pub(crate) tcp_flags: u8,
+    /// The first fragment of a fragmented datagram: never a knock, but gated like any packet.
+    pub(crate) fragment: bool,
+}
+
 /// What the matcher needs of a knock packet.
 pub(crate) struct Packet {
     pub(crate) src: AddrKey,
@@ -46,8 +59,24 @@ pub(crate) struct Packet {
     pub(crate) proto: u8,
     pub(crate) dport: u16,
     pub(crate) tcp_flags: u8,
-    /// The first fragment of a fragmented datagram: never a knock, but gated like any packet.
     pub(crate) fragment: bool,
+}
+
+/// Source and destination of a parsed packet.
+#[inline(always)]
+pub(crate) fn addresses(ctx: &XdpContext, p: &Parsed) -> Result<Packet, Skip> {
+    let (src, dst) = if p.v6 {
+        let ip = ptr_at::<Ipv6Hdr>(ctx, p.l3)?;
+        // SAFETY: ptr_at checked the whole fixed header; all fields are byte arrays.
+        let ip = unsafe { &*ip };
+        (AddrKey::v6(ip.src_addr), AddrKey::v6(ip.dst_addr))
+    } else {
+        let ip = ptr_at::<Ipv4Hdr>(ctx, p.l3)?;
+        // SAFETY: as above.
+        let ip = unsafe { &*ip };
+        (AddrKey::v4(ip.src_addr), AddrKey::v4(ip.dst_addr))
+    };
+    Ok(Packet { src, dst, proto: p.proto, dport: p.dport, tcp_flags: p.tcp_flags, fragment: p.fragment })
 }
 
 #[inline(always)]
@@ -76,7 +105,7 @@ fn read_be16(ctx: &XdpContext, offset: usize) -> Result<u16, Skip> {
 }
 
 #[inline(always)]
-pub(crate) fn parse(ctx: &XdpContext) -> Result<Packet, Skip> {
+pub(crate) fn parse(ctx: &XdpContext) -> Result<Parsed, Skip> {
     let mut off = EthHdr::LEN;
     // The ethertype sits in the last two bytes of the Ethernet header, or of each VLAN tag.
     let mut ether_type = read_be16(ctx, off - 2)?;
@@ -97,7 +126,7 @@ pub(crate) fn parse(ctx: &XdpContext) -> Result<Packet, Skip> {
 }
 
 #[inline(always)]
-fn parse_v4(ctx: &XdpContext, off: usize) -> Result<Packet, Skip> {
+fn parse_v4(ctx: &XdpContext, off: usize) -> Result<Parsed, Skip> {
     let ip = ptr_at::<Ipv4Hdr>(ctx, off)?;
     // SAFETY: ptr_at checked the whole fixed header; all fields are byte arrays.
     let ip = unsafe { &*ip };
@@ -111,23 +140,14 @@ fn parse_v4(ctx: &XdpContext, off: usize) -> Result<Packet, Skip> {
     }
     let fragment = ip.frag_flags() & 0x1 != 0;
     let (dport, tcp_flags) = parse_l4(ctx, off + ihl, ip.proto)?;
-    Ok(Packet {
-        src: AddrKey::v4(ip.src_addr),
-        dst: AddrKey::v4(ip.dst_addr),
-        proto: ip.proto,
-        dport,
-        tcp_flags,
-        fragment,
-    })
+    Ok(Parsed { l3: off, v6: false, proto: ip.proto, dport, tcp_flags, fragment })
 }
 
 #[inline(always)]
-fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Packet, Skip> {
+fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Parsed, Skip> {
     let ip = ptr_at::<Ipv6Hdr>(ctx, off)?;
     // SAFETY: ptr_at checked the whole fixed header; all fields are byte arrays.
     let ip = unsafe { &*ip };
-    let src = AddrKey::v6(ip.src_addr);
-    let dst = AddrKey::v6(ip.dst_addr);
     let mut next = ip.next_hdr;
     let mut l4 = off + Ipv6Hdr::LEN;
     let mut fragment = false;
@@ -165,7 +185,7 @@ fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Packet, Skip> {
         };
     }
     let (dport, tcp_flags) = parse_l4(ctx, l4, next)?;
-    Ok(Packet { src, dst, proto: next, dport, tcp_flags, fragment })
+    Ok(Parsed { l3: off, v6: true, proto: next, dport, tcp_flags, fragment })
 }
 
 #[inline(always)]

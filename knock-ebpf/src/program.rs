@@ -14,7 +14,7 @@ use knock_common::{
     port_slot, step,
 };
 
-use crate::parse::{self, Packet, Skip};
+use crate::parse::{self, Packet, Parsed, Skip};
 
 const _: () = assert!(XDP_PASS == xdp_action::XDP_PASS && XDP_DROP == xdp_action::XDP_DROP);
 
@@ -70,7 +70,7 @@ fn knockgate(ctx: XdpContext) -> u32 {
     count(Counter::Packets);
     let settings = SETTINGS.get(0);
     match parse::parse(&ctx) {
-        Ok(pkt) => on_packet(&pkt, settings),
+        Ok(parsed) => on_packet(&ctx, &parsed, settings),
         Err(Skip::Malformed) => {
             count(Counter::ParseErrors);
             // It could be aimed at a gated port: never let it bypass the gate.
@@ -95,14 +95,19 @@ fn count(c: Counter) {
 
 /// The verdict for a parsed TCP/UDP packet: knock matching, then stealth and the gate.
 #[inline(always)]
-fn on_packet(pkt: &Packet, settings: Option<&Settings>) -> u32 {
-    let Some(slot) = port_slot(pkt.proto, pkt.dport) else { return XDP_PASS };
+fn on_packet(ctx: &XdpContext, parsed: &Parsed, settings: Option<&Settings>) -> u32 {
+    let Some(slot) = port_slot(parsed.proto, parsed.dport) else { return XDP_PASS };
     let doors = PORT_DOORS.get(slot).copied().unwrap_or(0);
-    let gated = GATE_PORTS.get(slot).is_some_and(|&g| g != 0) && is_new_connection(pkt.proto, pkt.tcp_flags);
+    let gated = GATE_PORTS.get(slot).is_some_and(|&g| g != 0) && is_new_connection(parsed.proto, parsed.tcp_flags);
     // The common case: a port that is neither a knock port nor gated costs two array reads.
     if doors == 0 && !gated {
         return XDP_PASS;
     }
+    let Ok(pkt) = parse::addresses(ctx, parsed) else {
+        // Already read once during parsing; unreachable, but never let it bypass a gate.
+        return if gated { XDP_DROP } else { XDP_PASS };
+    };
+    let pkt = &pkt;
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let mut verdict = XDP_PASS;
