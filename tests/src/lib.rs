@@ -5,5 +5,6 @@
 pub mod daemon;
 pub mod frame;
 pub mod inject;
+pub mod kernel;
 pub mod netns;
 pub mod scenario;

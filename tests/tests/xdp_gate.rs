@@ -2,15 +2,17 @@
 //! property test over random and mutated frames.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests panic on failure")]
 
-use std::{net::IpAddr, path::Path, time::Duration};
+use std::{net::IpAddr, time::Duration};
 
 use knock_common::{Counter, XDP_ABORTED, XDP_DROP, XDP_PASS};
 use knockd_user::{
-    config::{Config, Knock, Proto},
-    doors::Doors,
-    kernel::{KnockProgram, Limits},
+    config::{Knock, Proto},
+    kernel::KnockProgram,
 };
-use tests::frame::{ACK, FrameBuilder, SYN};
+use tests::{
+    frame::{ACK, FrameBuilder, SYN},
+    kernel::{counter, program},
+};
 
 const SERVER: &str = "198.18.0.1";
 const SERVER6: &str = "2001:db8::1";
@@ -24,16 +26,6 @@ fn config(gate_timeout: u32) -> String {
          [c]\nsequence = 8000,7000\ntcpflags = syn\ngate_close = 22/tcp\n\
          [s]\nsequence = 7100,7200\nstealth = yes\n"
     )
-}
-
-fn program(text: &str) -> KnockProgram {
-    let config = Config::parse(Path::new("gate.conf"), text).expect("config");
-    let mut p = KnockProgram::load(Limits::default()).expect("load (are you root?)");
-    let mut doors = Doors::new();
-    doors.install(config.doors);
-    p.apply(&doors).expect("apply");
-    p.set_local_addrs(&[SERVER.parse().unwrap(), SERVER6.parse().unwrap()]).expect("addrs");
-    p
 }
 
 fn run(p: &KnockProgram, f: &FrameBuilder) -> u32 {
@@ -50,10 +42,6 @@ fn knock(p: &KnockProgram, src: &str, ports: &[u16]) {
     for &port in ports {
         assert_eq!(run(p, &FrameBuilder::tcp(src, dst, port, SYN)), XDP_PASS);
     }
-}
-
-fn counter(p: &KnockProgram, c: Counter) -> u64 {
-    p.counters().unwrap().into_iter().find(|(k, _)| *k == c).unwrap().1
 }
 
 #[test]

@@ -3,15 +3,14 @@
 //! `bpf_loop` (kernel 5.17+); the machine runs 6.18.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests panic on failure")]
 
-use std::{net::IpAddr, path::Path};
+use std::net::IpAddr;
 
 use knock_common::{Counter, XDP_PASS};
-use knockd_user::{
-    config::Config,
-    doors::Doors,
-    kernel::{KnockProgram, Limits},
+use knockd_user::kernel::KnockProgram;
+use tests::{
+    frame::{ACK, FrameBuilder, SYN},
+    kernel::{counter, program},
 };
-use tests::frame::{ACK, FrameBuilder, SYN};
 
 const SERVER: &str = "198.18.0.1";
 const CLIENT: &str = "198.18.0.2";
@@ -34,16 +33,6 @@ command = true
 tcpflags = syn
 ";
 
-fn program(config: &str) -> KnockProgram {
-    let config = Config::parse(Path::new("test.conf"), config).expect("config");
-    let mut p = KnockProgram::load(Limits::default()).expect("load (are you root?)");
-    let mut doors = Doors::new();
-    doors.install(config.doors);
-    p.apply(&doors).expect("apply");
-    p.set_local_addrs(&[SERVER.parse().unwrap(), "2001:db8::1".parse().unwrap()]).expect("addrs");
-    p
-}
-
 fn stage(p: &KnockProgram, src: &str, door: u8) -> Option<u8> {
     let ip: IpAddr = src.parse().unwrap();
     p.attempt(ip, door).expect("read PROGRESS").map(|a| a.stage)
@@ -55,10 +44,6 @@ fn syn(p: &KnockProgram, src: &str, port: u16) {
 
 fn run(p: &KnockProgram, frame: &[u8]) {
     assert_eq!(p.test_run(frame).expect("test_run"), XDP_PASS, "knockgate never drops in observe mode");
-}
-
-fn counter(p: &KnockProgram, c: Counter) -> u64 {
-    p.counters().expect("counters").into_iter().find(|(k, _)| *k == c).map(|(_, v)| v).unwrap()
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::{
     io::Read as _,
     net::{SocketAddr, TcpListener},
     os::fd::AsRawFd as _,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -21,8 +21,6 @@ use std::{
 use knock_common::{XDP_DROP, XDP_PASS};
 use knockd_user::{
     XDP_PASS_EBPF,
-    config::Config,
-    doors::Doors,
     kernel::{KnockProgram, Limits},
 };
 use serde_json::{Value, json};
@@ -30,6 +28,7 @@ use tests::{
     daemon::{Daemon, bin, wait_for},
     frame::{ACK, FrameBuilder, SYN},
     inject::{Injector, mac_of},
+    kernel::program_with,
     netns::{NetPair, in_netns, sh},
 };
 
@@ -100,16 +99,6 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     }
     let i = ((v.len() - 1) as f64 * p).round();
     v[i as usize]
-}
-
-fn load(config: &str, limits: Limits) -> (KnockProgram, Doors) {
-    let config = Config::parse(Path::new("bench.conf"), config).unwrap();
-    let mut p = KnockProgram::load(limits).unwrap();
-    let mut doors = Doors::new();
-    doors.install(config.doors);
-    p.apply(&doors).unwrap();
-    p.set_local_addrs(&["198.18.0.1".parse().unwrap(), "2001:db8::1".parse().unwrap()]).unwrap();
-    (p, doors)
 }
 
 /// The empty `XDP_PASS` program, loaded for comparison.
@@ -200,7 +189,7 @@ fn per_packet(opts: &Opts) -> Value {
     let config = format!(
         "[adv]\nsequence = {adv}\nseq_timeout = 3600\ntcpflags = syn\n[one]\nsequence = 7100\ntcpflags = syn\ngate = 22/tcp\ngate_timeout = 3600\n"
     );
-    let (p, _) = load(&config, Limits::default());
+    let (p, _) = program_with(&config, Limits::default());
     let empty = empty_program();
     let (c, s) = ("198.18.0.2", "198.18.0.1");
     let mut arp = FrameBuilder::tcp(c, s, 80, SYN).build();
@@ -239,7 +228,7 @@ fn scale(opts: &Opts) -> Value {
     let mut rows = Vec::new();
     for &n in sizes {
         let limits = Limits { progress_entries: n, first_knock_entries: n, ..Limits::default() };
-        let (mut p, doors) = load(&format!("[adv]\nsequence = {adv}\nseq_timeout = 3600\n"), limits);
+        let (mut p, doors) = program_with(&format!("[adv]\nsequence = {adv}\nseq_timeout = 3600\n"), limits);
         let epoch = doors.active().next().unwrap().1.epoch;
         let fill = Instant::now();
         p.fill_attempts(n, epoch).unwrap();
