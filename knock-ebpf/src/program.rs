@@ -186,12 +186,12 @@ extern "C" fn door_step(index: u32, ctx: *mut c_void) -> i64 {
 #[inline(always)]
 fn knock_door(door: &DoorSpec, index: u8, settings: &Settings, pkt: &Packet, knock: Knock, now: u64) {
     let key = ProgressKey::new(&pkt.src, index);
-    // SAFETY: copied out at once; the maps are updated only below.
-    let (current, table) = match unsafe { PROGRESS.get(&key) } {
-        Some(a) => (Some(*a), Table::Progress),
-        // SAFETY: as above.
-        None => (unsafe { FIRST_KNOCKS.get(&key) }.copied(), Table::First),
+    let (slot, table) = match PROGRESS.get_ptr_mut(&key) {
+        Some(p) => (Some(p), Table::Progress),
+        None => (FIRST_KNOCKS.get_ptr_mut(&key), Table::First),
     };
+    // SAFETY: a map value pointer from a successful lookup, valid for this program run.
+    let current = slot.map(|p| unsafe { *p });
     let expired = current.is_some_and(|a| a.epoch == door.epoch && a.expired(door.timeout_ns, now));
     if expired {
         count(Counter::Timeouts);
@@ -205,16 +205,24 @@ fn knock_door(door: &DoorSpec, index: u8, settings: &Settings, pkt: &Packet, kno
                 count(Counter::Resets);
             }
             let target = if attempt.stage <= 1 { Table::First } else { Table::Progress };
-            if current.is_some() && table != target {
-                forget(table, &key);
-            }
-            // A failed update only loses progress; it can never open anything.
-            let stored = match target {
-                Table::First => FIRST_KNOCKS.insert(&key, &attempt, 0),
-                Table::Progress => PROGRESS.insert(&key, &attempt, 0),
-            };
-            if stored.is_err() {
-                count(Counter::MapErrors);
+            match slot {
+                // Same table: update the value in place, far cheaper than an LRU re-insert.
+                // Two CPUs racing on one source's attempt can only lose a step.
+                // SAFETY: as above.
+                Some(p) if table == target => unsafe { *p = attempt },
+                _ => {
+                    if current.is_some() {
+                        forget(table, &key);
+                    }
+                    // A failed update only loses progress; it can never open anything.
+                    let stored = match target {
+                        Table::First => FIRST_KNOCKS.insert(&key, &attempt, 0),
+                        Table::Progress => PROGRESS.insert(&key, &attempt, 0),
+                    };
+                    if stored.is_err() {
+                        count(Counter::MapErrors);
+                    }
+                }
             }
             if stage_budget(settings, now) {
                 emit(pkt, EventKind::Stage, index, &attempt);
