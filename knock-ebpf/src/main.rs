@@ -1,9 +1,11 @@
 //! The knockgate XDP program: matches TCP/UDP knocks against the doors in `DOORS`, keeps
-//! per (source, door) progress in `PROGRESS`, and reports completed sequences on `EVENTS`.
+//! per (source, door) progress in `FIRST_KNOCKS`/`PROGRESS`, reports completed sequences on
+//! `EVENTS`, and enforces the in-kernel gate (`GATE_PORTS`, `ALLOW`).
 //!
-//! It never copies a packet to user space and never drops or changes one: every frame
-//! gets `XDP_PASS`. A frame it cannot parse is counted and passed; it can never complete
-//! a sequence, so nothing fails open.
+//! It never copies a packet to user space and never changes one. It drops new connections to
+//! gated ports from sources without an allowance, the knocks of stealth doors, and, while
+//! any gate is configured, frames it cannot parse (they could hide a gated port). A frame it
+//! cannot parse can never complete a sequence, so nothing fails open.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
 #[cfg(target_arch = "bpf")]
