@@ -49,7 +49,7 @@ pub const XDP_REDIRECT: u32 = 4;
 pub mod maps {
     /// `Array<DoorSpec>`, `MAX_DOORS` slots: the configured doors.
     pub const DOORS: &str = "DOORS";
-    /// `Array<Settings>`, one slot: door count, generation, event budget.
+    /// `Array<Settings>`, one slot: slots to walk, event budget, gating and stealth flags.
     pub const SETTINGS: &str = "SETTINGS";
     /// `Array<u32>`, `PORT_SLOTS` slots: for (protocol, port), the mask of doors whose
     /// sequence names it. Zero means "not a knock port": such packets are never looked at.
