@@ -93,6 +93,8 @@ impl Daemon {
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sighup = signal(SignalKind::hangup())?;
+        // Only now: a SIGTERM sent as soon as this line appears must find the handler.
+        self.log.line(&format!("starting up, listening on {}", self.interface));
         let mut refresh = tokio::time::interval(ADDR_REFRESH);
         let mut timeouts = tokio::time::interval(TIMEOUT_CHECK);
         let mut keeper = Doorkeeper::new(Arc::clone(&self.log));

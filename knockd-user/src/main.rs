@@ -136,7 +136,6 @@ fn start(args: &Args) -> anyhow::Result<()> {
             Err(e) => log.line(&format!("could not create pid file {}: {e}", path.display())),
         }
     }
-    log.line(&format!("starting up, listening on {interface}"));
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let daemon = Daemon {
