@@ -44,6 +44,8 @@ pub struct Daemon {
     pub logfile_flag: Option<PathBuf>,
     pub interface: String,
     pub ipv4_only: bool,
+    /// The interface's addresses already written to `LOCAL_ADDRS` at start-up.
+    pub addrs: Vec<IpAddr>,
     pub log: Arc<KnockLog>,
     /// Removed at exit (written with `-d`).
     pub pidfile: Option<PathBuf>,
@@ -99,7 +101,7 @@ impl Daemon {
         let mut timeouts = tokio::time::interval(TIMEOUT_CHECK);
         let mut keeper = Doorkeeper::new(Arc::clone(&self.log));
         let mut watched: HashMap<(IpAddr, u8), Watched> = HashMap::new();
-        let mut addrs = Vec::new();
+        let mut addrs = std::mem::take(&mut self.addrs);
         loop {
             tokio::select! {
                 guard = events.readable_mut() => {

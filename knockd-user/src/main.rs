@@ -145,6 +145,7 @@ fn start(args: &Args) -> anyhow::Result<()> {
         logfile_flag: args.logfile.clone(),
         interface,
         ipv4_only: args.only_ipv4,
+        addrs,
         log,
         pidfile,
     };
