@@ -3,8 +3,9 @@
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
-    /// Every frame the program saw.
-    Packets = 0,
+    /// Packets to a knock port (frames to other ports are not counted: that would cost
+    /// every frame a counter update).
+    KnockPackets = 0,
     /// Knocks that started or advanced an attempt.
     Steps,
     /// Attempts reset by a wrong sequence port.
@@ -31,7 +32,7 @@ pub enum Counter {
 
 impl Counter {
     pub const ALL: [Counter; 12] = [
-        Counter::Packets,
+        Counter::KnockPackets,
         Counter::Steps,
         Counter::Resets,
         Counter::Timeouts,
@@ -52,7 +53,7 @@ impl Counter {
     #[must_use]
     pub const fn name(self) -> &'static str {
         match self {
-            Counter::Packets => "packets",
+            Counter::KnockPackets => "knock_packets",
             Counter::Steps => "knock_steps",
             Counter::Resets => "resets",
             Counter::Timeouts => "timeouts",

@@ -126,6 +126,17 @@ impl DoorSpec {
     }
 }
 
+/// One slot of the `PORTS` array: which door slots a (protocol, port) matters to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortDoors {
+    /// Doors whose sequence names this port.
+    pub knock: u32,
+    /// Doors whose completion opens this port (it is gated).
+    pub gate: u32,
+}
+const _: () = assert!(core::mem::size_of::<PortDoors>() == 8);
+
 /// The one slot of the `SETTINGS` array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -152,4 +163,6 @@ mod user {
     unsafe impl aya::Pod for super::DoorSpec {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Settings {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PortDoors {}
 }

@@ -18,10 +18,10 @@ pub mod event;
 pub mod gate;
 pub mod knock;
 
-pub use addr::{AddrKey, Family, ProgressKey};
+pub use addr::{AddrKey, Family, LocalAddrs, MAX_LOCAL_ADDRS, ProgressKey};
 pub use budget::Bucket;
 pub use counters::Counter;
-pub use door::{DoorSpec, GATE_CLOSE, GATE_NONE, GATE_OPEN, Settings, Step, TcpFlags};
+pub use door::{DoorSpec, GATE_CLOSE, GATE_NONE, GATE_OPEN, PortDoors, Settings, Step, TcpFlags};
 pub use gate::{AllowKey, gate_passes, is_new_connection};
 pub use event::{EventKind, KnockEvent};
 pub use knock::{Attempt, Knock, Outcome, step};
@@ -51,10 +51,11 @@ pub mod maps {
     pub const DOORS: &str = "DOORS";
     /// `Array<Settings>`, one slot: slots to walk, event budget, gating and stealth flags.
     pub const SETTINGS: &str = "SETTINGS";
-    /// `Array<u32>`, `PORT_SLOTS` slots: for (protocol, port), the mask of doors whose
-    /// sequence names it. Zero means "not a knock port": such packets are never looked at.
-    pub const PORT_DOORS: &str = "PORT_DOORS";
-    /// `HashMap<AddrKey, u8>`: the addresses of this host that knocks must be sent to.
+    /// `Array<PortDoors>`, `PORT_SLOTS` slots: for (protocol, port), the doors whose
+    /// sequence names it and the doors gating it. All zero (most ports): the packet passes
+    /// untouched after this one array read.
+    pub const PORTS: &str = "PORTS";
+    /// `Array<LocalAddrs>`, one slot: the addresses of this host that knocks must be sent to.
     pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
     /// `LruHashMap<ProgressKey, Attempt>`: per (source, door) progress past the first
     /// knock. Only a source that knew two steps gets here, so a spoofed flood of first
@@ -68,16 +69,14 @@ pub mod maps {
     pub const COUNTERS: &str = "COUNTERS";
     /// `PerCpuArray<Bucket>`, one slot: the budget of stage events.
     pub const STAGE_BUDGET: &str = "STAGE_BUDGET";
-    /// `Array<u32>`, `PORT_SLOTS` slots: for (protocol, port), the mask of doors gating it.
-    pub const GATE_PORTS: &str = "GATE_PORTS";
     /// `LruHashMap<AllowKey, u64>`: (source, gated port) allowed until this `ktime` (ns).
     pub const ALLOW: &str = "ALLOW";
 }
 
-/// Slots of `PORT_DOORS`: one per TCP port, then one per UDP port.
+/// Slots of `PORTS`: one per TCP port, then one per UDP port.
 pub const PORT_SLOTS: u32 = 2 * 65536;
 
-/// Index into `PORT_DOORS` for a knock protocol and port; `None` for other protocols.
+/// Index into `PORTS` for a knock protocol and port; `None` for other protocols.
 #[must_use]
 pub const fn port_slot(proto: u8, port: u16) -> Option<u32> {
     match proto {

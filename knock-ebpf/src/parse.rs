@@ -1,10 +1,14 @@
 //! Frame parsing: Ethernet (up to two VLAN tags), IPv4 (IHL honoured), IPv6 (extension
 //! headers walked, bounded), then the TCP or UDP destination port.
+//!
+//! This runs for every frame on the interface, so it reads each field it needs with one load
+//! and compares in network order. Every 16-bit field read here sits at an even offset (all
+//! header lengths are even), and XDP frame data starts 2-aligned.
 
 use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
-use knock_common::{AddrKey, PROTO_TCP, PROTO_UDP};
+use knock_common::{AddrKey, Family, PROTO_TCP, PROTO_UDP};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -12,16 +16,18 @@ use network_types::{
     udp::UdpHdr,
 };
 
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88A8;
-/// VLAN tags followed (802.1ad outer + 802.1Q inner).
-const MAX_VLAN_TAGS: usize = 2;
-/// IPv6 extension headers walked before giving up.
-pub(crate) const MAX_EXT_HEADERS: usize = 6;
+/// Ethertypes as they read from the frame with a native (little-endian) 16-bit load.
+const ETH_P_IPV4: u16 = 0x0800_u16.to_be();
+const ETH_P_IPV6: u16 = 0x86DD_u16.to_be();
+const ETH_P_8021Q: u16 = 0x8100_u16.to_be();
+const ETH_P_8021AD: u16 = 0x88A8_u16.to_be();
+/// IPv4 fragment offset bits, and the more-fragments flag, as read with a native load.
+const IPV4_FRAG_OFFSET: u16 = 0x1FFF_u16.to_be();
+const IPV4_MORE_FRAGS: u16 = 0x2000_u16.to_be();
 /// Bytes of a VLAN tag: TCI then the next ethertype.
 const VLAN_LEN: usize = 4;
+/// IPv6 extension headers walked before giving up.
+pub(crate) const MAX_EXT_HEADERS: usize = 6;
 
 const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_ROUTING: u8 = 43;
@@ -40,43 +46,42 @@ pub(crate) enum Skip {
 }
 
 /// A TCP or UDP packet, parsed as far as its ports. Addresses are read only for the packets
-/// that need them (`addresses`): building address keys is most of the cost of a packet.
+/// that need them (`addresses`).
 pub(crate) struct Parsed {
     /// Offset of the IP header.
     pub(crate) l3: usize,
     pub(crate) v6: bool,
     pub(crate) proto: u8,
+    /// Destination port, host order.
     pub(crate) dport: u16,
     pub(crate) tcp_flags: u8,
     /// The first fragment of a fragmented datagram: never a knock, but gated like any packet.
     pub(crate) fragment: bool,
 }
 
-/// What the matcher needs of a knock packet.
-pub(crate) struct Packet {
-    pub(crate) src: AddrKey,
-    pub(crate) dst: AddrKey,
-    pub(crate) proto: u8,
-    pub(crate) dport: u16,
-    pub(crate) tcp_flags: u8,
-    pub(crate) fragment: bool,
+/// Source and destination address of a parsed packet.
+#[inline(always)]
+pub(crate) fn addresses(ctx: &XdpContext, p: &Parsed) -> Result<(AddrKey, AddrKey), Skip> {
+    if p.v6 {
+        // SAFETY: `ptr_at` checked the whole fixed header.
+        let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, p.l3)? };
+        Ok((key(Family::V6, &ip.src_addr), key(Family::V6, &ip.dst_addr)))
+    } else {
+        // SAFETY: as above.
+        let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, p.l3)? };
+        Ok((key(Family::V4, &ip.src_addr), key(Family::V4, &ip.dst_addr)))
+    }
 }
 
-/// Source and destination of a parsed packet.
+/// An address key built with word stores (a byte-array initialiser would cost memset calls).
 #[inline(always)]
-pub(crate) fn addresses(ctx: &XdpContext, p: &Parsed) -> Result<Packet, Skip> {
-    let (src, dst) = if p.v6 {
-        let ip = ptr_at::<Ipv6Hdr>(ctx, p.l3)?;
-        // SAFETY: ptr_at checked the whole fixed header; all fields are byte arrays.
-        let ip = unsafe { &*ip };
-        (AddrKey::v6(ip.src_addr), AddrKey::v6(ip.dst_addr))
-    } else {
-        let ip = ptr_at::<Ipv4Hdr>(ctx, p.l3)?;
-        // SAFETY: as above.
-        let ip = unsafe { &*ip };
-        (AddrKey::v4(ip.src_addr), AddrKey::v4(ip.dst_addr))
-    };
-    Ok(Packet { src, dst, proto: p.proto, dport: p.dport, tcp_flags: p.tcp_flags, fragment: p.fragment })
+fn key<const N: usize>(family: Family, addr: &[u8; N]) -> AddrKey {
+    let mut words = [0u32; 4];
+    for (i, w) in words.iter_mut().enumerate().take(N / 4) {
+        // SAFETY: `i * 4 + 4 <= N`; the read has no alignment requirement.
+        *w = unsafe { addr.as_ptr().add(i * 4).cast::<u32>().read_unaligned() };
+    }
+    AddrKey::from_words(words, family)
 }
 
 #[inline(always)]
@@ -89,32 +94,26 @@ fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, Skip> {
     Ok((start + offset) as *const T)
 }
 
-/// The first two bytes of an extension header: next header and length.
-/// (Two bytes, not one: for a one-byte read LLVM rewrites the bound check into a form
-/// the verifier draws no packet range from.)
+/// A 16-bit field, as stored (network order). Two bytes, not one: for a one-byte read LLVM
+/// rewrites the bound check into a form the verifier draws no packet range from.
 #[inline(always)]
-fn read_pair(ctx: &XdpContext, offset: usize) -> Result<[u8; 2], Skip> {
-    // SAFETY: ptr_at checked both bytes; [u8; 2] has alignment 1.
-    Ok(unsafe { *ptr_at::<[u8; 2]>(ctx, offset)? })
-}
-
-#[inline(always)]
-fn read_be16(ctx: &XdpContext, offset: usize) -> Result<u16, Skip> {
-    // SAFETY: ptr_at checked both bytes; [u8; 2] has alignment 1.
-    Ok(u16::from_be_bytes(unsafe { *ptr_at::<[u8; 2]>(ctx, offset)? }))
+fn raw16(ctx: &XdpContext, offset: usize) -> Result<u16, Skip> {
+    // SAFETY: `ptr_at` checked both bytes; the offset is even (see the module comment).
+    Ok(unsafe { *ptr_at::<u16>(ctx, offset)? })
 }
 
 #[inline(always)]
 pub(crate) fn parse(ctx: &XdpContext) -> Result<Parsed, Skip> {
-    let mut off = EthHdr::LEN;
     // The ethertype sits in the last two bytes of the Ethernet header, or of each VLAN tag.
-    let mut ether_type = read_be16(ctx, off - 2)?;
-    for _ in 0..MAX_VLAN_TAGS {
-        if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
-            break;
-        }
+    let mut off = EthHdr::LEN;
+    let mut ether_type = raw16(ctx, off - 2)?;
+    if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
         off += VLAN_LEN;
-        ether_type = read_be16(ctx, off - 2)?;
+        ether_type = raw16(ctx, off - 2)?;
+        if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+            off += VLAN_LEN;
+            ether_type = raw16(ctx, off - 2)?;
+        }
     }
     match ether_type {
         ETH_P_IPV4 => parse_v4(ctx, off),
@@ -128,46 +127,42 @@ pub(crate) fn parse(ctx: &XdpContext) -> Result<Parsed, Skip> {
 #[inline(always)]
 fn parse_v4(ctx: &XdpContext, off: usize) -> Result<Parsed, Skip> {
     let ip = ptr_at::<Ipv4Hdr>(ctx, off)?;
-    // SAFETY: ptr_at checked the whole fixed header; all fields are byte arrays.
-    let ip = unsafe { &*ip };
-    let ihl = usize::from(ip.ihl());
-    if ip.version() != 4 || ihl < Ipv4Hdr::LEN {
+    // SAFETY: `ptr_at` checked the whole fixed header; `frags` is at an even offset.
+    let (vihl, frags, proto) = unsafe { ((*ip).vihl, *(&raw const (*ip).frags).cast::<u16>(), (*ip).proto) };
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    if vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
         return Err(Skip::Malformed);
     }
     // A non-first fragment has no L4 header; the first one (offset 0) carries the ports.
-    if ip.frag_offset() != 0 {
+    if frags & IPV4_FRAG_OFFSET != 0 {
         return Err(Skip::NotKnock);
     }
-    let fragment = ip.frag_flags() & 0x1 != 0;
-    let (dport, tcp_flags) = parse_l4(ctx, off + ihl, ip.proto)?;
-    Ok(Parsed { l3: off, v6: false, proto: ip.proto, dport, tcp_flags, fragment })
+    let (dport, tcp_flags) = parse_l4(ctx, off + ihl, proto)?;
+    Ok(Parsed { l3: off, v6: false, proto, dport, tcp_flags, fragment: frags & IPV4_MORE_FRAGS != 0 })
 }
 
 #[inline(always)]
 fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Parsed, Skip> {
-    let ip = ptr_at::<Ipv6Hdr>(ctx, off)?;
-    // SAFETY: ptr_at checked the whole fixed header; all fields are byte arrays.
-    let ip = unsafe { &*ip };
-    let mut next = ip.next_hdr;
+    // SAFETY: `ptr_at` checked the whole fixed header.
+    let mut next = unsafe { (*ptr_at::<Ipv6Hdr>(ctx, off)?).next_hdr };
     let mut l4 = off + Ipv6Hdr::LEN;
     let mut fragment = false;
     for _ in 0..MAX_EXT_HEADERS {
         match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
-                let [nh, len] = read_pair(ctx, l4)?;
+                let [nh, len] = raw16(ctx, l4)?.to_ne_bytes();
                 next = nh;
                 l4 += (usize::from(len) + 1) * 8;
             }
             IPPROTO_AH => {
-                let [nh, len] = read_pair(ctx, l4)?;
+                let [nh, len] = raw16(ctx, l4)?.to_ne_bytes();
                 next = nh;
                 l4 += (usize::from(len) + 2) * 4;
             }
             IPPROTO_FRAGMENT => {
                 // next header, reserved, then offset (13 bits) and flags.
-                let [nh, _] = read_pair(ctx, l4)?;
-                let offset = read_be16(ctx, l4 + 2)? >> 3;
-                if offset != 0 {
+                let [nh, _] = raw16(ctx, l4)?.to_ne_bytes();
+                if u16::from_be(raw16(ctx, l4 + 2)?) >> 3 != 0 {
                     return Err(Skip::NotKnock);
                 }
                 fragment = true;
@@ -184,28 +179,28 @@ fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Parsed, Skip> {
             _ => Err(Skip::NotKnock),
         };
     }
+    // Keeps the offset provably small for the verifier (headers before L4 are < 1 KiB).
+    if l4 > 1024 {
+        return Err(Skip::Malformed);
+    }
     let (dport, tcp_flags) = parse_l4(ctx, l4, next)?;
     Ok(Parsed { l3: off, v6: true, proto: next, dport, tcp_flags, fragment })
 }
 
+/// Destination port (host order) and TCP flags (0 for UDP).
 #[inline(always)]
 fn parse_l4(ctx: &XdpContext, off: usize, proto: u8) -> Result<(u16, u8), Skip> {
-    // Keeps the offset provably small for the verifier (headers before L4 are < 1 KiB).
-    if off > 1024 {
-        return Err(Skip::Malformed);
-    }
     match proto {
         PROTO_TCP => {
-            let tcp = ptr_at::<TcpHdr>(ctx, off)?;
-            // SAFETY: ptr_at checked the whole fixed header.
-            let tcp = unsafe { &*tcp };
-            let flags = (tcp.fin() | tcp.syn() << 1 | tcp.rst() << 2 | tcp.psh() << 3 | tcp.ack() << 4 | tcp.urg() << 5) as u8;
-            Ok((u16::from_be_bytes(tcp.dest), flags))
+            let tcp = ptr_at::<TcpHdr>(ctx, off)?.cast::<u8>();
+            // SAFETY: `ptr_at` checked the whole fixed header: the port at 2, the flags at 13.
+            let (dport, flags) = unsafe { (*tcp.add(2).cast::<u16>(), *tcp.add(13)) };
+            Ok((u16::from_be(dport), flags & 0x3f))
         }
         PROTO_UDP => {
-            let udp = ptr_at::<UdpHdr>(ctx, off)?;
-            // SAFETY: ptr_at checked the whole header.
-            Ok((unsafe { (*udp).dst_port() }, 0))
+            let udp = ptr_at::<UdpHdr>(ctx, off)?.cast::<u8>();
+            // SAFETY: `ptr_at` checked the whole header.
+            Ok((u16::from_be(unsafe { *udp.add(2).cast::<u16>() }), 0))
         }
         _ => Err(Skip::NotKnock),
     }

@@ -5,16 +5,16 @@ use aya_ebpf::{
     cty::c_void,
     helpers::{bpf_ktime_get_ns, bpf_loop},
     macros::{map, xdp},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::XdpContext,
 };
 use knock_common::{
-    AllowKey, Attempt, Bucket, Counter, DoorSpec, EventKind, GATE_CLOSE, GATE_OPEN, Knock, KnockEvent, MAX_DOORS,
-    MAX_GATE_PORTS, Outcome, PORT_SLOTS, ProgressKey, Settings, XDP_DROP, XDP_PASS, gate_passes, is_new_connection,
-    port_slot, step,
+    AddrKey, AllowKey, Attempt, Bucket, Counter, DoorSpec, EventKind, GATE_CLOSE, GATE_OPEN, Knock, KnockEvent,
+    LocalAddrs, MAX_DOORS, MAX_GATE_PORTS, Outcome, PORT_SLOTS, PortDoors, ProgressKey, Settings, XDP_DROP, XDP_PASS,
+    gate_passes, is_new_connection, port_slot, step,
 };
 
-use crate::parse::{self, Packet, Parsed, Skip};
+use crate::parse::{self, Parsed, Skip};
 
 const _: () = assert!(XDP_PASS == xdp_action::XDP_PASS && XDP_DROP == xdp_action::XDP_DROP);
 
@@ -26,13 +26,13 @@ static DOORS: Array<DoorSpec> = Array::with_max_entries(MAX_DOORS, 0);
 #[map]
 static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 
-/// (protocol, port) -> mask of doors whose sequence names it; 0 = not a knock port.
+/// (protocol, port) -> the doors whose sequence names it and the doors gating it.
 #[map]
-static PORT_DOORS: Array<u32> = Array::with_max_entries(PORT_SLOTS, 0);
+static PORTS: Array<PortDoors> = Array::with_max_entries(PORT_SLOTS, 0);
 
 /// This host's addresses on the interface; knocks must be sent to one (or to a door's target).
 #[map]
-static LOCAL_ADDRS: HashMap<knock_common::AddrKey, u8> = HashMap::with_max_entries(256, 0);
+static LOCAL_ADDRS: Array<LocalAddrs> = Array::with_max_entries(1, 0);
 
 /// Per (source, door) progress past stage 1. LRU: when full, the least recently used attempt
 /// is evicted (nothing fails, nothing opens). The daemon may resize it at load time.
@@ -56,10 +56,6 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT
 #[map]
 static STAGE_BUDGET: PerCpuArray<Bucket> = PerCpuArray::with_max_entries(1, 0);
 
-/// (protocol, port) -> mask of doors gating it; 0 = not gated.
-#[map]
-static GATE_PORTS: Array<u32> = Array::with_max_entries(PORT_SLOTS, 0);
-
 /// (source, gated port) -> `ktime` the allowance ends. Only a completed knock inserts here.
 /// LRU: when full, the oldest allowance goes (its source must knock again); nothing opens.
 #[map]
@@ -67,14 +63,12 @@ static ALLOW: LruHashMap<AllowKey, u64> = LruHashMap::with_max_entries(65536, 0)
 
 #[xdp]
 fn knockgate(ctx: XdpContext) -> u32 {
-    count(Counter::Packets);
-    let settings = SETTINGS.get(0);
     match parse::parse(&ctx) {
-        Ok(parsed) => on_packet(&ctx, &parsed, settings),
+        Ok(parsed) => on_packet(&ctx, &parsed),
         Err(Skip::Malformed) => {
             count(Counter::ParseErrors);
             // It could be aimed at a gated port: never let it bypass the gate.
-            if settings.is_some_and(|s| s.gating != 0) {
+            if SETTINGS.get(0).is_none_or(|s| s.gating != 0) {
                 count(Counter::GateDrops);
                 XDP_DROP
             } else {
@@ -95,34 +89,35 @@ fn count(c: Counter) {
 
 /// The verdict for a parsed TCP/UDP packet: knock matching, then stealth and the gate.
 #[inline(always)]
-fn on_packet(ctx: &XdpContext, parsed: &Parsed, settings: Option<&Settings>) -> u32 {
+fn on_packet(ctx: &XdpContext, parsed: &Parsed) -> u32 {
     let Some(slot) = port_slot(parsed.proto, parsed.dport) else { return XDP_PASS };
-    let doors = PORT_DOORS.get(slot).copied().unwrap_or(0);
-    let gated = GATE_PORTS.get(slot).is_some_and(|&g| g != 0) && is_new_connection(parsed.proto, parsed.tcp_flags);
-    // The common case: a port that is neither a knock port nor gated costs two array reads.
+    let Some(&PortDoors { knock: doors, gate }) = PORTS.get(slot) else { return XDP_PASS };
+    let gated = gate != 0 && is_new_connection(parsed.proto, parsed.tcp_flags);
+    // The common case: a port that is neither a knock port nor gated costs one array read.
     if doors == 0 && !gated {
         return XDP_PASS;
     }
-    let Ok(pkt) = parse::addresses(ctx, parsed) else {
+    let Ok((src, dst)) = parse::addresses(ctx, parsed) else {
         // Already read once during parsing; unreachable, but never let it bypass a gate.
         return if gated { XDP_DROP } else { XDP_PASS };
     };
-    let pkt = &pkt;
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let mut verdict = XDP_PASS;
-    if let Some(settings) = settings
-        && doors != 0
-        && !pkt.fragment
+    if doors != 0
+        && !parsed.fragment
+        && let Some(settings) = SETTINGS.get(0)
     {
-        knock(pkt, settings, now);
+        count(Counter::KnockPackets);
+        let knock = Knock { proto: parsed.proto, port: parsed.dport, tcp_flags: parsed.tcp_flags };
+        knock_doors(&Packet { src, dst, knock }, doors, settings, now);
         if doors & settings.stealth_mask != 0 {
             count(Counter::StealthDrops);
             verdict = XDP_DROP;
         }
     }
     if gated {
-        let key = AllowKey { addr: pkt.src.addr, family: pkt.src.family, proto: pkt.proto, port: pkt.dport };
+        let key = AllowKey { addr: src.addr, family: src.family, proto: parsed.proto, port: parsed.dport };
         // SAFETY: copied out at once.
         let until = unsafe { ALLOW.get(&key) }.copied();
         if gate_passes(until, now) {
@@ -135,26 +130,29 @@ fn on_packet(ctx: &XdpContext, parsed: &Parsed, settings: Option<&Settings>) -> 
     verdict
 }
 
-/// Matches a knock against every door.
+/// What the matcher needs of a knock packet.
+struct Packet {
+    src: AddrKey,
+    dst: AddrKey,
+    knock: Knock,
+}
+
+/// Matches a knock against the doors whose sequence names its port (`doors`, a slot mask).
 #[inline(always)]
-fn knock(pkt: &Packet, settings: &Settings, now: u64) {
+fn knock_doors(pkt: &Packet, doors: u32, settings: &Settings, now: u64) {
     let mut ctx = DoorLoop {
         pkt,
         settings,
-        // SAFETY: the value is only tested for presence.
-        to_local: unsafe { LOCAL_ADDRS.get(&pkt.dst) }.is_some(),
-        knock: Knock { proto: pkt.proto, port: pkt.dport, tcp_flags: pkt.tcp_flags },
+        doors,
+        to_local: LOCAL_ADDRS.get(0).is_some_and(|l| l.contains(&pkt.dst)),
         now,
     };
+    // Only up to the highest door that names the port.
+    let slots = (u32::BITS - doors.leading_zeros()).min(settings.slots).min(MAX_DOORS);
     // bpf_loop (kernel 5.17+) has the verifier check the body once instead of once per door.
     // SAFETY: `door_step` matches the callback ABI and `ctx` outlives the call.
     unsafe {
-        bpf_loop(
-            settings.slots.min(MAX_DOORS),
-            door_step as *mut c_void,
-            core::ptr::from_mut(&mut ctx).cast(),
-            0,
-        );
+        bpf_loop(slots, door_step as *mut c_void, core::ptr::from_mut(&mut ctx).cast(), 0);
     }
 }
 
@@ -162,15 +160,18 @@ fn knock(pkt: &Packet, settings: &Settings, now: u64) {
 struct DoorLoop<'a> {
     pkt: &'a Packet,
     settings: &'a Settings,
+    doors: u32,
     to_local: bool,
-    knock: Knock,
     now: u64,
 }
 
 /// One door of the loop; returns 0 to continue.
 extern "C" fn door_step(index: u32, ctx: *mut c_void) -> i64 {
-    // SAFETY: bpf_loop passes back the pointer `on_packet` gave it.
+    // SAFETY: bpf_loop passes back the pointer `knock_doors` gave it.
     let ctx = unsafe { &*(ctx as *const DoorLoop<'_>) };
+    if ctx.doors & (1 << (index & (MAX_DOORS - 1))) == 0 {
+        return 0;
+    }
     let Some(door) = DOORS.get(index) else { return 1 };
     let addressed = if door.target_family == 0 {
         ctx.to_local
@@ -178,13 +179,13 @@ extern "C" fn door_step(index: u32, ctx: *mut c_void) -> i64 {
         ctx.pkt.dst.same_addr(door.target_family, &door.target)
     };
     if addressed {
-        knock_door(door, index as u8, ctx.settings, ctx.pkt, ctx.knock, ctx.now);
+        knock_door(door, index as u8, ctx.settings, ctx.pkt, ctx.now);
     }
     0
 }
 
 #[inline(always)]
-fn knock_door(door: &DoorSpec, index: u8, settings: &Settings, pkt: &Packet, knock: Knock, now: u64) {
+fn knock_door(door: &DoorSpec, index: u8, settings: &Settings, pkt: &Packet, now: u64) {
     let key = ProgressKey::new(&pkt.src, index);
     let (slot, table) = match PROGRESS.get_ptr_mut(&key) {
         Some(p) => (Some(p), Table::Progress),
@@ -196,7 +197,7 @@ fn knock_door(door: &DoorSpec, index: u8, settings: &Settings, pkt: &Packet, kno
     if expired {
         count(Counter::Timeouts);
     }
-    match step(door, current, knock, now) {
+    match step(door, current, pkt.knock, now) {
         Outcome::Ignore => {}
         Outcome::Progress(attempt) => {
             count(Counter::Steps);

@@ -7,7 +7,9 @@ use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
-use knock_common::{AddrKey, AllowKey, Attempt, Counter, DoorSpec, ProgressKey, Settings, maps};
+use knock_common::{
+    AddrKey, AllowKey, Attempt, Counter, DoorSpec, LocalAddrs, MAX_LOCAL_ADDRS, PortDoors, ProgressKey, Settings, maps,
+};
 
 use crate::{
     KNOCK_EBPF,
@@ -37,19 +39,29 @@ fn map_of<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::map
     ebpf.map_mut(name).ok_or(KernelError::MissingMap(name))
 }
 
-/// Makes a `PORT_SLOTS` array hold `want` (all other slots 0), writing only what changes.
-fn sync_table(ebpf: &mut Ebpf, name: &'static str, have: &mut BTreeMap<u32, u32>, want: BTreeMap<u32, u32>) -> Result<(), KernelError> {
-    let mut map: Array<_, u32> = Array::try_from(map_of(ebpf, name)?).map_err(map_err(name))?;
-    for (&slot, &mask) in &want {
-        if have.get(&slot) != Some(&mask) {
-            map.set(slot, mask, 0).map_err(map_err(name))?;
+/// Makes `PORTS` hold `want` (all other slots zero), writing only the slots that change.
+fn sync_ports(ebpf: &mut Ebpf, have: &mut BTreeMap<u32, PortDoors>, want: BTreeMap<u32, PortDoors>) -> Result<(), KernelError> {
+    let name = maps::PORTS;
+    let mut map: Array<_, PortDoors> = Array::try_from(map_of(ebpf, name)?).map_err(map_err(name))?;
+    for (&slot, doors) in &want {
+        if have.get(&slot) != Some(doors) {
+            map.set(slot, doors, 0).map_err(map_err(name))?;
         }
     }
     for slot in have.keys().filter(|s| !want.contains_key(s)) {
-        map.set(*slot, 0, 0).map_err(map_err(name))?;
+        map.set(*slot, PortDoors::default(), 0).map_err(map_err(name))?;
     }
     *have = want;
     Ok(())
+}
+
+/// `PORTS` content from per-slot masks of knocking doors and of gating doors.
+fn port_doors(knock: &BTreeMap<u32, u32>, gate: &BTreeMap<u32, u32>) -> BTreeMap<u32, PortDoors> {
+    let mut table: BTreeMap<u32, PortDoors> = knock.iter().map(|(&slot, &knock)| (slot, PortDoors { knock, gate: 0 })).collect();
+    for (&slot, &gate) in gate {
+        table.entry(slot).or_default().gate = gate;
+    }
+    table
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> KernelError {
@@ -82,10 +94,8 @@ impl Default for Limits {
 pub struct KnockProgram {
     ebpf: Ebpf,
     limits: Limits,
-    /// What `PORT_DOORS` holds now, so updates write only the slots that change.
-    ports: BTreeMap<u32, u32>,
-    /// Likewise for `GATE_PORTS`.
-    gates: BTreeMap<u32, u32>,
+    /// What `PORTS` holds now, so updates write only the slots that change.
+    ports: BTreeMap<u32, PortDoors>,
     link: Option<XdpLinkId>,
 }
 
@@ -102,7 +112,7 @@ impl KnockProgram {
             .ok_or(KernelError::MissingProgram)?
             .try_into()?;
         prog.load()?;
-        Ok(Self { ebpf, limits, ports: BTreeMap::new(), gates: BTreeMap::new(), link: None })
+        Ok(Self { ebpf, limits, ports: BTreeMap::new(), link: None })
     }
 
     fn xdp(&self) -> Result<&Xdp, KernelError> {
@@ -140,14 +150,17 @@ impl KnockProgram {
             _pad: 0,
         };
         // Gates first, so a port is gated before the door that opens it can be knocked.
-        sync_table(&mut self.ebpf, maps::GATE_PORTS, &mut self.gates, gates)?;
+        let knocking: BTreeMap<u32, u32> =
+            self.ports.iter().filter(|(_, d)| d.knock != 0).map(|(&slot, d)| (slot, d.knock)).collect();
+        let staged = port_doors(&knocking, &gates);
+        sync_ports(&mut self.ebpf, &mut self.ports, staged)?;
         {
             let mut map: Array<_, DoorSpec> = Array::try_from(self.map_mut(maps::DOORS)?).map_err(map_err(maps::DOORS))?;
             for (i, spec) in (0u32..).zip(&specs) {
                 map.set(i, spec, 0).map_err(map_err(maps::DOORS))?;
             }
         }
-        sync_table(&mut self.ebpf, maps::PORT_DOORS, &mut self.ports, ports)?;
+        sync_ports(&mut self.ebpf, &mut self.ports, port_doors(&ports, &gates))?;
         let mut s: Array<_, Settings> = Array::try_from(self.map_mut(maps::SETTINGS)?).map_err(map_err(maps::SETTINGS))?;
         s.set(0, settings, 0).map_err(map_err(maps::SETTINGS))
     }
@@ -189,19 +202,24 @@ impl KnockProgram {
         out
     }
 
-    /// Makes `LOCAL_ADDRS` hold exactly `addrs`.
+    /// Makes `LOCAL_ADDRS` hold exactly `addrs` (at most `MAX_LOCAL_ADDRS`: knocks to any
+    /// further address are not counted, which the daemon logs as a warning).
     pub fn set_local_addrs(&mut self, addrs: &[IpAddr]) -> Result<(), KernelError> {
-        let wanted: Vec<AddrKey> = addrs.iter().copied().map(addr_key).collect();
-        let mut map: HashMap<_, AddrKey, u8> =
-            HashMap::try_from(self.map_mut(maps::LOCAL_ADDRS)?).map_err(map_err(maps::LOCAL_ADDRS))?;
-        let stale: Vec<AddrKey> = map.keys().filter_map(Result::ok).filter(|k| !wanted.contains(k)).collect();
-        for k in &stale {
-            map.remove(k).map_err(map_err(maps::LOCAL_ADDRS))?;
+        let mut local = LocalAddrs::EMPTY;
+        for (slot, &ip) in local.addrs.iter_mut().zip(addrs) {
+            *slot = addr_key(ip);
         }
-        for k in &wanted {
-            map.insert(k, 1, 0).map_err(map_err(maps::LOCAL_ADDRS))?;
+        local.count = u32::try_from(addrs.len().min(MAX_LOCAL_ADDRS)).unwrap_or(0);
+        if addrs.len() > MAX_LOCAL_ADDRS {
+            tracing::warn!(
+                "the interface has {} addresses; knocks count only when sent to the first {MAX_LOCAL_ADDRS}, not to {:?}",
+                addrs.len(),
+                &addrs[MAX_LOCAL_ADDRS..]
+            );
         }
-        Ok(())
+        let mut map: Array<_, LocalAddrs> =
+            Array::try_from(self.map_mut(maps::LOCAL_ADDRS)?).map_err(map_err(maps::LOCAL_ADDRS))?;
+        map.set(0, local, 0).map_err(map_err(maps::LOCAL_ADDRS))
     }
 
     /// Attaches to `iface`. Skb mode works on every interface; driver mode is faster where supported.
