@@ -107,6 +107,10 @@ pub(crate) fn parse(ctx: &XdpContext) -> Result<Parsed, Skip> {
     // The ethertype sits in the last two bytes of the Ethernet header, or of each VLAN tag.
     let mut off = EthHdr::LEN;
     let mut ether_type = raw16(ctx, off - 2)?;
+    // Untagged IPv4 first: the most common frame takes the shortest path, at constant offsets.
+    if ether_type == ETH_P_IPV4 {
+        return parse_v4(ctx, EthHdr::LEN);
+    }
     if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
         off += VLAN_LEN;
         ether_type = raw16(ctx, off - 2)?;

@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::xdp_action,
     cty::c_void,
-    helpers::{bpf_ktime_get_ns, bpf_loop},
+    helpers::{bpf_jiffies64, bpf_ktime_get_ns, bpf_loop},
     macros::{map, xdp},
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::XdpContext,
@@ -56,6 +56,10 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT
 #[map]
 static STAGE_BUDGET: PerCpuArray<Bucket> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per-CPU clock cache: `[jiffies, ktime]` of the last `ktime` read on this CPU.
+#[map]
+static CLOCK: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
 /// (source, gated port) -> `ktime` the allowance ends. Only a completed knock inserts here.
 /// LRU: when full, the oldest allowance goes (its source must knock again); nothing opens.
 #[map]
@@ -64,7 +68,20 @@ static ALLOW: LruHashMap<AllowKey, u64> = LruHashMap::with_max_entries(65536, 0)
 #[xdp]
 fn knockgate(ctx: XdpContext) -> u32 {
     match parse::parse(&ctx) {
-        Ok(parsed) => on_packet(&ctx, &parsed),
+        Ok(parsed) => {
+            // The common case, a port that is neither a knock port nor gated, ends at this one
+            // array read. Nothing of the parse is kept across it (that would spill registers
+            // to the stack on every frame): the rare packets that go on are parsed again.
+            let Some(slot) = port_slot(parsed.proto, parsed.dport) else { return XDP_PASS };
+            match PORTS.get(slot) {
+                Some(&PortDoors { knock: 0, gate: 0 }) | None => XDP_PASS,
+                Some(&doors) => match parse::parse(&ctx) {
+                    Ok(parsed) => on_packet(&ctx, &parsed, doors),
+                    // Unreachable (parsed once already), but never let it bypass a gate.
+                    Err(_) => XDP_DROP,
+                },
+            }
+        }
         Err(Skip::Malformed) => {
             count(Counter::ParseErrors);
             // It could be aimed at a gated port: never let it bypass the gate.
@@ -79,6 +96,26 @@ fn knockgate(ctx: XdpContext) -> u32 {
     }
 }
 
+/// `bpf_ktime_get_ns()` read at most once per kernel tick and CPU: up to one tick old (4 ms
+/// at HZ=250), which knock and gate timeouts, counted in seconds, do not notice. Reading
+/// the clock costs more than the rest of a knock step; `jiffies` is a plain load.
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: helpers without arguments.
+    let jiffies = unsafe { bpf_jiffies64() };
+    match CLOCK.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, only this CPU touches it while the program runs.
+        Some(c) => unsafe {
+            if (*c)[0] != jiffies {
+                *c = [jiffies, bpf_ktime_get_ns()];
+            }
+            (*c)[1]
+        },
+        // SAFETY: as above.
+        None => unsafe { bpf_ktime_get_ns() },
+    }
+}
+
 #[inline(always)]
 fn count(c: Counter) {
     if let Some(v) = COUNTERS.get_ptr_mut(c as u32) {
@@ -89,11 +126,8 @@ fn count(c: Counter) {
 
 /// The verdict for a parsed TCP/UDP packet: knock matching, then stealth and the gate.
 #[inline(always)]
-fn on_packet(ctx: &XdpContext, parsed: &Parsed) -> u32 {
-    let Some(slot) = port_slot(parsed.proto, parsed.dport) else { return XDP_PASS };
-    let Some(&PortDoors { knock: doors, gate }) = PORTS.get(slot) else { return XDP_PASS };
+fn on_packet(ctx: &XdpContext, parsed: &Parsed, PortDoors { knock: doors, gate }: PortDoors) -> u32 {
     let gated = gate != 0 && is_new_connection(parsed.proto, parsed.tcp_flags);
-    // The common case: a port that is neither a knock port nor gated costs one array read.
     if doors == 0 && !gated {
         return XDP_PASS;
     }
@@ -101,8 +135,7 @@ fn on_packet(ctx: &XdpContext, parsed: &Parsed) -> u32 {
         // Already read once during parsing; unreachable, but never let it bypass a gate.
         return if gated { XDP_DROP } else { XDP_PASS };
     };
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now_ns();
     let mut verdict = XDP_PASS;
     if doors != 0
         && !parsed.fragment

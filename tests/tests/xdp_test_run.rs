@@ -113,6 +113,26 @@ fn knocks_to_other_hosts_do_not_count() {
 }
 
 #[test]
+fn local_addresses_are_replaced_and_capped() {
+    let mut p = program(CONFIG);
+    // 70 addresses: 198.18.1.0 ..= 198.18.1.69; only the first MAX_LOCAL_ADDRS count.
+    let addrs: Vec<IpAddr> = (0..70u8).map(|i| IpAddr::from([198, 18, 1, i])).collect();
+    p.set_local_addrs(&addrs).unwrap();
+    let last_counted = format!("198.18.1.{}", knock_common::MAX_LOCAL_ADDRS - 1);
+    let first_ignored = format!("198.18.1.{}", knock_common::MAX_LOCAL_ADDRS);
+    run(&p, &FrameBuilder::tcp(CLIENT, &last_counted, 7000, SYN).build());
+    assert_eq!(stage(&p, CLIENT, 0), Some(1));
+    run(&p, &FrameBuilder::tcp(OTHER, &first_ignored, 7000, SYN).build());
+    assert_eq!(stage(&p, OTHER, 0), None, "beyond the table: not counted (fail closed)");
+    // The old server address was replaced: knocks to it no longer count.
+    syn(&p, "198.18.0.4", 7000);
+    assert_eq!(stage(&p, "198.18.0.4", 0), None);
+    p.set_local_addrs(&[SERVER.parse().unwrap()]).unwrap();
+    syn(&p, "198.18.0.4", 7000);
+    assert_eq!(stage(&p, "198.18.0.4", 0), Some(1));
+}
+
+#[test]
 fn timeout_from_first_knock() {
     let p = program(CONFIG);
     syn(&p, CLIENT, 7301);
