@@ -10,20 +10,42 @@ pub struct Bucket {
 }
 const _: () = assert!(core::mem::size_of::<Bucket>() == 16);
 
+/// A bucket's rate as it spends it, worked out once in user space: in BPF the 64-bit
+/// division alone costs more than the rest of a knock step.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rate {
+    /// Credit one token costs; 0 grants nothing.
+    pub cost_ns: u64,
+    /// Most credit saved up.
+    pub cap_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Rate>() == 16);
+
+impl Rate {
+    /// `per_second` tokens a second, at most `burst` (at least one) saved up.
+    #[must_use]
+    pub const fn new(per_second: u32, burst: u32) -> Self {
+        if per_second == 0 {
+            return Self { cost_ns: 0, cap_ns: 0 };
+        }
+        let cost_ns = 1_000_000_000 / per_second as u64;
+        let burst = if burst == 0 { 1 } else { burst as u64 };
+        Self { cost_ns, cap_ns: cost_ns.saturating_mul(burst) }
+    }
+}
+
 impl Bucket {
-    /// Spends one token if there is one. `rate` tokens per second, at most `burst` saved up.
-    /// A rate of zero never grants a token.
-    pub fn take(&mut self, now_ns: u64, rate: u32, burst: u32) -> bool {
-        if rate == 0 {
+    /// Spends one token if there is one.
+    pub fn take(&mut self, now_ns: u64, rate: &Rate) -> bool {
+        if rate.cost_ns == 0 {
             return false;
         }
-        let cost = 1_000_000_000 / u64::from(rate);
-        let cap = cost.saturating_mul(u64::from(burst.max(1)));
         let elapsed = now_ns.saturating_sub(self.last_ns);
         self.last_ns = now_ns;
-        self.credit_ns = self.credit_ns.saturating_add(elapsed).min(cap);
-        if self.credit_ns >= cost {
-            self.credit_ns -= cost;
+        self.credit_ns = self.credit_ns.saturating_add(elapsed).min(rate.cap_ns);
+        if self.credit_ns >= rate.cost_ns {
+            self.credit_ns -= rate.cost_ns;
             true
         } else {
             false
@@ -34,6 +56,9 @@ impl Bucket {
 #[cfg(feature = "user")]
 // SAFETY: repr(C), two u64, no padding.
 unsafe impl aya::Pod for Bucket {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for Rate {}
 
 #[cfg(test)]
 mod tests {
@@ -46,19 +71,19 @@ mod tests {
         let mut b = Bucket::default();
         let now = 100 * SEC;
         // Starts full after a long idle time: exactly `burst` tokens.
-        let granted = (0..10).filter(|_| b.take(now, 4, 3)).count();
+        let granted = (0..10).filter(|_| b.take(now, &Rate::new(4, 3))).count();
         assert_eq!(granted, 3);
         // A quarter second later, one more.
-        assert!(b.take(now + SEC / 4, 4, 3));
-        assert!(!b.take(now + SEC / 4, 4, 3));
+        assert!(b.take(now + SEC / 4, &Rate::new(4, 3)));
+        assert!(!b.take(now + SEC / 4, &Rate::new(4, 3)));
     }
 
     #[test]
     fn zero_rate_never_grants_and_clock_going_back_is_harmless() {
         let mut b = Bucket::default();
-        assert!(!b.take(5 * SEC, 0, 10));
+        assert!(!b.take(5 * SEC, &Rate::new(0, 10)));
         let mut b = Bucket { credit_ns: 0, last_ns: 10 * SEC };
-        assert!(!b.take(SEC, 1, 1));
-        assert!(b.take(2 * SEC, 1, 1));
+        assert!(!b.take(SEC, &Rate::new(1, 1)));
+        assert!(b.take(2 * SEC, &Rate::new(1, 1)));
     }
 }

@@ -1,6 +1,6 @@
 //! A door as the XDP program sees it.
 
-use crate::{MAX_GATE_PORTS, MAX_STEPS, PROTO_TCP};
+use crate::{MAX_GATE_PORTS, MAX_STEPS, PROTO_TCP, Rate};
 
 /// TCP flag bits as they sit in byte 13 of the TCP header.
 pub struct TcpFlags;
@@ -143,17 +143,21 @@ const _: () = assert!(core::mem::size_of::<PortDoors>() == 8);
 pub struct Settings {
     /// Slots of `DOORS` to walk, from 0 (unused slots within have `len == 0`).
     pub slots: u32,
-    /// Stage events per second and CPU (0: none).
-    pub stage_rate: u32,
-    /// Stage events that may be sent back to back.
-    pub stage_burst: u32,
     /// Non-zero when some door gates a port: frames that cannot be parsed are then dropped.
     pub gating: u32,
     /// Door slots whose knock packets are dropped (stealth).
     pub stealth_mask: u32,
-    pub _pad: u32,
+    /// Sets in `PROGRESS`, minus one (the count is a power of two).
+    pub progress_mask: u32,
+    /// Sets in `FIRST_KNOCKS`, minus one.
+    pub first_mask: u32,
+    pub _pad: [u32; 3],
+    /// Stage events per CPU (knock steps reported to user space).
+    pub stage_events: Rate,
+    /// Secret key of the attempt tables' hash (`SlotKey`), drawn at load time.
+    pub hash_key: u64,
 }
-const _: () = assert!(core::mem::size_of::<Settings>() == 24);
+const _: () = assert!(core::mem::size_of::<Settings>() == 56);
 
 #[cfg(feature = "user")]
 mod user {

@@ -70,6 +70,9 @@ pub enum Outcome {
 
 /// Applies one knock to a source's attempt at `door`.
 #[must_use]
+// Out of line, BPF would pass `current` through the stack, which the verifier refuses.
+#[expect(clippy::inline_always, reason = "the XDP program's hot path; see above")]
+#[inline(always)]
 pub fn step(door: &DoorSpec, current: Option<Attempt>, knock: Knock, now_ns: u64) -> Outcome {
     if door.len == 0 || !door.accepts_flags(knock.proto, knock.tcp_flags) {
         return Outcome::Ignore;

@@ -5,13 +5,13 @@ use aya_ebpf::{
     cty::c_void,
     helpers::{bpf_jiffies64, bpf_ktime_get_ns, bpf_loop},
     macros::{map, xdp},
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
     programs::XdpContext,
 };
 use knock_common::{
     AddrKey, AllowKey, Attempt, Bucket, Counter, DoorSpec, EventKind, GATE_CLOSE, GATE_OPEN, Knock, KnockEvent,
-    LocalAddrs, MAX_DOORS, MAX_GATE_PORTS, Outcome, PORT_SLOTS, PortDoors, ProgressKey, Settings, XDP_DROP, XDP_PASS,
-    gate_passes, is_new_connection, port_slot, step,
+    LocalAddrs, MAX_DOORS, MAX_GATE_PORTS, Outcome, PORT_SLOTS, PortDoors, Set, Settings, SlotKey, WAYS, XDP_DROP,
+    XDP_PASS, gate_passes, is_new_connection, port_slot, single_door, step,
 };
 
 use crate::parse::{self, Parsed, Skip};
@@ -34,15 +34,16 @@ static PORTS: Array<PortDoors> = Array::with_max_entries(PORT_SLOTS, 0);
 #[map]
 static LOCAL_ADDRS: Array<LocalAddrs> = Array::with_max_entries(1, 0);
 
-/// Per (source, door) progress past stage 1. LRU: when full, the least recently used attempt
-/// is evicted (nothing fails, nothing opens). The daemon may resize it at load time.
+/// Per (source, door) progress past stage 1: sets of `WAYS` attempts (see `knock_common::table`).
+/// A full set gives up the attempt that started first (nothing fails, nothing opens). The
+/// daemon sizes it at load time.
 #[map]
-static PROGRESS: LruHashMap<ProgressKey, Attempt> = LruHashMap::with_max_entries(65536, 0);
+static PROGRESS: Array<Set> = Array::with_max_entries(1, 0);
 
 /// Attempts at stage 1. Kept apart so that a flood of spoofed first knocks, which fills
-/// this table, cannot evict an attempt that has got further.
+/// this table, cannot push out an attempt that has got further.
 #[map]
-static FIRST_KNOCKS: LruHashMap<ProgressKey, Attempt> = LruHashMap::with_max_entries(65536, 0);
+static FIRST_KNOCKS: Array<Set> = Array::with_max_entries(1, 0);
 
 /// Events for the daemon: completed sequences, and stage progress within a budget.
 #[map]
@@ -65,9 +66,28 @@ static CLOCK: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static ALLOW: LruHashMap<AllowKey, u64> = LruHashMap::with_max_entries(65536, 0);
 
+/// Slot 0: `knockgate_doors`, which `knockgate` hands packets to ports in several sequences.
+#[map]
+static DOOR_WALK: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// The program attached to the interface. It matches a knock at a port that one sequence
+/// names (the usual case) inline, and hands a port named by several to `knockgate_doors`.
 #[xdp]
 fn knockgate(ctx: XdpContext) -> u32 {
-    match parse::parse(&ctx) {
+    run::<false>(&ctx)
+}
+
+/// Reached only by tail call from `knockgate`: walks every door naming the port in a
+/// `bpf_loop`. Its callback costs a call and a return, dear under return-stack mitigations,
+/// and a program holding both the loop and the inline path would exceed the 512-byte stack.
+#[xdp]
+fn knockgate_doors(ctx: XdpContext) -> u32 {
+    run::<true>(&ctx)
+}
+
+#[inline(always)]
+fn run<const ALL_DOORS: bool>(ctx: &XdpContext) -> u32 {
+    match parse::parse(ctx) {
         Ok(parsed) => {
             // The common case, a port that is neither a knock port nor gated, ends at this one
             // array read. Nothing of the parse is kept across it (that would spill registers
@@ -75,8 +95,8 @@ fn knockgate(ctx: XdpContext) -> u32 {
             let Some(slot) = port_slot(parsed.proto, parsed.dport) else { return XDP_PASS };
             match PORTS.get(slot) {
                 Some(&PortDoors { knock: 0, gate: 0 }) | None => XDP_PASS,
-                Some(&doors) => match parse::parse(&ctx) {
-                    Ok(parsed) => on_packet(&ctx, &parsed, doors),
+                Some(&doors) => match parse::parse(ctx) {
+                    Ok(parsed) => on_packet::<ALL_DOORS>(ctx, &parsed, doors),
                     // Unreachable (parsed once already), but never let it bypass a gate.
                     Err(_) => XDP_DROP,
                 },
@@ -126,10 +146,19 @@ fn count(c: Counter) {
 
 /// The verdict for a parsed TCP/UDP packet: knock matching, then stealth and the gate.
 #[inline(always)]
-fn on_packet(ctx: &XdpContext, parsed: &Parsed, PortDoors { knock: doors, gate }: PortDoors) -> u32 {
+fn on_packet<const ALL_DOORS: bool>(ctx: &XdpContext, parsed: &Parsed, PortDoors { knock: doors, gate }: PortDoors) -> u32 {
     let gated = gate != 0 && is_new_connection(parsed.proto, parsed.tcp_flags);
     if doors == 0 && !gated {
         return XDP_PASS;
+    }
+    let mut walk = true;
+    if !ALL_DOORS && single_door(doors).is_none() && doors != 0 && !parsed.fragment {
+        // SAFETY: `ctx` is this program's context; on success this does not return.
+        unsafe { DOOR_WALK.tail_call(ctx, 0) };
+        // Only with an empty program array, never after a successful load: the knock is
+        // not matched, but stealth and the gate still apply.
+        count(Counter::MapErrors);
+        walk = false;
     }
     let Ok((src, dst)) = parse::addresses(ctx, parsed) else {
         // Already read once during parsing; unreachable, but never let it bypass a gate.
@@ -141,9 +170,11 @@ fn on_packet(ctx: &XdpContext, parsed: &Parsed, PortDoors { knock: doors, gate }
         && !parsed.fragment
         && let Some(settings) = SETTINGS.get(0)
     {
-        count(Counter::KnockPackets);
-        let knock = Knock { proto: parsed.proto, port: parsed.dport, tcp_flags: parsed.tcp_flags };
-        knock_doors(&Packet { src, dst, knock }, doors, settings, now);
+        if walk {
+            count(Counter::KnockPackets);
+            let knock = Knock { proto: parsed.proto, port: parsed.dport, tcp_flags: parsed.tcp_flags };
+            knock_doors::<ALL_DOORS>(&Packet { src, dst, knock }, doors, settings, now);
+        }
         if doors & settings.stealth_mask != 0 {
             count(Counter::StealthDrops);
             verdict = XDP_DROP;
@@ -172,7 +203,7 @@ struct Packet {
 
 /// Matches a knock against the doors whose sequence names its port (`doors`, a slot mask).
 #[inline(always)]
-fn knock_doors(pkt: &Packet, doors: u32, settings: &Settings, now: u64) {
+fn knock_doors<const ALL_DOORS: bool>(pkt: &Packet, doors: u32, settings: &Settings, now: u64) {
     let mut ctx = DoorLoop {
         pkt,
         settings,
@@ -180,6 +211,13 @@ fn knock_doors(pkt: &Packet, doors: u32, settings: &Settings, now: u64) {
         to_local: LOCAL_ADDRS.get(0).is_some_and(|l| l.contains(&pkt.dst)),
         now,
     };
+    if !ALL_DOORS {
+        // A port in one sequence (the other case went to `knockgate_doors`).
+        if let Some(index) = single_door(doors) {
+            door(index, &ctx);
+        }
+        return;
+    }
     // Only up to the highest door that names the port.
     let slots = (u32::BITS - doors.leading_zeros()).min(settings.slots).min(MAX_DOORS);
     // bpf_loop (kernel 5.17+) has the verifier check the body once instead of once per door.
@@ -201,7 +239,12 @@ struct DoorLoop<'a> {
 /// One door of the loop; returns 0 to continue.
 extern "C" fn door_step(index: u32, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer `knock_doors` gave it.
-    let ctx = unsafe { &*(ctx as *const DoorLoop<'_>) };
+    door(index, unsafe { &*(ctx as *const DoorLoop<'_>) })
+}
+
+/// One door: its knock, if the door's sequence names the port; returns 0 to go on.
+#[inline(always)]
+fn door(index: u32, ctx: &DoorLoop<'_>) -> i64 {
     if ctx.doors & (1 << (index & (MAX_DOORS - 1))) == 0 {
         return 0;
     }
@@ -219,13 +262,26 @@ extern "C" fn door_step(index: u32, ctx: *mut c_void) -> i64 {
 
 #[inline(always)]
 fn knock_door(door: &DoorSpec, index: u8, settings: &Settings, pkt: &Packet, now: u64) {
-    let key = ProgressKey::new(&pkt.src, index);
-    let (slot, table) = match PROGRESS.get_ptr_mut(&key) {
-        Some(p) => (Some(p), Table::Progress),
-        None => (FIRST_KNOCKS.get_ptr_mut(&key), Table::First),
+    let key = SlotKey::new(settings.hash_key, &pkt.src, index);
+    // Checked one at a time: LLVM would otherwise OR the two pointers into one null test,
+    // pointer arithmetic the verifier refuses.
+    let Some(progress) = PROGRESS.get_ptr_mut(key.set(settings.progress_mask)) else {
+        // Masks larger than the tables: a daemon bug. Count it; nothing advances or opens.
+        count(Counter::MapErrors);
+        return;
     };
-    // SAFETY: a map value pointer from a successful lookup, valid for this program run.
-    let current = slot.map(|p| unsafe { *p });
+    let Some(first) = FIRST_KNOCKS.get_ptr_mut(key.set(settings.first_mask)) else {
+        count(Counter::MapErrors);
+        return;
+    };
+    // SAFETY: map value pointers from successful lookups, valid for this program run. Other
+    // CPUs may write the same sets: `Set` validates every slot it reads (see its docs).
+    let (progress, first) = unsafe { (&mut *progress, &mut *first) };
+    let found = match progress.find(&key) {
+        Some((i, a)) => Some((Table::Progress, i, a)),
+        None => first.find(&key).map(|(i, a)| (Table::First, i, a)),
+    };
+    let current = found.map(|(_, _, a)| a);
     let expired = current.is_some_and(|a| a.epoch == door.epoch && a.expired(door.timeout_ns, now));
     if expired {
         count(Counter::Timeouts);
@@ -239,23 +295,16 @@ fn knock_door(door: &DoorSpec, index: u8, settings: &Settings, pkt: &Packet, now
                 count(Counter::Resets);
             }
             let target = if attempt.stage <= 1 { Table::First } else { Table::Progress };
-            match slot {
-                // Same table: update the value in place, far cheaper than an LRU re-insert.
-                // Two CPUs racing on one source's attempt can only lose a step.
-                // SAFETY: as above.
-                Some(p) if table == target => unsafe { *p = attempt },
+            match found {
+                // Same table: update the slot in place.
+                Some((t, i, _)) if t == target => pick(t, progress, first).slots[i & (WAYS - 1)].store(&key, &attempt),
                 _ => {
-                    if current.is_some() {
-                        forget(table, &key);
+                    if let Some((t, i, _)) = found {
+                        pick(t, progress, first).slots[i & (WAYS - 1)].clear();
                     }
-                    // A failed update only loses progress; it can never open anything.
-                    let stored = match target {
-                        Table::First => FIRST_KNOCKS.insert(&key, &attempt, 0),
-                        Table::Progress => PROGRESS.insert(&key, &attempt, 0),
-                    };
-                    if stored.is_err() {
-                        count(Counter::MapErrors);
-                    }
+                    let set = pick(target, progress, first);
+                    let i = set.victim();
+                    set.slots[i & (WAYS - 1)].store(&key, &attempt);
                 }
             }
             if stage_budget(settings, now) {
@@ -267,9 +316,9 @@ fn knock_door(door: &DoorSpec, index: u8, settings: &Settings, pkt: &Packet, now
         Outcome::Open => {
             count(Counter::Steps);
             count(Counter::Opens);
-            let started_ns = match current {
-                Some(a) => {
-                    forget(table, &key);
+            let started_ns = match found {
+                Some((t, i, a)) => {
+                    pick(t, progress, first).slots[i & (WAYS - 1)].clear();
                     a.started_ns
                 }
                 None => now,
@@ -282,7 +331,9 @@ fn knock_door(door: &DoorSpec, index: u8, settings: &Settings, pkt: &Packet, now
             if !expired {
                 count(Counter::Resets);
             }
-            forget(table, &key);
+            if let Some((t, i, _)) = found {
+                pick(t, progress, first).slots[i & (WAYS - 1)].clear();
+            }
         }
     }
 }
@@ -310,15 +361,11 @@ enum Table {
     Progress,
 }
 
-/// Removes an attempt; a failure (evicted meanwhile) is only counted.
 #[inline(always)]
-fn forget(table: Table, key: &ProgressKey) {
-    let removed = match table {
-        Table::First => FIRST_KNOCKS.remove(key),
-        Table::Progress => PROGRESS.remove(key),
-    };
-    if removed.is_err() {
-        count(Counter::MapErrors);
+fn pick<'a>(t: Table, progress: &'a mut Set, first: &'a mut Set) -> &'a mut Set {
+    match t {
+        Table::Progress => progress,
+        Table::First => first,
     }
 }
 
@@ -326,14 +373,20 @@ fn forget(table: Table, key: &ProgressKey) {
 fn stage_budget(settings: &Settings, now: u64) -> bool {
     match STAGE_BUDGET.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, only this CPU touches it while the program runs.
-        Some(b) => unsafe { (*b).take(now, settings.stage_rate, settings.stage_burst) },
+        Some(b) => unsafe { (*b).take(now, &settings.stage_events) },
         None => false,
     }
 }
 
 #[inline(always)]
 fn emit(pkt: &Packet, kind: EventKind, door: u8, attempt: &Attempt) {
-    let event = KnockEvent {
+    // Written in place in the ring buffer: an event built on the stack would count against
+    // the 512-byte stack limit of the knock path.
+    let Some(mut entry) = EVENTS.reserve::<KnockEvent>(0) else {
+        count(Counter::EventsLost);
+        return;
+    };
+    entry.write(KnockEvent {
         started_ns: attempt.started_ns,
         epoch: attempt.epoch,
         addr: pkt.src.addr,
@@ -341,8 +394,6 @@ fn emit(pkt: &Packet, kind: EventKind, door: u8, attempt: &Attempt) {
         family: pkt.src.family,
         door,
         stage: attempt.stage,
-    };
-    if EVENTS.output::<KnockEvent>(&event, 0).is_err() {
-        count(Counter::EventsLost);
-    }
+    });
+    entry.submit(0);
 }

@@ -1,14 +1,15 @@
 //! Loading the XDP program and keeping its maps in step with the configuration.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, io::Read as _, net::IpAddr};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, ProgramArray, RingBuf},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use knock_common::{
-    AddrKey, AllowKey, Attempt, Counter, DoorSpec, LocalAddrs, MAX_LOCAL_ADDRS, PortDoors, ProgressKey, Settings, maps,
+    AddrKey, AllowKey, Attempt, Counter, DoorSpec, LocalAddrs, Rate, MAX_LOCAL_ADDRS, PortDoors, Set, Settings, SlotKey, maps,
+    sets_for,
 };
 
 use crate::{
@@ -20,6 +21,8 @@ use crate::{
 
 /// Name of the XDP function in the object.
 pub const PROGRAM: &str = "knockgate";
+/// The program `knockgate` tail-calls for ports that several sequences name.
+const DOOR_WALK_PROGRAM: &str = "knockgate_doors";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -33,6 +36,8 @@ pub enum KernelError {
     MissingMap(&'static str),
     #[error("program {PROGRAM} is missing from the XDP object")]
     MissingProgram,
+    #[error("drawing the attempt tables' hash key from /dev/urandom: {0}")]
+    Random(std::io::Error),
 }
 
 fn map_of<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::maps::Map, KernelError> {
@@ -94,6 +99,8 @@ impl Default for Limits {
 pub struct KnockProgram {
     ebpf: Ebpf,
     limits: Limits,
+    /// Secret key of the attempt tables' hash.
+    hash_key: u64,
     /// What `PORTS` holds now, so updates write only the slots that change.
     ports: BTreeMap<u32, PortDoors>,
     link: Option<XdpLinkId>,
@@ -103,8 +110,8 @@ impl KnockProgram {
     /// Loads the program into the kernel (verifier included); nothing is attached yet.
     pub fn load(limits: Limits) -> Result<Self, KernelError> {
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(maps::PROGRESS, limits.progress_entries)
-            .map_max_entries(maps::FIRST_KNOCKS, limits.first_knock_entries)
+            .map_max_entries(maps::PROGRESS, sets_for(limits.progress_entries))
+            .map_max_entries(maps::FIRST_KNOCKS, sets_for(limits.first_knock_entries))
             .map_max_entries(maps::ALLOW, limits.allow_entries)
             .load(KNOCK_EBPF)?;
         let prog: &mut Xdp = ebpf
@@ -112,7 +119,17 @@ impl KnockProgram {
             .ok_or(KernelError::MissingProgram)?
             .try_into()?;
         prog.load()?;
-        Ok(Self { ebpf, limits, ports: BTreeMap::new(), link: None })
+        let walk: &mut Xdp = ebpf
+            .program_mut(DOOR_WALK_PROGRAM)
+            .ok_or(KernelError::MissingProgram)?
+            .try_into()?;
+        walk.load()?;
+        let walk = walk.fd()?.try_clone().map_err(|e| KernelError::Program(ProgramError::from(e)))?;
+        let mut table = ProgramArray::try_from(map_of(&mut ebpf, maps::DOOR_WALK)?).map_err(map_err(maps::DOOR_WALK))?;
+        table.set(0, &walk, 0).map_err(map_err(maps::DOOR_WALK))?;
+        let mut key = [0u8; 8];
+        std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut key)).map_err(KernelError::Random)?;
+        Ok(Self { ebpf, limits, hash_key: u64::from_ne_bytes(key), ports: BTreeMap::new(), link: None })
     }
 
     fn xdp(&self) -> Result<&Xdp, KernelError> {
@@ -143,11 +160,13 @@ impl KnockProgram {
             .fold(0u32, |m, (i, _)| m | 1u32.checked_shl(u32::from(i)).unwrap_or(0));
         let settings = Settings {
             slots: doors.slot_count(),
-            stage_rate: self.limits.stage_rate,
-            stage_burst: self.limits.stage_burst,
             gating: u32::from(doors.active().any(|(_, s)| matches!(s.door.gate, Gate::Open { .. }))),
             stealth_mask,
-            _pad: 0,
+            progress_mask: sets_for(self.limits.progress_entries) - 1,
+            first_mask: sets_for(self.limits.first_knock_entries) - 1,
+            _pad: [0; 3],
+            stage_events: Rate::new(self.limits.stage_rate, self.limits.stage_burst),
+            hash_key: self.hash_key,
         };
         // Gates first, so a port is gated before the door that opens it can be knocked.
         let knocking: BTreeMap<u32, u32> =
@@ -254,16 +273,23 @@ impl KnockProgram {
     /// Fills the attempt tables with `n` synthetic attempts at door slot 0 (sources
     /// `2001:db8:ffff::/48`, never sent to), half past their first knock: for scale benchmarks.
     pub fn fill_attempts(&mut self, n: u32, epoch: u32) -> Result<(), KernelError> {
-        let attempt = |stage| Attempt::new(stage, 0, epoch);
-        for name in [maps::PROGRESS, maps::FIRST_KNOCKS] {
-            let mut map: HashMap<_, ProgressKey, Attempt> = HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
-            let stage = if name == maps::PROGRESS { 2 } else { 1 };
+        for (name, stage, entries) in
+            [(maps::PROGRESS, 2, self.limits.progress_entries), (maps::FIRST_KNOCKS, 1, self.limits.first_knock_entries)]
+        {
+            let mask = sets_for(entries) - 1;
+            let mut sets = vec![Set::EMPTY; mask as usize + 1];
             for i in (0..n).filter(|i| (i % 2 == 0) == (stage == 2)) {
                 let mut addr = [0u8; 16];
                 addr[..6].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0xff, 0xff]);
                 addr[12..].copy_from_slice(&i.to_be_bytes());
-                let key = ProgressKey::new(&AddrKey::v6(addr), 0);
-                map.insert(key, attempt(stage), 0).map_err(map_err(name))?;
+                let key = SlotKey::new(self.hash_key, &AddrKey::v6(addr), 0);
+                let set = &mut sets[key.set(mask) as usize];
+                let way = set.victim();
+                set.slots[way].store(&key, &Attempt::new(stage, 0, epoch));
+            }
+            let mut map: Array<_, Set> = Array::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+            for (i, set) in (0u32..).zip(&sets) {
+                map.set(i, set, 0).map_err(map_err(name))?;
             }
         }
         Ok(())
@@ -287,30 +313,37 @@ impl KnockProgram {
             .collect()
     }
 
+    /// The attempt tables, each with its set mask.
+    fn tables(&self) -> [(&'static str, u32); 2] {
+        [
+            (maps::PROGRESS, sets_for(self.limits.progress_entries) - 1),
+            (maps::FIRST_KNOCKS, sets_for(self.limits.first_knock_entries) - 1),
+        ]
+    }
+
     /// One source's attempt at door slot `door`, if the kernel holds one.
     pub fn attempt(&self, src: IpAddr, door: u8) -> Result<Option<Attempt>, KernelError> {
-        let key = ProgressKey::new(&addr_key(src), door);
-        for name in [maps::PROGRESS, maps::FIRST_KNOCKS] {
-            let map: HashMap<_, ProgressKey, Attempt> = HashMap::try_from(self.map(name)?).map_err(map_err(name))?;
-            match map.get(&key, 0) {
-                Ok(a) => return Ok(Some(a)),
-                Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(name)(e)),
+        let key = SlotKey::new(self.hash_key, &addr_key(src), door);
+        for (name, mask) in self.tables() {
+            let map: Array<_, Set> = Array::try_from(self.map(name)?).map_err(map_err(name))?;
+            if let Some((_, a)) = map.get(&key.set(mask), 0).map_err(map_err(name))?.find(&key) {
+                return Ok(Some(a));
             }
         }
         Ok(None)
     }
 
-    /// Removes a source's attempt at door slot `door` (after its timeout was logged).
+    /// Removes a source's attempt at door slot `door` (after its timeout was logged). The set
+    /// is written back whole: a knock landing in the same set at that instant may lose its
+    /// step, as with any race on a set; nothing can open because of it.
     pub fn forget_attempt(&mut self, src: IpAddr, door: u8) -> Result<(), KernelError> {
-        let key = ProgressKey::new(&addr_key(src), door);
-        for name in [maps::PROGRESS, maps::FIRST_KNOCKS] {
-            let mut map: HashMap<_, ProgressKey, Attempt> = HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
-            match map.remove(&key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                // Already gone (completed, reset or evicted meanwhile).
-                Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(map_err(name)(e)),
+        let key = SlotKey::new(self.hash_key, &addr_key(src), door);
+        for (name, mask) in self.tables() {
+            let mut map: Array<_, Set> = Array::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+            let mut set = map.get(&key.set(mask), 0).map_err(map_err(name))?;
+            if let Some((i, _)) = set.find(&key) {
+                set.slots[i].clear();
+                map.set(key.set(mask), set, 0).map_err(map_err(name))?;
             }
         }
         Ok(())

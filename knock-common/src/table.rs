@@ -1,0 +1,291 @@
+//! The attempt tables (`PROGRESS`, `FIRST_KNOCKS`): set-associative caches held in BPF arrays.
+//!
+//! Why not LRU hash maps: every hash-map lookup, insert and delete is a call into the kernel,
+//! and on machines with return-stack mitigations each costs 50 to 200 ns, several times the
+//! rest of a knock step. An array lookup is inlined by the verifier, and scanning one set of
+//! `WAYS` slots takes a few dozen instructions.
+//!
+//! Each (source, door) hashes, keyed with a secret drawn at load time, to one set, and may sit
+//! in any of its `WAYS` slots. A new attempt takes an empty slot, else the one whose attempt
+//! started longest ago. Without the secret nobody can aim spoofed sources at a victim's set.
+//!
+//! CPUs write slots without locks. Every slot carries `check`, a keyed hash of all its fields;
+//! a slot whose check does not match its fields counts as empty. A slot half-written by one
+//! CPU, or written by two at once, is never read as an attempt: racing knocks can lose
+//! progress, but can never pair one source's address with another source's progress.
+//!
+//! The functions are `#[inline(always)]`: they run in the XDP program, where a call costs a
+//! stack frame and its limit is 512 bytes.
+#![expect(clippy::inline_always, reason = "the XDP program's hot path; see the module comment")]
+
+use crate::{AddrKey, Attempt};
+
+/// Slots per set.
+pub const WAYS: usize = WAYS_U32 as usize;
+const WAYS_U32: u32 = 8;
+
+const MUL: u64 = 0x9E37_79B9_7F4A_7C15;
+/// Separates the check from the set-index hash.
+const CHECK_SALT: u64 = 0x243F_6A88_85A3_08D3;
+
+#[inline(always)]
+const fn mix(h: u64, w: u64) -> u64 {
+    let h = (h ^ w).wrapping_mul(MUL);
+    h ^ (h >> 29)
+}
+
+/// Sets for a table of (at least) `entries` attempts: a power of two, at least one.
+#[must_use]
+pub const fn sets_for(entries: u32) -> u32 {
+    let sets = entries.div_ceil(WAYS_U32);
+    if sets <= 1 { 1 } else { sets.next_power_of_two() }
+}
+
+/// Who an attempt belongs to: a source address and a door slot, with its keyed hash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotKey {
+    words: [u32; 4],
+    family: u8,
+    door: u8,
+    hash: u64,
+}
+
+impl SlotKey {
+    #[must_use]
+    #[inline(always)]
+    pub fn new(secret: u64, src: &AddrKey, door: u8) -> Self {
+        let a = &src.addr;
+        let words = [
+            u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+            u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+            u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+            u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+        ];
+        let mut hash = secret;
+        for w in words {
+            hash = mix(hash, u64::from(w));
+        }
+        let hash = mix(hash, u64::from(src.family) | u64::from(door) << 8);
+        Self { words, family: src.family, door, hash }
+    }
+
+    /// The set this key lives in, for a table of `mask + 1` sets.
+    #[must_use]
+    #[inline(always)]
+    pub const fn set(&self, mask: u32) -> u32 {
+        (self.hash >> 32) as u32 & mask
+    }
+
+    #[inline(always)]
+    const fn check(&self, stage: u8, epoch: u32, started_ns: u64) -> u64 {
+        // Never 0, the check of an empty slot.
+        mix(mix(self.hash ^ CHECK_SALT, stage as u64 | (epoch as u64) << 8), started_ns) | 1
+    }
+}
+
+/// One attempt in a set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot {
+    /// Source address, network-order bytes read as native words.
+    pub addr: [u32; 4],
+    /// `Family as u8`; 0 for a slot never used.
+    pub family: u8,
+    pub door: u8,
+    pub stage: u8,
+    pub _pad: u8,
+    pub epoch: u32,
+    pub started_ns: u64,
+    /// `SlotKey::check` of the fields above; 0 marks an empty slot.
+    pub check: u64,
+}
+const _: () = assert!(core::mem::size_of::<Slot>() == 40);
+
+impl Slot {
+    pub const EMPTY: Self = Self { addr: [0; 4], family: 0, door: 0, stage: 0, _pad: 0, epoch: 0, started_ns: 0, check: 0 };
+
+    /// Whether the slot names `key` (a cheap test; `Set::find` then validates it).
+    #[inline(always)]
+    fn names(&self, key: &SlotKey) -> bool {
+        self.addr[0] == key.words[0] && self.family == key.family && self.door == key.door && self.addr == key.words
+    }
+
+    /// Stores `attempt` for `key`.
+    #[inline(always)]
+    pub fn store(&mut self, key: &SlotKey, attempt: &Attempt) {
+        *self = Self {
+            addr: key.words,
+            family: key.family,
+            door: key.door,
+            stage: attempt.stage,
+            _pad: 0,
+            epoch: attempt.epoch,
+            started_ns: attempt.started_ns,
+            check: key.check(attempt.stage, attempt.epoch, attempt.started_ns),
+        };
+    }
+
+    #[inline(always)]
+    pub fn clear(&mut self) {
+        self.check = 0;
+    }
+}
+
+/// One value of the attempt arrays.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Set {
+    pub slots: [Slot; WAYS],
+}
+const _: () = assert!(WAYS.is_power_of_two());
+
+impl Set {
+    pub const EMPTY: Self = Self { slots: [Slot::EMPTY; WAYS] };
+
+    /// The slot holding `key`'s attempt, and the attempt, if the set has a valid one.
+    #[must_use]
+    #[inline(always)]
+    pub fn find(&self, key: &SlotKey) -> Option<(usize, Attempt)> {
+        let mut i = 0;
+        while i < WAYS {
+            let s = &self.slots[i];
+            if s.names(key) {
+                // Each field read once, then validated together against our key: if the slot
+                // changed meanwhile, what was read belongs to another key or state, and the
+                // check cannot match.
+                let (stage, epoch, started_ns, check) = (s.stage, s.epoch, s.started_ns, s.check);
+                if check == key.check(stage, epoch, started_ns) {
+                    return Some((i, Attempt::new(stage, started_ns, epoch)));
+                }
+            }
+            i += 1;
+        }
+        None
+    }
+
+    /// Where a new attempt goes: an empty slot, else the one whose attempt started first.
+    #[must_use]
+    #[inline(always)]
+    pub fn victim(&self) -> usize {
+        let mut best = 0;
+        let mut oldest = u64::MAX;
+        let mut i = 0;
+        while i < WAYS {
+            let s = &self.slots[i];
+            if s.check == 0 {
+                return i;
+            }
+            if s.started_ns < oldest {
+                oldest = s.started_ns;
+                best = i;
+            }
+            i += 1;
+        }
+        best
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: repr(C), integers only, no implicit padding (sizes asserted).
+    unsafe impl aya::Pod for super::Slot {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Set {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: u64 = 0x1234_5678_9abc_def0;
+
+    fn key(last: u8, door: u8) -> SlotKey {
+        SlotKey::new(SECRET, &AddrKey::v4([198, 18, 0, last]), door)
+    }
+
+    #[test]
+    fn stores_finds_and_clears() {
+        let mut set = Set::EMPTY;
+        let k = key(2, 0);
+        assert_eq!(set.find(&k), None);
+        let a = Attempt::new(2, 1_000, 7);
+        let i = set.victim();
+        set.slots[i].store(&k, &a);
+        assert_eq!(set.find(&k), Some((i, a)));
+        assert_eq!(set.find(&key(2, 1)), None, "another door");
+        assert_eq!(set.find(&key(3, 0)), None, "another source");
+        set.slots[i].clear();
+        assert_eq!(set.find(&k), None);
+    }
+
+    #[test]
+    fn families_are_apart() {
+        let v4 = SlotKey::new(SECRET, &AddrKey::v4([32, 1, 13, 184]), 0);
+        let mut v6 = [0u8; 16];
+        v6[..4].copy_from_slice(&[32, 1, 13, 184]);
+        let v6 = SlotKey::new(SECRET, &AddrKey::v6(v6), 0);
+        let mut set = Set::EMPTY;
+        set.slots[0].store(&v4, &Attempt::new(1, 0, 0));
+        assert_eq!(set.find(&v6), None);
+    }
+
+    #[test]
+    fn a_torn_slot_is_no_attempt() {
+        let (victim, attacker) = (key(2, 0), key(66, 0));
+        let mut set = Set::EMPTY;
+        set.slots[0].store(&victim, &Attempt::new(2, 1_000, 0));
+        let mut theirs = Slot::EMPTY;
+        theirs.store(&attacker, &Attempt::new(1, 5, 0));
+        // Another CPU has written the attacker's address over the victim's slot, not the rest.
+        set.slots[0].addr = theirs.addr;
+        assert_eq!(set.find(&attacker), None);
+        assert_eq!(set.find(&victim), None);
+        // The attacker's slot with the victim's progress: the check covers the progress too.
+        set.slots[0] = Slot { stage: 2, started_ns: 1_000, ..theirs };
+        assert_eq!(set.find(&attacker), None);
+        // A slot never written is valid for nobody, not even an all-zero key.
+        let zero = SlotKey::new(SECRET, &AddrKey::from_words([0; 4], crate::Family::V4), 0);
+        let mut fresh = Set::EMPTY;
+        fresh.slots[1].family = 4;
+        assert_eq!(fresh.find(&zero), None);
+    }
+
+    #[test]
+    fn the_secret_changes_the_set_and_the_check() {
+        let src = AddrKey::v4([198, 18, 0, 2]);
+        let (a, b) = (SlotKey::new(1, &src, 0), SlotKey::new(2, &src, 0));
+        assert_ne!(a.hash, b.hash);
+        let mut set = Set::EMPTY;
+        set.slots[0].store(&a, &Attempt::new(1, 0, 0));
+        assert_eq!(set.find(&b), None, "a slot written under another secret is not valid");
+    }
+
+    #[test]
+    fn victims_are_empty_slots_then_the_oldest() {
+        let mut set = Set::EMPTY;
+        for (i, slot) in set.slots.iter_mut().enumerate() {
+            let t = 100 - u64::try_from(i).unwrap();
+            slot.store(&key(u8::try_from(i).unwrap(), 0), &Attempt::new(1, t, 0));
+        }
+        assert_eq!(set.victim(), WAYS - 1, "started first");
+        set.slots[3].clear();
+        assert_eq!(set.victim(), 3);
+    }
+
+    #[test]
+    fn sets_are_spread_and_sized_in_powers_of_two() {
+        assert_eq!(sets_for(0), 1);
+        assert_eq!(sets_for(8), 1);
+        assert_eq!(sets_for(9), 2);
+        assert_eq!(sets_for(65_536), 8_192);
+        assert_eq!(sets_for(100_000), 16_384);
+        // 4096 sources over 512 sets: no set far above the mean of 8.
+        let mut load = [0u32; 512];
+        for i in 0..4096u32 {
+            let [_, _, hi, lo] = i.to_be_bytes();
+            let k = SlotKey::new(SECRET, &AddrKey::v4([198, 18, hi, lo]), 0);
+            load[k.set(511) as usize] += 1;
+        }
+        assert!(load.iter().all(|&n| n < 24), "max {}", load.iter().max().unwrap());
+    }
+}
