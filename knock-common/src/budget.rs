@@ -36,15 +36,23 @@ impl Rate {
 }
 
 impl Bucket {
-    /// Spends one token if there is one.
+    /// Spends one token if there is one, after crediting the time since the last call.
     pub fn take(&mut self, now_ns: u64, rate: &Rate) -> bool {
-        if rate.cost_ns == 0 {
-            return false;
-        }
+        self.refill(now_ns, rate);
+        self.spend(rate)
+    }
+
+    /// Credits the time since the last refill. The XDP program refills once per clock tick,
+    /// when it reads the clock, so that spending costs a compare and a subtraction.
+    pub fn refill(&mut self, now_ns: u64, rate: &Rate) {
         let elapsed = now_ns.saturating_sub(self.last_ns);
         self.last_ns = now_ns;
         self.credit_ns = self.credit_ns.saturating_add(elapsed).min(rate.cap_ns);
-        if self.credit_ns >= rate.cost_ns {
+    }
+
+    /// Spends one token if the credit holds one (a zero rate never grants one).
+    pub fn spend(&mut self, rate: &Rate) -> bool {
+        if rate.cost_ns != 0 && self.credit_ns >= rate.cost_ns {
             self.credit_ns -= rate.cost_ns;
             true
         } else {

@@ -1,4 +1,25 @@
-//! Indices of the per-CPU `COUNTERS` array.
+//! The program's counters, and the per-CPU state that holds them.
+
+use crate::Bucket;
+
+/// The one slot of the per-CPU `CPU` array: everything the program keeps per CPU, so that
+/// a packet looks it up once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuState {
+    /// `jiffies` when `now_ns` was read.
+    pub jiffies: u64,
+    /// `bpf_ktime_get_ns()`, read at most once per tick.
+    pub now_ns: u64,
+    /// Budget of stage events sent to user space.
+    pub stage_events: Bucket,
+    /// Indexed by `Counter`.
+    pub counters: [u64; Counter::LEN],
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), only u64s (no padding).
+unsafe impl aya::Pod for CpuState {}
 
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +66,9 @@ impl Counter {
         Counter::GatePasses,
         Counter::StealthDrops,
     ];
+
+    /// Number of counters.
+    pub const LEN: usize = Self::ALL.len();
 
     /// Number of slots the counter map needs.
     #[expect(clippy::cast_possible_truncation, reason = "a handful of counters")]

@@ -21,7 +21,7 @@ pub mod table;
 
 pub use addr::{AddrKey, Family, LocalAddrs, MAX_LOCAL_ADDRS, ProgressKey};
 pub use budget::{Bucket, Rate};
-pub use counters::Counter;
+pub use counters::{Counter, CpuState};
 pub use door::{DoorSpec, GATE_CLOSE, GATE_NONE, GATE_OPEN, PortDoors, Settings, Step, TcpFlags};
 pub use gate::{AllowKey, gate_passes, is_new_connection};
 pub use event::{EventKind, KnockEvent};
@@ -67,10 +67,8 @@ pub mod maps {
     pub const FIRST_KNOCKS: &str = "FIRST_KNOCKS";
     /// `RingBuf` of `KnockEvent`.
     pub const EVENTS: &str = "EVENTS";
-    /// `PerCpuArray<u64>` indexed by `Counter`.
-    pub const COUNTERS: &str = "COUNTERS";
-    /// `PerCpuArray<Bucket>`, one slot: the budget of stage events.
-    pub const STAGE_BUDGET: &str = "STAGE_BUDGET";
+    /// `PerCpuArray<CpuState>`, one slot: clock cache, stage-event budget and counters.
+    pub const CPU: &str = "CPU";
     /// `ProgramArray`, slot 0: `knockgate_doors`, for ports that several sequences name.
     pub const DOOR_WALK: &str = "DOOR_WALK";
     /// `LruHashMap<AllowKey, u64>`: (source, gated port) allowed until this `ktime` (ns).

@@ -61,11 +61,9 @@ impl SlotKey {
             u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
             u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
         ];
-        let mut hash = secret;
-        for w in words {
-            hash = mix(hash, u64::from(w));
-        }
-        let hash = mix(hash, u64::from(src.family) | u64::from(door) << 8);
+        let lo = u64::from(words[0]) | u64::from(words[1]) << 32;
+        let hi = u64::from(words[2]) | u64::from(words[3]) << 32;
+        let hash = mix(mix(mix(secret, lo), hi), u64::from(src.family) | u64::from(door) << 8);
         Self { words, family: src.family, door, hash }
     }
 

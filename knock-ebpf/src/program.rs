@@ -9,7 +9,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use knock_common::{
-    AddrKey, AllowKey, Attempt, Bucket, Counter, DoorSpec, EventKind, GATE_CLOSE, GATE_OPEN, Knock, KnockEvent,
+    AddrKey, AllowKey, Attempt, Counter, CpuState, DoorSpec, EventKind, GATE_CLOSE, GATE_OPEN, Knock, KnockEvent,
     LocalAddrs, MAX_DOORS, MAX_GATE_PORTS, Outcome, PORT_SLOTS, PortDoors, Set, Settings, SlotKey, WAYS, XDP_DROP,
     XDP_PASS, gate_passes, is_new_connection, port_slot, single_door, step,
 };
@@ -49,17 +49,10 @@ static FIRST_KNOCKS: Array<Set> = Array::with_max_entries(1, 0);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
-/// Per-CPU counters indexed by `Counter`.
+/// Per-CPU state: clock cache, stage-event budget, counters. Looked up once per packet that
+/// gets past the port table.
 #[map]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
-
-/// Per-CPU token bucket for stage events, so a flood of first knocks cannot flood user space.
-#[map]
-static STAGE_BUDGET: PerCpuArray<Bucket> = PerCpuArray::with_max_entries(1, 0);
-
-/// Per-CPU clock cache: `[jiffies, ktime]` of the last `ktime` read on this CPU.
-#[map]
-static CLOCK: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+static CPU: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0);
 
 /// (source, gated port) -> `ktime` the allowance ends. Only a completed knock inserts here.
 /// LRU: when full, the oldest allowance goes (its source must knock again); nothing opens.
@@ -94,53 +87,71 @@ fn run<const ALL_DOORS: bool>(ctx: &XdpContext) -> u32 {
             // to the stack on every frame): the rare packets that go on are parsed again.
             let Some(slot) = port_slot(parsed.proto, parsed.dport) else { return XDP_PASS };
             match PORTS.get(slot) {
-                Some(&PortDoors { knock: 0, gate: 0 }) | None => XDP_PASS,
-                Some(&doors) => match parse::parse(ctx) {
+                Some(&doors) if doors.knock | doors.gate != 0 => match parse::parse(ctx) {
                     Ok(parsed) => on_packet::<ALL_DOORS>(ctx, &parsed, doors),
                     // Unreachable (parsed once already), but never let it bypass a gate.
                     Err(_) => XDP_DROP,
                 },
+                _ => XDP_PASS,
             }
         }
         Err(Skip::Malformed) => {
-            count(Counter::ParseErrors);
             // It could be aimed at a gated port: never let it bypass the gate.
-            if SETTINGS.get(0).is_none_or(|s| s.gating != 0) {
-                count(Counter::GateDrops);
-                XDP_DROP
-            } else {
-                XDP_PASS
+            let gating = SETTINGS.get(0).is_none_or(|s| s.gating != 0);
+            if let Some(cpu) = Cpu::get() {
+                cpu.count(Counter::ParseErrors);
+                if gating {
+                    cpu.count(Counter::GateDrops);
+                }
             }
+            if gating { XDP_DROP } else { XDP_PASS }
         }
         Err(Skip::NotKnock) => XDP_PASS,
     }
 }
 
-/// `bpf_ktime_get_ns()` read at most once per kernel tick and CPU: up to one tick old (4 ms
-/// at HZ=250), which knock and gate timeouts, counted in seconds, do not notice. Reading
-/// the clock costs more than the rest of a knock step; `jiffies` is a plain load.
-#[inline(always)]
-fn now_ns() -> u64 {
-    // SAFETY: helpers without arguments.
-    let jiffies = unsafe { bpf_jiffies64() };
-    match CLOCK.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot, only this CPU touches it while the program runs.
-        Some(c) => unsafe {
-            if (*c)[0] != jiffies {
-                *c = [jiffies, bpf_ktime_get_ns()];
-            }
-            (*c)[1]
-        },
-        // SAFETY: as above.
-        None => unsafe { bpf_ktime_get_ns() },
-    }
-}
+/// This CPU's `CpuState`.
+#[derive(Clone, Copy)]
+struct Cpu(*mut CpuState);
 
-#[inline(always)]
-fn count(c: Counter) {
-    if let Some(v) = COUNTERS.get_ptr_mut(c as u32) {
-        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
-        unsafe { *v += 1 };
+impl Cpu {
+    #[inline(always)]
+    fn get() -> Option<Self> {
+        CPU.get_ptr_mut(0).map(Self)
+    }
+
+    #[inline(always)]
+    fn count(self, c: Counter) {
+        // SAFETY: this CPU's slot; nothing else touches it while the program runs here.
+        if let Some(v) = unsafe { (*self.0).counters.get_mut(c as usize) } {
+            *v += 1;
+        }
+    }
+
+    /// `bpf_ktime_get_ns()` read at most once per kernel tick: up to one tick old (4 ms at
+    /// HZ=250), which knock and gate timeouts, counted in seconds, do not notice. Reading the
+    /// clock costs more than the rest of a knock step; `jiffies` is a plain load. The
+    /// stage-event budget is topped up at the same time.
+    #[inline(always)]
+    fn now_ns(self, settings: &Settings) -> u64 {
+        // SAFETY: helpers without arguments; this CPU's slot, as above.
+        unsafe {
+            let jiffies = bpf_jiffies64();
+            if (*self.0).jiffies != jiffies {
+                let now = bpf_ktime_get_ns();
+                (*self.0).jiffies = jiffies;
+                (*self.0).now_ns = now;
+                (*self.0).stage_events.refill(now, &settings.stage_events);
+            }
+            (*self.0).now_ns
+        }
+    }
+
+    /// Whether a stage event may be sent now.
+    #[inline(always)]
+    fn stage_budget(self, settings: &Settings) -> bool {
+        // SAFETY: this CPU's slot, as above.
+        unsafe { (*self.0).stage_events.spend(&settings.stage_events) }
     }
 }
 
@@ -151,32 +162,33 @@ fn on_packet<const ALL_DOORS: bool>(ctx: &XdpContext, parsed: &Parsed, PortDoors
     if doors == 0 && !gated {
         return XDP_PASS;
     }
+    let (Some(cpu), Some(settings)) = (Cpu::get(), SETTINGS.get(0)) else {
+        // Unreachable (slot 0 of arrays), but never let it bypass a gate.
+        return if gated { XDP_DROP } else { XDP_PASS };
+    };
     let mut walk = true;
     if !ALL_DOORS && single_door(doors).is_none() && doors != 0 && !parsed.fragment {
         // SAFETY: `ctx` is this program's context; on success this does not return.
         unsafe { DOOR_WALK.tail_call(ctx, 0) };
         // Only with an empty program array, never after a successful load: the knock is
         // not matched, but stealth and the gate still apply.
-        count(Counter::MapErrors);
+        cpu.count(Counter::MapErrors);
         walk = false;
     }
     let Ok((src, dst)) = parse::addresses(ctx, parsed) else {
         // Already read once during parsing; unreachable, but never let it bypass a gate.
         return if gated { XDP_DROP } else { XDP_PASS };
     };
-    let now = now_ns();
+    let now = cpu.now_ns(settings);
     let mut verdict = XDP_PASS;
-    if doors != 0
-        && !parsed.fragment
-        && let Some(settings) = SETTINGS.get(0)
-    {
+    if doors != 0 && !parsed.fragment {
         if walk {
-            count(Counter::KnockPackets);
+            cpu.count(Counter::KnockPackets);
             let knock = Knock { proto: parsed.proto, port: parsed.dport, tcp_flags: parsed.tcp_flags };
-            knock_doors::<ALL_DOORS>(&Packet { src, dst, knock }, doors, settings, now);
+            knock_doors::<ALL_DOORS>(&Packet { src, dst, knock }, doors, settings, now, cpu);
         }
         if doors & settings.stealth_mask != 0 {
-            count(Counter::StealthDrops);
+            cpu.count(Counter::StealthDrops);
             verdict = XDP_DROP;
         }
     }
@@ -185,9 +197,9 @@ fn on_packet<const ALL_DOORS: bool>(ctx: &XdpContext, parsed: &Parsed, PortDoors
         // SAFETY: copied out at once.
         let until = unsafe { ALLOW.get(&key) }.copied();
         if gate_passes(until, now) {
-            count(Counter::GatePasses);
+            cpu.count(Counter::GatePasses);
         } else {
-            count(Counter::GateDrops);
+            cpu.count(Counter::GateDrops);
             verdict = XDP_DROP;
         }
     }
@@ -203,13 +215,14 @@ struct Packet {
 
 /// Matches a knock against the doors whose sequence names its port (`doors`, a slot mask).
 #[inline(always)]
-fn knock_doors<const ALL_DOORS: bool>(pkt: &Packet, doors: u32, settings: &Settings, now: u64) {
+fn knock_doors<const ALL_DOORS: bool>(pkt: &Packet, doors: u32, settings: &Settings, now: u64, cpu: Cpu) {
     let mut ctx = DoorLoop {
         pkt,
         settings,
         doors,
         to_local: LOCAL_ADDRS.get(0).is_some_and(|l| l.contains(&pkt.dst)),
         now,
+        cpu,
     };
     if !ALL_DOORS {
         // A port in one sequence (the other case went to `knockgate_doors`).
@@ -234,6 +247,7 @@ struct DoorLoop<'a> {
     doors: u32,
     to_local: bool,
     now: u64,
+    cpu: Cpu,
 }
 
 /// One door of the loop; returns 0 to continue.
@@ -255,23 +269,23 @@ fn door(index: u32, ctx: &DoorLoop<'_>) -> i64 {
         ctx.pkt.dst.same_addr(door.target_family, &door.target)
     };
     if addressed {
-        knock_door(door, index as u8, ctx.settings, ctx.pkt, ctx.now);
+        knock_door(door, index as u8, ctx.settings, ctx.pkt, ctx.now, ctx.cpu);
     }
     0
 }
 
 #[inline(always)]
-fn knock_door(door: &DoorSpec, index: u8, settings: &Settings, pkt: &Packet, now: u64) {
+fn knock_door(door: &DoorSpec, index: u8, settings: &Settings, pkt: &Packet, now: u64, cpu: Cpu) {
     let key = SlotKey::new(settings.hash_key, &pkt.src, index);
     // Checked one at a time: LLVM would otherwise OR the two pointers into one null test,
     // pointer arithmetic the verifier refuses.
     let Some(progress) = PROGRESS.get_ptr_mut(key.set(settings.progress_mask)) else {
         // Masks larger than the tables: a daemon bug. Count it; nothing advances or opens.
-        count(Counter::MapErrors);
+        cpu.count(Counter::MapErrors);
         return;
     };
     let Some(first) = FIRST_KNOCKS.get_ptr_mut(key.set(settings.first_mask)) else {
-        count(Counter::MapErrors);
+        cpu.count(Counter::MapErrors);
         return;
     };
     // SAFETY: map value pointers from successful lookups, valid for this program run. Other
@@ -284,15 +298,15 @@ fn knock_door(door: &DoorSpec, index: u8, settings: &Settings, pkt: &Packet, now
     let current = found.map(|(_, _, a)| a);
     let expired = current.is_some_and(|a| a.epoch == door.epoch && a.expired(door.timeout_ns, now));
     if expired {
-        count(Counter::Timeouts);
+        cpu.count(Counter::Timeouts);
     }
     match step(door, current, pkt.knock, now) {
         Outcome::Ignore => {}
         Outcome::Progress(attempt) => {
-            count(Counter::Steps);
+            cpu.count(Counter::Steps);
             // A live attempt that did not advance by one was broken, then restarted.
             if current.is_some_and(|c| !expired && c.epoch == door.epoch && attempt.stage != c.stage + 1) {
-                count(Counter::Resets);
+                cpu.count(Counter::Resets);
             }
             let target = if attempt.stage <= 1 { Table::First } else { Table::Progress };
             match found {
@@ -307,15 +321,15 @@ fn knock_door(door: &DoorSpec, index: u8, settings: &Settings, pkt: &Packet, now
                     set.slots[i & (WAYS - 1)].store(&key, &attempt);
                 }
             }
-            if stage_budget(settings, now) {
-                emit(pkt, EventKind::Stage, index, &attempt);
+            if cpu.stage_budget(settings) {
+                emit(pkt, EventKind::Stage, index, &attempt, cpu);
             } else {
-                count(Counter::StagesSuppressed);
+                cpu.count(Counter::StagesSuppressed);
             }
         }
         Outcome::Open => {
-            count(Counter::Steps);
-            count(Counter::Opens);
+            cpu.count(Counter::Steps);
+            cpu.count(Counter::Opens);
             let started_ns = match found {
                 Some((t, i, a)) => {
                     pick(t, progress, first).slots[i & (WAYS - 1)].clear();
@@ -324,12 +338,12 @@ fn knock_door(door: &DoorSpec, index: u8, settings: &Settings, pkt: &Packet, now
                 None => now,
             };
             // The gate opens before user space even hears of the knock.
-            gate(door, pkt, now);
-            emit(pkt, EventKind::Open, index, &Attempt::new(door.len, started_ns, door.epoch));
+            gate(door, pkt, now, cpu);
+            emit(pkt, EventKind::Open, index, &Attempt::new(door.len, started_ns, door.epoch), cpu);
         }
         Outcome::Reset => {
             if !expired {
-                count(Counter::Resets);
+                cpu.count(Counter::Resets);
             }
             if let Some((t, i, _)) = found {
                 pick(t, progress, first).slots[i & (WAYS - 1)].clear();
@@ -340,7 +354,7 @@ fn knock_door(door: &DoorSpec, index: u8, settings: &Settings, pkt: &Packet, now
 
 /// Opens (or closes) the door's gated ports for the knocker.
 #[inline(always)]
-fn gate(door: &DoorSpec, pkt: &Packet, now: u64) {
+fn gate(door: &DoorSpec, pkt: &Packet, now: u64, cpu: Cpu) {
     for i in 0..MAX_GATE_PORTS {
         let Some(port) = door.gate_at(i) else { break };
         let key = AllowKey { addr: pkt.src.addr, family: pkt.src.family, proto: port.proto, port: port.port };
@@ -350,7 +364,7 @@ fn gate(door: &DoorSpec, pkt: &Packet, now: u64) {
             _ => Ok(()),
         };
         if done.is_err() {
-            count(Counter::MapErrors);
+            cpu.count(Counter::MapErrors);
         }
     }
 }
@@ -370,20 +384,11 @@ fn pick<'a>(t: Table, progress: &'a mut Set, first: &'a mut Set) -> &'a mut Set 
 }
 
 #[inline(always)]
-fn stage_budget(settings: &Settings, now: u64) -> bool {
-    match STAGE_BUDGET.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot, only this CPU touches it while the program runs.
-        Some(b) => unsafe { (*b).take(now, &settings.stage_events) },
-        None => false,
-    }
-}
-
-#[inline(always)]
-fn emit(pkt: &Packet, kind: EventKind, door: u8, attempt: &Attempt) {
+fn emit(pkt: &Packet, kind: EventKind, door: u8, attempt: &Attempt, cpu: Cpu) {
     // Written in place in the ring buffer: an event built on the stack would count against
     // the 512-byte stack limit of the knock path.
     let Some(mut entry) = EVENTS.reserve::<KnockEvent>(0) else {
-        count(Counter::EventsLost);
+        cpu.count(Counter::EventsLost);
         return;
     };
     entry.write(KnockEvent {

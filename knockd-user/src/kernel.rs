@@ -8,7 +8,7 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use knock_common::{
-    AddrKey, AllowKey, Attempt, Counter, DoorSpec, LocalAddrs, Rate, MAX_LOCAL_ADDRS, PortDoors, Set, Settings, SlotKey, maps,
+    AddrKey, AllowKey, Attempt, Counter, CpuState, DoorSpec, LocalAddrs, Rate, MAX_LOCAL_ADDRS, PortDoors, Set, Settings, SlotKey, maps,
     sets_for,
 };
 
@@ -303,14 +303,9 @@ impl KnockProgram {
 
     /// The counters summed over CPUs.
     pub fn counters(&self) -> Result<Vec<(Counter, u64)>, KernelError> {
-        let map: PerCpuArray<_, u64> = PerCpuArray::try_from(self.map(maps::COUNTERS)?).map_err(map_err(maps::COUNTERS))?;
-        Counter::ALL
-            .iter()
-            .map(|&c| {
-                let per_cpu = map.get(&(c as u32), 0).map_err(map_err(maps::COUNTERS))?;
-                Ok((c, per_cpu.iter().sum()))
-            })
-            .collect()
+        let map: PerCpuArray<_, CpuState> = PerCpuArray::try_from(self.map(maps::CPU)?).map_err(map_err(maps::CPU))?;
+        let per_cpu = map.get(&0, 0).map_err(map_err(maps::CPU))?;
+        Ok(Counter::ALL.iter().map(|&c| (c, per_cpu.iter().map(|s| s.counters[c as usize]).sum())).collect())
     }
 
     /// The attempt tables, each with its set mask.

@@ -101,17 +101,26 @@ impl Injector {
         addr.sll_ifindex = self.ifindex;
         addr.sll_halen = 6;
         addr.sll_addr[..6].copy_from_slice(&self.macs[..6]);
-        // SAFETY: valid buffer and address of the stated lengths.
-        let n = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                std::ptr::from_ref(&addr).cast(),
-                u32::try_from(size_of::<libc::sockaddr_ll>()).expect("len"),
-            )
-        };
-        assert!(usize::try_from(n).is_ok_and(|n| n == frame.len()), "sendto: {}", std::io::Error::last_os_error());
+        // A socket buffer full of earlier frames (ENOBUFS) is waited out, a bounded number of times.
+        for _ in 0..1000 {
+            // SAFETY: valid buffer and address of the stated lengths.
+            let n = unsafe {
+                libc::sendto(
+                    self.fd.as_raw_fd(),
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    std::ptr::from_ref(&addr).cast(),
+                    u32::try_from(size_of::<libc::sockaddr_ll>()).expect("len"),
+                )
+            };
+            if usize::try_from(n).is_ok_and(|n| n == frame.len()) {
+                return;
+            }
+            let e = std::io::Error::last_os_error();
+            assert!(e.raw_os_error() == Some(libc::ENOBUFS), "sendto: {e}");
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        panic!("sendto: the socket buffer stayed full");
     }
 }
