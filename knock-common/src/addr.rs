@@ -96,27 +96,6 @@ impl LocalAddrs {
     }
 }
 
-/// Key of `PROGRESS`: one knocker's attempt at one door.
-// Aligned to 4 so that building one on the BPF stack is a few word stores, not a
-// byte-wise memset call per field (the layout and size are unchanged).
-#[repr(C, align(4))]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ProgressKey {
-    pub addr: [u8; 16],
-    pub family: u8,
-    /// Door slot in `DOORS`.
-    pub door: u8,
-    pub _pad: u16,
-}
-const _: () = assert!(core::mem::size_of::<ProgressKey>() == 20);
-
-impl ProgressKey {
-    #[must_use]
-    pub const fn new(src: &AddrKey, door: u8) -> Self {
-        Self { addr: src.addr, family: src.family, door, _pad: 0 }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,8 +131,6 @@ mod tests {
 mod user {
     // SAFETY: repr(C), only integers and byte arrays, no implicit padding (size asserted).
     unsafe impl aya::Pod for super::AddrKey {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::ProgressKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::LocalAddrs {}
 }

@@ -70,9 +70,6 @@ impl Counter {
     /// Number of counters.
     pub const LEN: usize = Self::ALL.len();
 
-    /// Number of slots the counter map needs.
-    #[expect(clippy::cast_possible_truncation, reason = "a handful of counters")]
-    pub const COUNT: u32 = Self::ALL.len() as u32;
 
     #[must_use]
     pub const fn name(self) -> &'static str {

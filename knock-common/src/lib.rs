@@ -19,7 +19,7 @@ pub mod gate;
 pub mod knock;
 pub mod table;
 
-pub use addr::{AddrKey, Family, LocalAddrs, MAX_LOCAL_ADDRS, ProgressKey};
+pub use addr::{AddrKey, Family, LocalAddrs, MAX_LOCAL_ADDRS};
 pub use budget::{Bucket, Rate};
 pub use counters::{Counter, CpuState};
 pub use door::{DoorSpec, GATE_CLOSE, GATE_NONE, GATE_OPEN, PortDoors, Settings, Step, TcpFlags};
@@ -59,11 +59,11 @@ pub mod maps {
     pub const PORTS: &str = "PORTS";
     /// `Array<LocalAddrs>`, one slot: the addresses of this host that knocks must be sent to.
     pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
-    /// `LruHashMap<ProgressKey, Attempt>`: per (source, door) progress past the first
-    /// knock. Only a source that knew two steps gets here, so a spoofed flood of first
-    /// knocks cannot evict these entries.
+    /// `Array<Set>`: per (source, door) progress past the first knock, in sets of `WAYS`
+    /// (`table`). Only a source that knew two steps gets here, so a spoofed flood of first
+    /// knocks cannot push these attempts out.
     pub const PROGRESS: &str = "PROGRESS";
-    /// `LruHashMap<ProgressKey, Attempt>`: attempts at stage 1 (one knock seen).
+    /// `Array<Set>`: attempts at stage 1 (one knock seen).
     pub const FIRST_KNOCKS: &str = "FIRST_KNOCKS";
     /// `RingBuf` of `KnockEvent`.
     pub const EVENTS: &str = "EVENTS";

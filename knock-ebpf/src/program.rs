@@ -22,7 +22,8 @@ const _: () = assert!(XDP_PASS == xdp_action::XDP_PASS && XDP_DROP == xdp_action
 #[map]
 static DOORS: Array<DoorSpec> = Array::with_max_entries(MAX_DOORS, 0);
 
-/// One slot: slots to walk, stage-event budget, gating and stealth flags.
+/// One slot: slots to walk, gating and stealth flags, attempt-table sizes and hash key,
+/// stage-event budget.
 #[map]
 static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 

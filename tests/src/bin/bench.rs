@@ -210,7 +210,7 @@ fn per_packet(opts: &Opts) -> Value {
         ("gated SYN dropped", FrameBuilder::tcp("198.18.0.3", s, 22, SYN).build(), XDP_DROP),
     ];
     // One CPU for the whole table, so that both programs run on the same core and caches.
-    pin_to_current_cpu();
+    let _pinned = pin_to_current_cpu();
     // Rounds interleave the cases and the two programs, so a slow spell of this shared
     // machine hits both sides of a ratio; each ratio is taken within one round.
     let mut samples = vec![(Vec::new(), Vec::new(), Vec::new()); cases.len()];
@@ -234,14 +234,25 @@ fn per_packet(opts: &Opts) -> Value {
     json!({ "runs": rounds, "repeat": repeat, "rows": rows })
 }
 
-/// Pins this thread to the CPU it runs on.
-fn pin_to_current_cpu() {
-    // SAFETY: plain libc calls on a zeroed cpu_set_t.
+/// Pins this thread to the CPU it runs on until the guard drops (then the old set of CPUs
+/// applies again: daemons and senders started later must not inherit one CPU).
+fn pin_to_current_cpu() -> impl Drop {
+    struct Restore(libc::cpu_set_t);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: a cpu_set_t read by sched_getaffinity.
+            unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const self.0) };
+        }
+    }
+    // SAFETY: plain libc calls on zeroed cpu_set_t values.
     unsafe {
+        let mut old: libc::cpu_set_t = std::mem::zeroed();
+        libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &raw mut old);
         let cpu = usize::try_from(libc::sched_getcpu()).unwrap_or(0);
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
         libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set);
+        Restore(old)
     }
 }
 
