@@ -168,7 +168,9 @@ fn on_packet<const ALL_DOORS: bool>(ctx: &XdpContext, parsed: &Parsed, PortDoors
         return if gated { XDP_DROP } else { XDP_PASS };
     };
     let mut walk = true;
-    if !ALL_DOORS && single_door(doors).is_none() && doors != 0 && !parsed.fragment {
+    // The door, when one sequence names the port (worked out once: it is not free in BPF).
+    let one = if ALL_DOORS { None } else { single_door(doors) };
+    if !ALL_DOORS && one.is_none() && doors != 0 && !parsed.fragment {
         // SAFETY: `ctx` is this program's context; on success this does not return.
         unsafe { DOOR_WALK.tail_call(ctx, 0) };
         // Only with an empty program array, never after a successful load: the knock is
@@ -186,7 +188,7 @@ fn on_packet<const ALL_DOORS: bool>(ctx: &XdpContext, parsed: &Parsed, PortDoors
         if walk {
             cpu.count(Counter::KnockPackets);
             let knock = Knock { proto: parsed.proto, port: parsed.dport, tcp_flags: parsed.tcp_flags };
-            knock_doors::<ALL_DOORS>(&Packet { src, dst, knock }, doors, settings, now, cpu);
+            knock_doors::<ALL_DOORS>(&Packet { src, dst, knock }, doors, one, settings, now, cpu);
         }
         if doors & settings.stealth_mask != 0 {
             cpu.count(Counter::StealthDrops);
@@ -216,7 +218,7 @@ struct Packet {
 
 /// Matches a knock against the doors whose sequence names its port (`doors`, a slot mask).
 #[inline(always)]
-fn knock_doors<const ALL_DOORS: bool>(pkt: &Packet, doors: u32, settings: &Settings, now: u64, cpu: Cpu) {
+fn knock_doors<const ALL_DOORS: bool>(pkt: &Packet, doors: u32, one: Option<u32>, settings: &Settings, now: u64, cpu: Cpu) {
     let mut ctx = DoorLoop {
         pkt,
         settings,
@@ -227,7 +229,7 @@ fn knock_doors<const ALL_DOORS: bool>(pkt: &Packet, doors: u32, settings: &Setti
     };
     if !ALL_DOORS {
         // A port in one sequence (the other case went to `knockgate_doors`).
-        if let Some(index) = single_door(doors) {
+        if let Some(index) = one {
             door(index, &ctx);
         }
         return;
