@@ -88,45 +88,9 @@ pub const fn port_slot(proto: u8, port: u16) -> Option<u32> {
     }
 }
 
-/// The door slot of a mask naming exactly one door (the usual case: a port in one sequence).
-/// Written out because BPF has no count-trailing-zeros instruction.
-#[must_use]
-pub const fn single_door(mask: u32) -> Option<u32> {
-    if mask == 0 || mask & (mask - 1) != 0 {
-        return None;
-    }
-    let mut i = 0;
-    if mask & 0xFFFF_0000 != 0 {
-        i |= 16;
-    }
-    if mask & 0xFF00_FF00 != 0 {
-        i |= 8;
-    }
-    if mask & 0xF0F0_F0F0 != 0 {
-        i |= 4;
-    }
-    if mask & 0xCCCC_CCCC != 0 {
-        i |= 2;
-    }
-    if mask & 0xAAAA_AAAA != 0 {
-        i |= 1;
-    }
-    Some(i)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn single_door_finds_the_one_bit() {
-        for i in 0..32 {
-            assert_eq!(single_door(1 << i), Some(i));
-        }
-        assert_eq!(single_door(0), None);
-        assert_eq!(single_door(0b101), None);
-        assert_eq!(single_door(u32::MAX), None);
-    }
 
     #[test]
     fn port_slots_do_not_overlap() {

@@ -11,7 +11,7 @@ use aya_ebpf::{
 use knock_common::{
     AddrKey, AllowKey, Attempt, Counter, CpuState, DoorSpec, EventKind, GATE_CLOSE, GATE_OPEN, Knock, KnockEvent,
     LocalAddrs, MAX_DOORS, MAX_GATE_PORTS, Outcome, PORT_SLOTS, PortDoors, Set, Settings, SlotKey, WAYS, XDP_DROP,
-    XDP_PASS, gate_passes, is_new_connection, port_slot, single_door, step,
+    XDP_PASS, gate_passes, is_new_connection, port_slot, step,
 };
 
 use crate::parse::{self, Parsed, Skip};
@@ -60,20 +60,21 @@ static CPU: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static ALLOW: LruHashMap<AllowKey, u64> = LruHashMap::with_max_entries(65536, 0);
 
-/// Slot 0: `knockgate_doors`, which `knockgate` hands packets to ports in several sequences.
+/// Slot 0: `knockgate_doors`, which `knockgate` hands knocks to when there are several doors.
 #[map]
 static DOOR_WALK: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
-/// The program attached to the interface. It matches a knock at a port that one sequence
-/// names (the usual case) inline, and hands a port named by several to `knockgate_doors`.
+/// The program attached to the interface. With one door it matches knocks inline; with
+/// several it hands knocks to `knockgate_doors` (every door must see every knock: a knock at
+/// any door's port resets another door's attempt, as in knockd).
 #[xdp]
 fn knockgate(ctx: XdpContext) -> u32 {
     run::<false>(&ctx)
 }
 
-/// Reached only by tail call from `knockgate`: walks every door naming the port in a
-/// `bpf_loop`. Its callback costs a call and a return, dear under return-stack mitigations,
-/// and a program holding both the loop and the inline path would exceed the 512-byte stack.
+/// Reached only by tail call from `knockgate`: walks every door in a `bpf_loop`. Its
+/// callback costs a call and a return, dear under return-stack mitigations, and a program
+/// holding both the loop and the inline path would exceed the 512-byte stack.
 #[xdp]
 fn knockgate_doors(ctx: XdpContext) -> u32 {
     run::<true>(&ctx)
@@ -168,9 +169,10 @@ fn on_packet<const ALL_DOORS: bool>(ctx: &XdpContext, parsed: &Parsed, PortDoors
         return if gated { XDP_DROP } else { XDP_PASS };
     };
     let mut walk = true;
-    // The door, when one sequence names the port (worked out once: it is not free in BPF).
-    let one = if ALL_DOORS { None } else { single_door(doors) };
-    if !ALL_DOORS && one.is_none() && doors != 0 && !parsed.fragment {
+    // Every door sees every knock: a knock at any door's port resets another door's attempt
+    // (knockd's rule). So only a one-door configuration is matched inline.
+    let one = !ALL_DOORS && settings.slots == 1;
+    if !ALL_DOORS && !one && doors != 0 && !parsed.fragment {
         // SAFETY: `ctx` is this program's context; on success this does not return.
         unsafe { DOOR_WALK.tail_call(ctx, 0) };
         // Only with an empty program array, never after a successful load: the knock is
@@ -188,7 +190,7 @@ fn on_packet<const ALL_DOORS: bool>(ctx: &XdpContext, parsed: &Parsed, PortDoors
         if walk {
             cpu.count(Counter::KnockPackets);
             let knock = Knock { proto: parsed.proto, port: parsed.dport, tcp_flags: parsed.tcp_flags };
-            knock_doors::<ALL_DOORS>(&Packet { src, dst, knock }, doors, one, settings, now, cpu);
+            knock_doors::<ALL_DOORS>(&Packet { src, dst, knock }, settings, now, cpu);
         }
         if doors & settings.stealth_mask != 0 {
             cpu.count(Counter::StealthDrops);
@@ -216,30 +218,26 @@ struct Packet {
     knock: Knock,
 }
 
-/// Matches a knock against the doors whose sequence names its port (`doors`, a slot mask).
+/// Matches a knock against every door: the doors whose sequence names the port may advance,
+/// the others' attempts by this source are reset.
 #[inline(always)]
-fn knock_doors<const ALL_DOORS: bool>(pkt: &Packet, doors: u32, one: Option<u32>, settings: &Settings, now: u64, cpu: Cpu) {
+fn knock_doors<const ALL_DOORS: bool>(pkt: &Packet, settings: &Settings, now: u64, cpu: Cpu) {
     let mut ctx = DoorLoop {
         pkt,
         settings,
-        doors,
         to_local: LOCAL_ADDRS.get(0).is_some_and(|l| l.contains(&pkt.dst)),
         now,
         cpu,
     };
     if !ALL_DOORS {
-        // A port in one sequence (the other case went to `knockgate_doors`).
-        if let Some(index) = one {
-            door(index, &ctx);
-        }
+        // A one-door configuration (the others went to `knockgate_doors`).
+        door(0, &ctx);
         return;
     }
-    // Only up to the highest door that names the port.
-    let slots = (u32::BITS - doors.leading_zeros()).min(settings.slots).min(MAX_DOORS);
     // bpf_loop (kernel 5.17+) has the verifier check the body once instead of once per door.
     // SAFETY: `door_step` matches the callback ABI and `ctx` outlives the call.
     unsafe {
-        bpf_loop(slots, door_step as *mut c_void, core::ptr::from_mut(&mut ctx).cast(), 0);
+        bpf_loop(settings.slots.min(MAX_DOORS), door_step as *mut c_void, core::ptr::from_mut(&mut ctx).cast(), 0);
     }
 }
 
@@ -247,7 +245,6 @@ fn knock_doors<const ALL_DOORS: bool>(pkt: &Packet, doors: u32, one: Option<u32>
 struct DoorLoop<'a> {
     pkt: &'a Packet,
     settings: &'a Settings,
-    doors: u32,
     to_local: bool,
     now: u64,
     cpu: Cpu,
@@ -259,12 +256,9 @@ extern "C" fn door_step(index: u32, ctx: *mut c_void) -> i64 {
     door(index, unsafe { &*(ctx as *const DoorLoop<'_>) })
 }
 
-/// One door: its knock, if the door's sequence names the port; returns 0 to go on.
+/// One door's part in a knock; returns 0 to go on.
 #[inline(always)]
 fn door(index: u32, ctx: &DoorLoop<'_>) -> i64 {
-    if ctx.doors & (1 << (index & (MAX_DOORS - 1))) == 0 {
-        return 0;
-    }
     let Some(door) = DOORS.get(index) else { return 1 };
     let addressed = if door.target_family == 0 {
         ctx.to_local

@@ -113,6 +113,29 @@ fn knocks_to_other_hosts_do_not_count() {
 }
 
 #[test]
+fn a_knock_at_another_doors_port_resets() {
+    // knockd's rule (reference §2.4, "7001 7201 7002 7003 fails"): 7201 is B's port, so it
+    // breaks A's attempt, though A's sequence does not name it.
+    let p = program("[a]\nsequence = 7001,7002,7003\n[b]\nsequence = 7201,7202\n");
+    syn(&p, CLIENT, 7001);
+    syn(&p, CLIENT, 7201);
+    assert_eq!(stage(&p, CLIENT, 0), None, "a reset");
+    assert_eq!(stage(&p, CLIENT, 1), Some(1), "the resetting knock starts b (knockgate's fix)");
+    syn(&p, CLIENT, 7002);
+    syn(&p, CLIENT, 7003);
+    assert_eq!(counter(&p, Counter::Opens), 0);
+    // Both doors share 7000-style ports too: a port in two sequences advances both.
+    let p = program("[a]\nsequence = 7000,8000\n[b]\nsequence = 7000,9000,9100\n");
+    syn(&p, CLIENT, 7000);
+    assert_eq!((stage(&p, CLIENT, 0), stage(&p, CLIENT, 1)), (Some(1), Some(1)));
+    syn(&p, CLIENT, 9000);
+    assert_eq!((stage(&p, CLIENT, 0), stage(&p, CLIENT, 1)), (None, Some(2)));
+    syn(&p, CLIENT, 9100);
+    assert_eq!(counter(&p, Counter::Opens), 1);
+    assert_eq!(counter(&p, Counter::MapErrors), 0, "the tail call to knockgate_doors was taken");
+}
+
+#[test]
 fn local_addresses_are_replaced_and_capped() {
     let mut p = program(CONFIG);
     // 70 addresses: 198.18.1.0 ..= 198.18.1.69; only the first MAX_LOCAL_ADDRS count.
