@@ -60,12 +60,15 @@ static CPU: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static ALLOW: LruHashMap<AllowKey, u64> = LruHashMap::with_max_entries(65536, 0);
 
+/// Configurations of up to this many doors are matched inline by `knockgate`.
+const INLINE_DOORS: u32 = 2;
+
 /// Slot 0: `knockgate_doors`, which `knockgate` hands knocks to when there are several doors.
 #[map]
 static DOOR_WALK: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
-/// The program attached to the interface. With one door it matches knocks inline; with
-/// several it hands knocks to `knockgate_doors` (every door must see every knock: a knock at
+/// The program attached to the interface. With up to two doors it matches knocks inline;
+/// with more it hands knocks to `knockgate_doors` (every door must see every knock: a knock at
 /// any door's port resets another door's attempt, as in knockd).
 #[xdp]
 fn knockgate(ctx: XdpContext) -> u32 {
@@ -170,9 +173,8 @@ fn on_packet<const ALL_DOORS: bool>(ctx: &XdpContext, parsed: &Parsed, PortDoors
     };
     let mut walk = true;
     // Every door sees every knock: a knock at any door's port resets another door's attempt
-    // (knockd's rule). So only a one-door configuration is matched inline.
-    let one = !ALL_DOORS && settings.slots == 1;
-    if !ALL_DOORS && !one && doors != 0 && !parsed.fragment {
+    // (knockd's rule). Up to `INLINE_DOORS` doors are matched inline, more by `knockgate_doors`.
+    if !ALL_DOORS && settings.slots > INLINE_DOORS && doors != 0 && !parsed.fragment {
         // SAFETY: `ctx` is this program's context; on success this does not return.
         unsafe { DOOR_WALK.tail_call(ctx, 0) };
         // Only with an empty program array, never after a successful load: the knock is
@@ -230,8 +232,11 @@ fn knock_doors<const ALL_DOORS: bool>(pkt: &Packet, settings: &Settings, now: u6
         cpu,
     };
     if !ALL_DOORS {
-        // A one-door configuration (the others went to `knockgate_doors`).
+        // At most `INLINE_DOORS` doors (more went to `knockgate_doors`).
         door(0, &ctx);
+        if settings.slots > 1 {
+            door(1, &ctx);
+        }
         return;
     }
     // bpf_loop (kernel 5.17+) has the verifier check the body once instead of once per door.

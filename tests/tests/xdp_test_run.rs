@@ -124,10 +124,14 @@ fn a_knock_at_another_doors_port_resets() {
     syn(&p, CLIENT, 7002);
     syn(&p, CLIENT, 7003);
     assert_eq!(counter(&p, Counter::Opens), 0);
-    // Both doors share 7000-style ports too: a port in two sequences advances both.
-    let p = program("[a]\nsequence = 7000,8000\n[b]\nsequence = 7000,9000,9100\n");
+    // With more than two doors `knockgate` hands knocks to `knockgate_doors` (tail call);
+    // a port in two sequences advances both, and resets the third door's attempt.
+    let p = program("[a]\nsequence = 7000,8000\n[b]\nsequence = 7000,9000,9100\n[c]\nsequence = 7500,7501\n");
+    syn(&p, CLIENT, 7500);
+    assert_eq!(stage(&p, CLIENT, 2), Some(1));
     syn(&p, CLIENT, 7000);
     assert_eq!((stage(&p, CLIENT, 0), stage(&p, CLIENT, 1)), (Some(1), Some(1)));
+    assert_eq!(stage(&p, CLIENT, 2), None, "c reset by a port of a and b");
     syn(&p, CLIENT, 9000);
     assert_eq!((stage(&p, CLIENT, 0), stage(&p, CLIENT, 1)), (None, Some(2)));
     syn(&p, CLIENT, 9100);
