@@ -76,7 +76,8 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> KernelError {
 /// Sizes and budgets fixed at load time.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Entries of the per (source, door) table of attempts past their first knock.
+    /// Entries of the per (source, door) table of attempts past their first knock (rounded
+    /// up to whole sets: `sets_for`).
     pub progress_entries: u32,
     /// Entries of the table of attempts at their first knock (what a spoofed flood fills).
     pub first_knock_entries: u32,
