@@ -41,7 +41,7 @@ pub fn door_spec(door: &Door, epoch: u32) -> DoorSpec {
     spec
 }
 
-/// `PORT_DOORS` content: for each (protocol, port) a sequence names, the mask of door slots.
+/// The knock masks of `PORTS`: for each (protocol, port) a sequence names, the mask of door slots.
 #[must_use]
 pub fn port_table<'a>(doors: impl IntoIterator<Item = (u8, &'a Door)>) -> BTreeMap<u32, u32> {
     let mut table = BTreeMap::new();
@@ -55,7 +55,7 @@ pub fn port_table<'a>(doors: impl IntoIterator<Item = (u8, &'a Door)>) -> BTreeM
     table
 }
 
-/// `GATE_PORTS` content: for each (protocol, port) a door opens, the mask of those doors.
+/// The gate masks of `PORTS`: for each (protocol, port) a door opens, the mask of those doors.
 /// Ports only closed by some door are not gated by that alone.
 #[must_use]
 pub fn gate_table<'a>(doors: impl IntoIterator<Item = (u8, &'a Door)>) -> BTreeMap<u32, u32> {
