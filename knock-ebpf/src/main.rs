@@ -1,7 +1,7 @@
 //! The knockgate XDP program: matches TCP/UDP knocks against the doors in `DOORS`, keeps
 //! per (source, door) progress in `FIRST_KNOCKS`/`PROGRESS`, reports completed sequences on
-//! `EVENTS`, and enforces the in-kernel gate (`PORTS`, `ALLOW`). Two programs: `knockgate`, attached,
-//! and `knockgate_doors`, which it tail-calls for configurations of more than two doors.
+//! `EVENTS`, and enforces the in-kernel gate (`PORTS`, `ALLOW`). Two programs: `knockgate`,
+//! attached, and `knockgate_doors`, which it tail-calls when there are more than two doors.
 //!
 //! It never copies a packet to user space and never changes one. It drops new connections to
 //! gated ports from sources without an allowance, the knocks of stealth doors, and, while
