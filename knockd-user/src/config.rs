@@ -521,22 +521,7 @@ pub fn parse_knock(item: &str) -> Result<Knock, String> {
 mod tests {
     use super::*;
 
-    const DEBIAN_EXAMPLE: &str = "\
-[options]
-\tlogfile = /var/log/knockd.log
-
-[openSSH]
-\tsequence    = 7000,8000,9000
-\tseq_timeout = 5
-\tcommand     = /sbin/iptables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
-\ttcpflags    = syn
-
-[closeSSH]
-\tsequence    = 9000,8000,7000
-\tseq_timeout = 5
-\tcommand     = /sbin/iptables -D INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
-\ttcpflags    = syn
-";
+    const DEBIAN_EXAMPLE: &str = include_str!("../../examples/knockd.conf");
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("knockd.conf"), text)

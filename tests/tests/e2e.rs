@@ -12,25 +12,15 @@ use tests::{
 const RULE: &str = "-A INPUT -s 198.18.0.2/32 -p tcp -m tcp --dport 22 -j ACCEPT";
 const SYN_RULE: &str = "-A INPUT -s 198.18.0.2/32 -p tcp -m tcp --dport 22 --tcp-flags FIN,SYN,RST,ACK SYN -j ACCEPT";
 
-/// knockd's own example, verbatim apart from the log path.
+/// knockd's own example (`examples/knockd.conf`), verbatim apart from the log path.
 fn knockd_example(log: &Path) -> String {
-    format!(
-        "[options]
-\tlogfile = {}
-[openSSH]
-\tsequence = 7000,8000,9000
-\tseq_timeout = 5
-\tcommand = /sbin/iptables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
-\ttcpflags = syn
-[closeSSH]
-\tsequence = 9000,8000,7000
-\tseq_timeout = 5
-\tcommand = /sbin/iptables -D INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
-\ttcpflags = syn
-",
-        log.display()
-    )
+    let example = include_str!("../../examples/knockd.conf");
+    assert!(example.contains(LOG), "the example logs to {LOG}");
+    example.replace(LOG, &log.display().to_string())
 }
+
+/// The log path in knockd's example.
+const LOG: &str = "/var/log/knockd.log";
 
 struct Setup {
     net: NetPair,

@@ -16,25 +16,9 @@ const SERVER_IP: &str = "198.18.0.1";
 const CLIENT_IP: &str = "198.18.0.2";
 const DIR: &str = "/tmp/knockgate-demo";
 
-/// knockd's example, with the log in the demo directory.
+/// knockd's example (`examples/knockd.conf`), with the log in the demo directory.
 fn config() -> String {
-    format!(
-        "[options]
-\tlogfile = {DIR}/knockd.log
-
-[openSSH]
-\tsequence    = 7000,8000,9000
-\tseq_timeout = 5
-\tcommand     = /sbin/iptables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
-\ttcpflags    = syn
-
-[closeSSH]
-\tsequence    = 9000,8000,7000
-\tseq_timeout = 5
-\tcommand     = /sbin/iptables -D INPUT -s %IP% -p tcp --dport 22 -j ACCEPT
-\ttcpflags    = syn
-"
-    )
+    include_str!("../../examples/knockd.conf").replace("/var/log/knockd.log", &format!("{DIR}/knockd.log"))
 }
 
 /// Deletes the namespaces (and with them the veth pair) when the demo ends.
@@ -103,4 +87,14 @@ pub(crate) fn run(bins: &Path) -> anyhow::Result<()> {
         .context("starting knockd")?;
     println!("knockd exited ({status}); removing the demo namespaces");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_demo_logs_into_its_directory() {
+        let config = super::config();
+        assert!(config.contains(&format!("logfile = {}/knockd.log", super::DIR)), "{config}");
+        assert!(!config.contains("/var/log"));
+    }
 }
