@@ -62,6 +62,7 @@ static ALLOW: LruHashMap<AllowKey, u64> = LruHashMap::with_max_entries(65536, 0)
 
 /// Configurations of up to this many doors are matched inline by `knockgate`.
 const INLINE_DOORS: u32 = 2;
+const _: () = assert!(INLINE_DOORS == 2, "knock_doors matches doors 0 and 1 inline");
 
 /// Slot 0: `knockgate_doors`, which `knockgate` hands knocks to when there are several doors.
 #[map]
