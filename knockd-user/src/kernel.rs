@@ -159,12 +159,13 @@ impl KnockProgram {
             .active()
             .filter(|(_, s)| s.door.stealth)
             .fold(0u32, |m, (i, _)| m | 1u32.checked_shl(u32::from(i)).unwrap_or(0));
+        let [(_, progress_mask), (_, first_mask)] = self.tables();
         let settings = Settings {
             slots: doors.slot_count(),
             gating: u32::from(doors.active().any(|(_, s)| matches!(s.door.gate, Gate::Open { .. }))),
             stealth_mask,
-            progress_mask: sets_for(self.limits.progress_entries) - 1,
-            first_mask: sets_for(self.limits.first_knock_entries) - 1,
+            progress_mask,
+            first_mask,
             _pad: [0; 3],
             stage_events: Rate::new(self.limits.stage_rate, self.limits.stage_burst),
             hash_key: self.hash_key,
@@ -274,10 +275,7 @@ impl KnockProgram {
     /// Fills the attempt tables with `n` synthetic attempts at door slot 0 (sources
     /// `2001:db8:ffff::/48`, never sent to), half past their first knock: for scale benchmarks.
     pub fn fill_attempts(&mut self, n: u32, epoch: u32) -> Result<(), KernelError> {
-        for (name, stage, entries) in
-            [(maps::PROGRESS, 2, self.limits.progress_entries), (maps::FIRST_KNOCKS, 1, self.limits.first_knock_entries)]
-        {
-            let mask = sets_for(entries) - 1;
+        for ((name, mask), stage) in self.tables().into_iter().zip([2, 1]) {
             let mut sets = vec![Set::EMPTY; mask as usize + 1];
             for i in (0..n).filter(|i| (i % 2 == 0) == (stage == 2)) {
                 let mut addr = [0u8; 16];
@@ -309,7 +307,8 @@ impl KnockProgram {
         Ok(Counter::ALL.iter().map(|&c| (c, per_cpu.iter().map(|s| s.counters[c as usize]).sum())).collect())
     }
 
-    /// The attempt tables, each with its set mask.
+    /// The attempt tables, each with its set mask (sets minus one), in the order
+    /// `PROGRESS`, `FIRST_KNOCKS`.
     fn tables(&self) -> [(&'static str, u32); 2] {
         [
             (maps::PROGRESS, sets_for(self.limits.progress_entries) - 1),
