@@ -26,7 +26,7 @@ pub use door::{DoorSpec, GATE_CLOSE, GATE_NONE, GATE_OPEN, PortDoors, Settings, 
 pub use gate::{AllowKey, gate_passes, is_new_connection};
 pub use event::{EventKind, KnockEvent};
 pub use knock::{Attempt, Knock, Outcome, step};
-pub use table::{Set, Slot, SlotKey, WAYS, sets_for};
+pub use table::{Set, Slot, SlotKey, SourceKey, WAYS, sets_for};
 
 /// Most doors one configuration may hold (the XDP program walks them in a bounded loop).
 pub const MAX_DOORS: u32 = 32;

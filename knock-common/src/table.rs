@@ -5,11 +5,12 @@
 //! rest of a knock step. An array lookup is inlined by the verifier, and scanning one set of
 //! `WAYS` slots takes a few dozen instructions.
 //!
-//! Each (source, door) hashes, keyed with a secret drawn at load time, to one set, and may sit
-//! in any of its `WAYS` slots. A new attempt takes an empty slot, else the one whose attempt
-//! started longest ago. Without the secret nobody can aim spoofed sources at a victim's set.
+//! Each source hashes, keyed with a secret drawn at load time, to one set, where its attempts
+//! at every door may sit in any of the `WAYS` slots. A new attempt takes an empty slot, else
+//! the one whose attempt started longest ago. Without the secret nobody can aim spoofed
+//! sources at a victim's set.
 //!
-//! CPUs write slots without locks. Every slot carries `check`, a keyed hash of all its fields;
+//! CPUs write slots without locks. Every slot carries `check`, keyed on all its fields;
 //! a slot whose check does not match its fields counts as empty. A slot half-written by one
 //! CPU, or written by two at once, is never read as an attempt: racing knocks can lose
 //! progress, but can never pair one source's address with another source's progress.
@@ -41,7 +42,48 @@ pub const fn sets_for(entries: u32) -> u32 {
     if sets <= 1 { 1 } else { sets.next_power_of_two() }
 }
 
-/// Who an attempt belongs to: a source address and a door slot, with its keyed hash.
+/// A source address with its keyed hash: every door's attempts by one source share a set,
+/// so a knock, which every door must see, hashes once and reads one set of each table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceKey {
+    words: [u32; 4],
+    family: u8,
+    hash: u64,
+}
+
+impl SourceKey {
+    #[must_use]
+    #[inline(always)]
+    pub fn new(secret: u64, src: &AddrKey) -> Self {
+        let a = &src.addr;
+        let words = [
+            u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+            u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+            u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+            u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+        ];
+        let lo = u64::from(words[0]) | u64::from(words[1]) << 32;
+        let hi = u64::from(words[2]) | u64::from(words[3]) << 32;
+        let hash = mix(mix(mix(secret, lo), hi), u64::from(src.family));
+        Self { words, family: src.family, hash }
+    }
+
+    /// The set this source's attempts live in, for a table of `mask + 1` sets.
+    #[must_use]
+    #[inline(always)]
+    pub const fn set(&self, mask: u32) -> u32 {
+        (self.hash >> 32) as u32 & mask
+    }
+
+    /// This source's key at door slot `door`.
+    #[must_use]
+    #[inline(always)]
+    pub const fn door(&self, door: u8) -> SlotKey {
+        SlotKey { words: self.words, family: self.family, door, hash: self.hash }
+    }
+}
+
+/// Who an attempt belongs to: a source address and a door slot, with the source's keyed hash.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SlotKey {
     words: [u32; 4],
@@ -54,17 +96,7 @@ impl SlotKey {
     #[must_use]
     #[inline(always)]
     pub fn new(secret: u64, src: &AddrKey, door: u8) -> Self {
-        let a = &src.addr;
-        let words = [
-            u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
-            u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
-            u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
-            u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
-        ];
-        let lo = u64::from(words[0]) | u64::from(words[1]) << 32;
-        let hi = u64::from(words[2]) | u64::from(words[3]) << 32;
-        let hash = mix(mix(mix(secret, lo), hi), u64::from(src.family) | u64::from(door) << 8);
-        Self { words, family: src.family, door, hash }
+        SourceKey::new(secret, src).door(door)
     }
 
     /// The set this key lives in, for a table of `mask + 1` sets.
@@ -74,10 +106,18 @@ impl SlotKey {
         (self.hash >> 32) as u32 & mask
     }
 
+    /// The source's keyed hash, XORed with the slot's state and start time, the time spread
+    /// over all 64 bits by a multiply. Pairing one source's address with state written under
+    /// another's key would take guessing the two keyed hashes' XOR; fields torn between two
+    /// writes of one key differ from both, so their check matches neither (the product keeps
+    /// a start-time difference from cancelling a state difference). Unlike a hash over all
+    /// fields, it is not a chain of multiplies behind the source's hash: a knock step computes
+    /// it twice, to validate and to store.
     #[inline(always)]
     const fn check(&self, stage: u8, epoch: u32, started_ns: u64) -> u64 {
+        let state = stage as u64 | (epoch as u64) << 8 | (self.door as u64) << 40;
         // Never 0, the check of an empty slot.
-        mix(mix(self.hash ^ CHECK_SALT, stage as u64 | (epoch as u64) << 8), started_ns) | 1
+        (self.hash ^ CHECK_SALT ^ state ^ started_ns.wrapping_mul(MUL)) | 1
     }
 }
 
@@ -285,5 +325,17 @@ mod tests {
             load[k.set(511) as usize] += 1;
         }
         assert!(load.iter().all(|&n| n < 24), "max {}", load.iter().max().unwrap());
+    }
+
+    #[test]
+    fn a_source_shares_one_set_but_not_its_slots_across_doors() {
+        let (a, b) = (key(2, 0), key(2, 1));
+        assert_eq!(a.set(u32::MAX), b.set(u32::MAX));
+        let mut set = Set::EMPTY;
+        set.slots[0].store(&a, &Attempt::new(1, 0, 0));
+        // Door 1's key over door 0's slot: the check covers the door.
+        set.slots[0].door = 1;
+        assert_eq!(set.find(&b), None);
+        assert_eq!(set.find(&a), None);
     }
 }

@@ -47,28 +47,78 @@ pub(crate) enum Skip {
 
 /// A TCP or UDP packet, parsed as far as its ports. Addresses are read only for the packets
 /// that need them (`addresses`).
-pub(crate) struct Parsed {
-    /// Offset of the IP header.
-    pub(crate) l3: usize,
-    pub(crate) v6: bool,
-    pub(crate) proto: u8,
+///
+/// One packed word, not a struct of fields: it stays in one register across the port-table
+/// lookup, which is a call to LLVM (it clobbers five registers) though the verifier inlines
+/// it. As several fields they were spilled to the stack on every frame, or parsed again.
+#[derive(Clone, Copy)]
+pub(crate) struct Parsed(u64);
+
+impl Parsed {
+    const PROTO: u32 = 16;
+    const FLAGS: u32 = 24;
+    const FRAGMENT: u64 = 1 << 32;
+    const V6: u64 = 1 << 33;
+    const L3: u32 = 40;
+
+    #[inline(always)]
+    fn new(l3: usize, v6: bool, proto: u8, dport: u16, tcp_flags: u8, fragment: bool) -> Self {
+        Self(
+            u64::from(dport)
+                | u64::from(proto) << Self::PROTO
+                | u64::from(tcp_flags) << Self::FLAGS
+                | if fragment { Self::FRAGMENT } else { 0 }
+                | if v6 { Self::V6 } else { 0 }
+                // The IP header starts within two VLAN tags of the frame start.
+                | (l3 as u64 & 0xff) << Self::L3,
+        )
+    }
+
     /// Destination port, host order.
-    pub(crate) dport: u16,
-    pub(crate) tcp_flags: u8,
+    #[inline(always)]
+    pub(crate) const fn dport(self) -> u16 {
+        self.0 as u16
+    }
+
+    #[inline(always)]
+    pub(crate) const fn proto(self) -> u8 {
+        (self.0 >> Self::PROTO) as u8
+    }
+
+    /// TCP flags (0 for UDP).
+    #[inline(always)]
+    pub(crate) const fn tcp_flags(self) -> u8 {
+        (self.0 >> Self::FLAGS) as u8
+    }
+
     /// The first fragment of a fragmented datagram: never a knock, but gated like any packet.
-    pub(crate) fragment: bool,
+    #[inline(always)]
+    pub(crate) const fn fragment(self) -> bool {
+        self.0 & Self::FRAGMENT != 0
+    }
+
+    #[inline(always)]
+    const fn v6(self) -> bool {
+        self.0 & Self::V6 != 0
+    }
+
+    /// Offset of the IP header.
+    #[inline(always)]
+    const fn l3(self) -> usize {
+        (self.0 >> Self::L3) as usize & 0xff
+    }
 }
 
 /// Source and destination address of a parsed packet.
 #[inline(always)]
-pub(crate) fn addresses(ctx: &XdpContext, p: &Parsed) -> Result<(AddrKey, AddrKey), Skip> {
-    if p.v6 {
+pub(crate) fn addresses(ctx: &XdpContext, p: Parsed) -> Result<(AddrKey, AddrKey), Skip> {
+    if p.v6() {
         // SAFETY: `ptr_at` checked the whole fixed header.
-        let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, p.l3)? };
+        let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, p.l3())? };
         Ok((key(Family::V6, &ip.src_addr), key(Family::V6, &ip.dst_addr)))
     } else {
         // SAFETY: as above.
-        let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, p.l3)? };
+        let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, p.l3())? };
         Ok((key(Family::V4, &ip.src_addr), key(Family::V4, &ip.dst_addr)))
     }
 }
@@ -142,7 +192,7 @@ fn parse_v4(ctx: &XdpContext, off: usize) -> Result<Parsed, Skip> {
         return Err(Skip::NotKnock);
     }
     let (dport, tcp_flags) = parse_l4(ctx, off + ihl, proto)?;
-    Ok(Parsed { l3: off, v6: false, proto, dport, tcp_flags, fragment: frags & IPV4_MORE_FRAGS != 0 })
+    Ok(Parsed::new(off, false, proto, dport, tcp_flags, frags & IPV4_MORE_FRAGS != 0))
 }
 
 #[inline(always)]
@@ -188,7 +238,7 @@ fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Parsed, Skip> {
         return Err(Skip::Malformed);
     }
     let (dport, tcp_flags) = parse_l4(ctx, l4, next)?;
-    Ok(Parsed { l3: off, v6: true, proto: next, dport, tcp_flags, fragment })
+    Ok(Parsed::new(off, true, next, dport, tcp_flags, fragment))
 }
 
 /// Destination port (host order) and TCP flags (0 for UDP).

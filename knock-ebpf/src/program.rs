@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use knock_common::{
     AddrKey, AllowKey, Attempt, Counter, CpuState, DoorSpec, EventKind, GATE_CLOSE, GATE_OPEN, Knock, KnockEvent,
-    LocalAddrs, MAX_DOORS, MAX_GATE_PORTS, Outcome, PORT_SLOTS, PortDoors, Set, Settings, SlotKey, WAYS, XDP_DROP,
+    LocalAddrs, MAX_DOORS, MAX_GATE_PORTS, Outcome, PORT_SLOTS, PortDoors, Set, Settings, SourceKey, WAYS, XDP_DROP,
     XDP_PASS, gate_passes, is_new_connection, port_slot, step,
 };
 
@@ -89,15 +89,10 @@ fn run<const ALL_DOORS: bool>(ctx: &XdpContext) -> u32 {
     match parse::parse(ctx) {
         Ok(parsed) => {
             // The common case, a port that is neither a knock port nor gated, ends at this one
-            // array read. Nothing of the parse is kept across it (that would spill registers
-            // to the stack on every frame): the rare packets that go on are parsed again.
-            let Some(slot) = port_slot(parsed.proto, parsed.dport) else { return XDP_PASS };
+            // array read.
+            let Some(slot) = port_slot(parsed.proto(), parsed.dport()) else { return XDP_PASS };
             match PORTS.get(slot) {
-                Some(&doors) if doors.knock | doors.gate != 0 => match parse::parse(ctx) {
-                    Ok(parsed) => on_packet::<ALL_DOORS>(ctx, &parsed, doors),
-                    // Unreachable (parsed once already), but never let it bypass a gate.
-                    Err(_) => XDP_DROP,
-                },
+                Some(&doors) if doors.knock | doors.gate != 0 => on_packet::<ALL_DOORS>(ctx, parsed, doors),
                 _ => XDP_PASS,
             }
         }
@@ -163,8 +158,8 @@ impl Cpu {
 
 /// The verdict for a parsed TCP/UDP packet: knock matching, then stealth and the gate.
 #[inline(always)]
-fn on_packet<const ALL_DOORS: bool>(ctx: &XdpContext, parsed: &Parsed, PortDoors { knock: doors, gate }: PortDoors) -> u32 {
-    let gated = gate != 0 && is_new_connection(parsed.proto, parsed.tcp_flags);
+fn on_packet<const ALL_DOORS: bool>(ctx: &XdpContext, parsed: Parsed, PortDoors { knock: doors, gate }: PortDoors) -> u32 {
+    let gated = gate != 0 && is_new_connection(parsed.proto(), parsed.tcp_flags());
     if doors == 0 && !gated {
         return XDP_PASS;
     }
@@ -175,7 +170,7 @@ fn on_packet<const ALL_DOORS: bool>(ctx: &XdpContext, parsed: &Parsed, PortDoors
     let mut walk = true;
     // Every door sees every knock: a knock at any door's port resets another door's attempt
     // (knockd's rule). Up to `INLINE_DOORS` doors are matched inline, more by `knockgate_doors`.
-    if !ALL_DOORS && settings.slots > INLINE_DOORS && doors != 0 && !parsed.fragment {
+    if !ALL_DOORS && settings.slots > INLINE_DOORS && doors != 0 && !parsed.fragment() {
         // SAFETY: `ctx` is this program's context; on success this does not return.
         unsafe { DOOR_WALK.tail_call(ctx, 0) };
         // Only with an empty program array, never after a successful load: the knock is
@@ -189,10 +184,10 @@ fn on_packet<const ALL_DOORS: bool>(ctx: &XdpContext, parsed: &Parsed, PortDoors
     };
     let now = cpu.now_ns(settings);
     let mut verdict = XDP_PASS;
-    if doors != 0 && !parsed.fragment {
+    if doors != 0 && !parsed.fragment() {
         if walk {
             cpu.count(Counter::KnockPackets);
-            let knock = Knock { proto: parsed.proto, port: parsed.dport, tcp_flags: parsed.tcp_flags };
+            let knock = Knock { proto: parsed.proto(), port: parsed.dport(), tcp_flags: parsed.tcp_flags() };
             knock_doors::<ALL_DOORS>(&Packet { src, dst, knock }, settings, now, cpu);
         }
         if doors & settings.stealth_mask != 0 {
@@ -201,7 +196,7 @@ fn on_packet<const ALL_DOORS: bool>(ctx: &XdpContext, parsed: &Parsed, PortDoors
         }
     }
     if gated {
-        let key = AllowKey { addr: src.addr, family: src.family, proto: parsed.proto, port: parsed.dport };
+        let key = AllowKey { addr: src.addr, family: src.family, proto: parsed.proto(), port: parsed.dport() };
         // SAFETY: copied out at once.
         let until = unsafe { ALLOW.get(&key) }.copied();
         if gate_passes(until, now) {
@@ -225,12 +220,28 @@ struct Packet {
 /// the others' attempts by this source are reset.
 #[inline(always)]
 fn knock_doors<const ALL_DOORS: bool>(pkt: &Packet, settings: &Settings, now: u64, cpu: Cpu) {
+    // All of a source's attempts share one set of each table: hashed and looked up once.
+    let source = SourceKey::new(settings.hash_key, &pkt.src);
+    // Checked one at a time: LLVM would otherwise OR the two pointers into one null test,
+    // pointer arithmetic the verifier refuses.
+    let Some(progress) = PROGRESS.get_ptr_mut(source.set(settings.progress_mask)) else {
+        // Masks larger than the tables: a daemon bug. Count it; nothing advances or opens.
+        cpu.count(Counter::MapErrors);
+        return;
+    };
+    let Some(first) = FIRST_KNOCKS.get_ptr_mut(source.set(settings.first_mask)) else {
+        cpu.count(Counter::MapErrors);
+        return;
+    };
     let mut ctx = DoorLoop {
         pkt,
         settings,
         to_local: LOCAL_ADDRS.get(0).is_some_and(|l| l.contains(&pkt.dst)),
         now,
         cpu,
+        source,
+        progress,
+        first,
     };
     if !ALL_DOORS {
         // At most `INLINE_DOORS` doors (more went to `knockgate_doors`).
@@ -254,6 +265,10 @@ struct DoorLoop<'a> {
     to_local: bool,
     now: u64,
     cpu: Cpu,
+    source: SourceKey,
+    /// This source's set in `PROGRESS` and in `FIRST_KNOCKS`.
+    progress: *mut Set,
+    first: *mut Set,
 }
 
 /// One door of the loop; returns 0 to continue.
@@ -272,28 +287,18 @@ fn door(index: u32, ctx: &DoorLoop<'_>) -> i64 {
         ctx.pkt.dst.same_addr(door.target_family, &door.target)
     };
     if addressed {
-        knock_door(door, index as u8, ctx.settings, ctx.pkt, ctx.now, ctx.cpu);
+        knock_door(door, index as u8, ctx);
     }
     0
 }
 
 #[inline(always)]
-fn knock_door(door: &DoorSpec, index: u8, settings: &Settings, pkt: &Packet, now: u64, cpu: Cpu) {
-    let key = SlotKey::new(settings.hash_key, &pkt.src, index);
-    // Checked one at a time: LLVM would otherwise OR the two pointers into one null test,
-    // pointer arithmetic the verifier refuses.
-    let Some(progress) = PROGRESS.get_ptr_mut(key.set(settings.progress_mask)) else {
-        // Masks larger than the tables: a daemon bug. Count it; nothing advances or opens.
-        cpu.count(Counter::MapErrors);
-        return;
-    };
-    let Some(first) = FIRST_KNOCKS.get_ptr_mut(key.set(settings.first_mask)) else {
-        cpu.count(Counter::MapErrors);
-        return;
-    };
+fn knock_door(door: &DoorSpec, index: u8, ctx: &DoorLoop<'_>) {
+    let DoorLoop { pkt, settings, now, cpu, .. } = *ctx;
+    let key = ctx.source.door(index);
     // SAFETY: map value pointers from successful lookups, valid for this program run. Other
     // CPUs may write the same sets: `Set` validates every slot it reads (see its docs).
-    let (progress, first) = unsafe { (&mut *progress, &mut *first) };
+    let (progress, first) = unsafe { (&mut *ctx.progress, &mut *ctx.first) };
     let found = match progress.find(&key) {
         Some((i, a)) => Some((Table::Progress, i, a)),
         None => first.find(&key).map(|(i, a)| (Table::First, i, a)),
