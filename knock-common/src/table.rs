@@ -106,7 +106,7 @@ impl SlotKey {
         (self.hash >> 32) as u32 & mask
     }
 
-    /// The source's keyed hash, XORed with the slot's state and start time, the time spread
+    /// The source's keyed hash, combined by XOR with the slot's state and start time, the time spread
     /// over all 64 bits by a multiply. Pairing one source's address with state written under
     /// another's key would take guessing the two keyed hashes' XOR; fields torn between two
     /// writes of one key differ from both, so their check matches neither (the product keeps
