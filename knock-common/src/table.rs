@@ -79,7 +79,9 @@ impl SourceKey {
     #[must_use]
     #[inline(always)]
     pub const fn door(&self, door: u8) -> SlotKey {
-        SlotKey { words: self.words, family: self.family, door, hash: self.hash }
+        // Never 0, the tag of an empty slot; a source's doors (fewer than 128) differ.
+        let tag = ((self.hash >> 24) as u8 ^ door) | 0x80;
+        SlotKey { words: self.words, family: self.family, door, tag, hash: self.hash }
     }
 }
 
@@ -89,6 +91,8 @@ pub struct SlotKey {
     words: [u32; 4],
     family: u8,
     door: u8,
+    /// The byte `Set::tags` holds for this key's slot.
+    tag: u8,
     hash: u64,
 }
 
@@ -148,9 +152,9 @@ impl Slot {
         self.addr[0] == key.words[0] && self.family == key.family && self.door == key.door && self.addr == key.words
     }
 
-    /// Stores `attempt` for `key`.
+    /// Stores `attempt` for `key` (`Set::store` also sets the tag).
     #[inline(always)]
-    pub fn store(&mut self, key: &SlotKey, attempt: &Attempt) {
+    fn store(&mut self, key: &SlotKey, attempt: &Attempt) {
         *self = Self {
             addr: key.words,
             family: key.family,
@@ -164,7 +168,7 @@ impl Slot {
     }
 
     #[inline(always)]
-    pub fn clear(&mut self) {
+    fn clear(&mut self) {
         self.check = 0;
     }
 }
@@ -173,19 +177,38 @@ impl Slot {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Set {
+    /// Per slot, the tag of the key whose attempt it holds (0: empty). Read as one word, they
+    /// tell which slots are worth comparing: proving a source has no attempt at a door, the
+    /// common case of a knock, costs a few instructions instead of a scan of every slot. A
+    /// hint only: `find` still validates the slots it picks, so a tag left stale by racing
+    /// writers can hide an attempt (a lost step, as any race) but never forge one.
+    pub tags: [u8; WAYS],
     pub slots: [Slot; WAYS],
 }
-const _: () = assert!(WAYS.is_power_of_two());
+const _: () = assert!(WAYS.is_power_of_two() && WAYS == 8, "tags are read as one u64");
+
+/// `0x01` in every byte.
+const LOW_BITS: u64 = 0x0101_0101_0101_0101;
+/// `0x80` in every byte.
+const HIGH_BITS: u64 = LOW_BITS << 7;
 
 impl Set {
-    pub const EMPTY: Self = Self { slots: [Slot::EMPTY; WAYS] };
+    pub const EMPTY: Self = Self { tags: [0; WAYS], slots: [Slot::EMPTY; WAYS] };
 
     /// The slot holding `key`'s attempt, and the attempt, if the set has a valid one.
     #[must_use]
     #[inline(always)]
     pub fn find(&self, key: &SlotKey) -> Option<(usize, Attempt)> {
-        let mut i = 0;
-        while i < WAYS {
+        // The high bit of every byte of `candidates` whose tag equals the key's (and, above
+        // such a byte, rarely one more: the classic zero-byte test borrows).
+        let x = u64::from_le_bytes(self.tags) ^ u64::from(key.tag).wrapping_mul(LOW_BITS);
+        let mut candidates = x.wrapping_sub(LOW_BITS) & !x & HIGH_BITS;
+        let mut n = 0;
+        while candidates != 0 && n < WAYS {
+            // The lowest candidate's slot: its bit is 8i+7; the multiply moves byte (7 - i) of
+            // the constant, which is i, to the top (no count-trailing-zeros instruction in BPF).
+            let bit = candidates & candidates.wrapping_neg();
+            let i = ((bit >> 7).wrapping_mul(0x0001_0203_0405_0607) >> 56) as usize & (WAYS - 1);
             let s = &self.slots[i];
             if s.names(key) {
                 // Each field read once, then validated together against our key: if the slot
@@ -196,9 +219,26 @@ impl Set {
                     return Some((i, Attempt::new(stage, started_ns, epoch)));
                 }
             }
-            i += 1;
+            candidates ^= bit;
+            n += 1;
         }
         None
+    }
+
+    /// Stores `attempt` for `key` in slot `i`.
+    #[inline(always)]
+    pub fn store(&mut self, i: usize, key: &SlotKey, attempt: &Attempt) {
+        let i = i & (WAYS - 1);
+        self.slots[i].store(key, attempt);
+        self.tags[i] = key.tag;
+    }
+
+    /// Empties slot `i`.
+    #[inline(always)]
+    pub fn clear(&mut self, i: usize) {
+        let i = i & (WAYS - 1);
+        self.slots[i].clear();
+        self.tags[i] = 0;
     }
 
     /// Where a new attempt goes: an empty slot, else the one whose attempt started first.
@@ -234,6 +274,7 @@ mod user {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::vec::Vec;
 
     const SECRET: u64 = 0x1234_5678_9abc_def0;
 
@@ -248,12 +289,51 @@ mod tests {
         assert_eq!(set.find(&k), None);
         let a = Attempt::new(2, 1_000, 7);
         let i = set.victim();
-        set.slots[i].store(&k, &a);
+        set.store(i, &k, &a);
         assert_eq!(set.find(&k), Some((i, a)));
         assert_eq!(set.find(&key(2, 1)), None, "another door");
         assert_eq!(set.find(&key(3, 0)), None, "another source");
-        set.slots[i].clear();
+        set.clear(i);
         assert_eq!(set.find(&k), None);
+        assert_eq!(set.tags, [0; WAYS]);
+    }
+
+    #[test]
+    fn finds_in_every_slot_past_same_tags() {
+        // Keys whose tags collide: every slot is a candidate, only the right one matches.
+        let k = key(2, 0);
+        let others: Vec<SlotKey> = (1..=u16::MAX)
+            .map(|i| {
+                let [hi, lo] = i.to_be_bytes();
+                SlotKey::new(SECRET, &AddrKey::v4([198, 19, hi, lo]), 0)
+            })
+            .filter(|o| o.tag == k.tag)
+            .take(WAYS)
+            .collect();
+        assert_eq!(others.len(), WAYS, "colliding tags among 65,535 sources");
+        for at in 0..WAYS {
+            let mut set = Set::EMPTY;
+            for (i, o) in others.iter().enumerate() {
+                set.store(i, o, &Attempt::new(1, 5, 0));
+            }
+            let a = Attempt::new(3, 9, 1);
+            set.store(at, &k, &a);
+            assert_eq!(set.find(&k), Some((at, a)), "slot {at}");
+            // Tags that are all equal to the key's except one empty slot.
+            set.clear(at);
+            assert_eq!(set.find(&k), None);
+        }
+    }
+
+    #[test]
+    fn a_stale_tag_hides_an_attempt_but_never_forges_one() {
+        let (k, other) = (key(2, 0), key(3, 0));
+        let mut set = Set::EMPTY;
+        set.store(0, &k, &Attempt::new(2, 1_000, 0));
+        // Another CPU's tag write lost the race: the attempt is hidden (a lost step).
+        set.tags[0] = other.tag;
+        assert_eq!(set.find(&k), None);
+        assert_eq!(set.find(&other), None, "a tag alone is no attempt");
     }
 
     #[test]
@@ -263,7 +343,8 @@ mod tests {
         v6[..4].copy_from_slice(&[32, 1, 13, 184]);
         let v6 = SlotKey::new(SECRET, &AddrKey::v6(v6), 0);
         let mut set = Set::EMPTY;
-        set.slots[0].store(&v4, &Attempt::new(1, 0, 0));
+        set.store(0, &v4, &Attempt::new(1, 0, 0));
+        set.tags[0] = v6.tag;
         assert_eq!(set.find(&v6), None);
     }
 
@@ -271,20 +352,25 @@ mod tests {
     fn a_torn_slot_is_no_attempt() {
         let (victim, attacker) = (key(2, 0), key(66, 0));
         let mut set = Set::EMPTY;
-        set.slots[0].store(&victim, &Attempt::new(2, 1_000, 0));
+        set.store(0, &victim, &Attempt::new(2, 1_000, 0));
         let mut theirs = Slot::EMPTY;
         theirs.store(&attacker, &Attempt::new(1, 5, 0));
-        // Another CPU has written the attacker's address over the victim's slot, not the rest.
+        // Another CPU has written the attacker's address and tag over the victim's slot, not
+        // the rest.
         set.slots[0].addr = theirs.addr;
+        set.tags[0] = attacker.tag;
         assert_eq!(set.find(&attacker), None);
+        set.tags[0] = victim.tag;
         assert_eq!(set.find(&victim), None);
         // The attacker's slot with the victim's progress: the check covers the progress too.
         set.slots[0] = Slot { stage: 2, started_ns: 1_000, ..theirs };
+        set.tags[0] = attacker.tag;
         assert_eq!(set.find(&attacker), None);
         // A slot never written is valid for nobody, not even an all-zero key.
         let zero = SlotKey::new(SECRET, &AddrKey::from_words([0; 4], crate::Family::V4), 0);
         let mut fresh = Set::EMPTY;
         fresh.slots[1].family = 4;
+        fresh.tags[1] = zero.tag;
         assert_eq!(fresh.find(&zero), None);
     }
 
@@ -294,19 +380,20 @@ mod tests {
         let (a, b) = (SlotKey::new(1, &src, 0), SlotKey::new(2, &src, 0));
         assert_ne!(a.hash, b.hash);
         let mut set = Set::EMPTY;
-        set.slots[0].store(&a, &Attempt::new(1, 0, 0));
+        set.store(0, &a, &Attempt::new(1, 0, 0));
+        set.tags[0] = b.tag;
         assert_eq!(set.find(&b), None, "a slot written under another secret is not valid");
     }
 
     #[test]
     fn victims_are_empty_slots_then_the_oldest() {
         let mut set = Set::EMPTY;
-        for (i, slot) in set.slots.iter_mut().enumerate() {
+        for i in 0..WAYS {
             let t = 100 - u64::try_from(i).unwrap();
-            slot.store(&key(u8::try_from(i).unwrap(), 0), &Attempt::new(1, t, 0));
+            set.store(i, &key(u8::try_from(i).unwrap(), 0), &Attempt::new(1, t, 0));
         }
         assert_eq!(set.victim(), WAYS - 1, "started first");
-        set.slots[3].clear();
+        set.clear(3);
         assert_eq!(set.victim(), 3);
     }
 
@@ -331,10 +418,12 @@ mod tests {
     fn a_source_shares_one_set_but_not_its_slots_across_doors() {
         let (a, b) = (key(2, 0), key(2, 1));
         assert_eq!(a.set(u32::MAX), b.set(u32::MAX));
+        assert_ne!(a.tag, b.tag, "a source's doors have their own tags");
         let mut set = Set::EMPTY;
-        set.slots[0].store(&a, &Attempt::new(1, 0, 0));
-        // Door 1's key over door 0's slot: the check covers the door.
+        set.store(0, &a, &Attempt::new(1, 0, 0));
+        // Door 1's key and tag over door 0's slot: the check covers the door.
         set.slots[0].door = 1;
+        set.tags[0] = b.tag;
         assert_eq!(set.find(&b), None);
         assert_eq!(set.find(&a), None);
     }

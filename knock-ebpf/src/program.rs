@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use knock_common::{
     AddrKey, AllowKey, Attempt, Counter, CpuState, DoorSpec, EventKind, GATE_CLOSE, GATE_OPEN, Knock, KnockEvent,
-    LocalAddrs, MAX_DOORS, MAX_GATE_PORTS, Outcome, PORT_SLOTS, PortDoors, Set, Settings, SourceKey, WAYS, XDP_DROP,
+    LocalAddrs, MAX_DOORS, MAX_GATE_PORTS, Outcome, PORT_SLOTS, PortDoors, Set, Settings, SourceKey, XDP_DROP,
     XDP_PASS, gate_passes, is_new_connection, port_slot, step,
 };
 
@@ -188,7 +188,7 @@ fn on_packet<const ALL_DOORS: bool>(ctx: &XdpContext, parsed: Parsed, PortDoors 
         if walk {
             cpu.count(Counter::KnockPackets);
             let knock = Knock { proto: parsed.proto(), port: parsed.dport(), tcp_flags: parsed.tcp_flags() };
-            knock_doors::<ALL_DOORS>(&Packet { src, dst, knock }, settings, now, cpu);
+            knock_doors::<ALL_DOORS>(&Packet { src, dst, knock }, doors, settings, now, cpu);
         }
         if doors & settings.stealth_mask != 0 {
             cpu.count(Counter::StealthDrops);
@@ -219,7 +219,7 @@ struct Packet {
 /// Matches a knock against every door: the doors whose sequence names the port may advance,
 /// the others' attempts by this source are reset.
 #[inline(always)]
-fn knock_doors<const ALL_DOORS: bool>(pkt: &Packet, settings: &Settings, now: u64, cpu: Cpu) {
+fn knock_doors<const ALL_DOORS: bool>(pkt: &Packet, doors: u32, settings: &Settings, now: u64, cpu: Cpu) {
     // All of a source's attempts share one set of each table: hashed and looked up once.
     let source = SourceKey::new(settings.hash_key, &pkt.src);
     // Checked one at a time: LLVM would otherwise OR the two pointers into one null test,
@@ -240,6 +240,7 @@ fn knock_doors<const ALL_DOORS: bool>(pkt: &Packet, settings: &Settings, now: u6
         now,
         cpu,
         source,
+        knock_doors: doors,
         progress,
         first,
     };
@@ -266,6 +267,8 @@ struct DoorLoop<'a> {
     now: u64,
     cpu: Cpu,
     source: SourceKey,
+    /// The doors whose sequence names the knocked port (`PortDoors::knock`).
+    knock_doors: u32,
     /// This source's set in `PROGRESS` and in `FIRST_KNOCKS`.
     progress: *mut Set,
     first: *mut Set,
@@ -303,6 +306,11 @@ fn knock_door(door: &DoorSpec, index: u8, ctx: &DoorLoop<'_>) {
         Some((i, a)) => Some((Table::Progress, i, a)),
         None => first.find(&key).map(|(i, a)| (Table::First, i, a)),
     };
+    // A door whose sequence does not name the port can only lose this source's attempt to the
+    // knock: with none, it has nothing to do.
+    if found.is_none() && (ctx.knock_doors >> (index & 31)) & 1 == 0 {
+        return;
+    }
     let current = found.map(|(_, _, a)| a);
     let expired = current.is_some_and(|a| a.epoch == door.epoch && a.expired(door.timeout_ns, now));
     if expired {
@@ -319,14 +327,14 @@ fn knock_door(door: &DoorSpec, index: u8, ctx: &DoorLoop<'_>) {
             let target = if attempt.stage <= 1 { Table::First } else { Table::Progress };
             match found {
                 // Same table: update the slot in place.
-                Some((t, i, _)) if t == target => pick(t, progress, first).slots[i & (WAYS - 1)].store(&key, &attempt),
+                Some((t, i, _)) if t == target => pick(t, progress, first).store(i, &key, &attempt),
                 _ => {
                     if let Some((t, i, _)) = found {
-                        pick(t, progress, first).slots[i & (WAYS - 1)].clear();
+                        pick(t, progress, first).clear(i);
                     }
                     let set = pick(target, progress, first);
                     let i = set.victim();
-                    set.slots[i & (WAYS - 1)].store(&key, &attempt);
+                    set.store(i, &key, &attempt);
                 }
             }
             if cpu.stage_budget(settings) {
@@ -340,7 +348,7 @@ fn knock_door(door: &DoorSpec, index: u8, ctx: &DoorLoop<'_>) {
             cpu.count(Counter::Opens);
             let started_ns = match found {
                 Some((t, i, a)) => {
-                    pick(t, progress, first).slots[i & (WAYS - 1)].clear();
+                    pick(t, progress, first).clear(i);
                     a.started_ns
                 }
                 None => now,
@@ -354,7 +362,7 @@ fn knock_door(door: &DoorSpec, index: u8, ctx: &DoorLoop<'_>) {
                 cpu.count(Counter::Resets);
             }
             if let Some((t, i, _)) = found {
-                pick(t, progress, first).slots[i & (WAYS - 1)].clear();
+                pick(t, progress, first).clear(i);
             }
         }
     }

@@ -284,7 +284,7 @@ impl KnockProgram {
                 let key = SlotKey::new(self.hash_key, &AddrKey::v6(addr), 0);
                 let set = &mut sets[key.set(mask) as usize];
                 let way = set.victim();
-                set.slots[way].store(&key, &Attempt::new(stage, 0, epoch));
+                set.store(way, &key, &Attempt::new(stage, 0, epoch));
             }
             let mut map: Array<_, Set> = Array::try_from(self.map_mut(name)?).map_err(map_err(name))?;
             for (i, set) in (0u32..).zip(&sets) {
@@ -337,7 +337,7 @@ impl KnockProgram {
             let mut map: Array<_, Set> = Array::try_from(self.map_mut(name)?).map_err(map_err(name))?;
             let mut set = map.get(&key.set(mask), 0).map_err(map_err(name))?;
             if let Some((i, _)) = set.find(&key) {
-                set.slots[i].clear();
+                set.clear(i);
                 map.set(key.set(mask), set, 0).map_err(map_err(name))?;
             }
         }
