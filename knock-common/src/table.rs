@@ -80,7 +80,7 @@ impl SourceKey {
     #[inline(always)]
     pub const fn door(&self, door: u8) -> SlotKey {
         // Never 0, the tag of an empty slot; a source's doors (fewer than 128) differ.
-        let tag = ((self.hash >> 24) as u8 ^ door) | 0x80;
+        let tag = (self.hash.to_le_bytes()[3] ^ door) | 0x80;
         SlotKey { words: self.words, family: self.family, door, tag, hash: self.hash }
     }
 }

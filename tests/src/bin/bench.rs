@@ -233,7 +233,16 @@ fn per_packet(opts: &Opts) -> Value {
     let rows: Vec<Value> = cases
         .iter()
         .zip(&mut samples)
-        .map(|((name, ..), (k, e, r))| json!({ "case": name, "knockgate_ns": median(k), "empty_ns": median(e), "ratio": median(r) }))
+        .map(|((name, ..), (k, e, r))| {
+            json!({
+                "case": name,
+                "knockgate_ns": median(k),
+                "empty_ns": median(e),
+                "ratio": median(r),
+                "ratio_q1": percentile(r, 0.25),
+                "ratio_q3": percentile(r, 0.75),
+            })
+        })
         .collect();
     json!({ "runs": rounds, "repeat": repeat, "rows": rows })
 }
@@ -562,13 +571,23 @@ fn report(r: &Value) -> String {
     writeln!(
         s,
         "{} rounds of {} repetitions per frame, the shipped program timed between two runs of an empty `XDP_PASS` program \
-         loaded in the same run, all on one CPU; the ratio is the median of the rounds' ratios, the ns columns are medians. \
-         Targets: non-knock traffic ≤ 1.3x the empty program, a knock step ≤ 3x.\n",
+         loaded in the same run, all on one CPU; the ratio is the median of the rounds' ratios (in brackets, the middle half \
+         of them), the ns columns are medians. Targets: non-knock traffic ≤ 1.3x the empty program, a knock step ≤ 3x.\n",
         r["per_packet"]["runs"], r["per_packet"]["repeat"]
     ).unwrap();
     writeln!(s, "| frame | knockgate ns | empty program ns | ratio |\n|---|---:|---:|---:|").unwrap();
     for row in r["per_packet"]["rows"].as_array().cloned().unwrap_or_default() {
-        writeln!(s, "| {} | {:.1} | {:.1} | {:.2}x |", row["case"].as_str().unwrap_or(""), f(&row["knockgate_ns"]), f(&row["empty_ns"]), f(&row["ratio"])).unwrap();
+        writeln!(
+            s,
+            "| {} | {:.1} | {:.1} | {:.2}x ({:.2}-{:.2}) |",
+            row["case"].as_str().unwrap_or(""),
+            f(&row["knockgate_ns"]),
+            f(&row["empty_ns"]),
+            f(&row["ratio"]),
+            f(&row["ratio_q1"]),
+            f(&row["ratio_q3"])
+        )
+        .unwrap();
     }
     writeln!(s, "\n![per-packet cost](bench/per_packet.png)\n").unwrap();
     writeln!(s, "## 2. Flood resilience\n").unwrap();
