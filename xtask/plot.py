@@ -14,9 +14,9 @@ def main(results_path, out):
 
     rows = r["per_packet"]["rows"]
     names = [x["case"] for x in rows]
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 5.5))
     ys = range(len(rows))
-    ax.barh([y + 0.2 for y in ys], [x["knockgate_ns"] for x in rows], 0.4, label="knockgate")
+    ax.barh([y + 0.2 for y in ys], [x["knockgate_ns"] for x in rows], 0.4, label="knockgate (floor rows: the reference program)")
     ax.barh([y - 0.2 for y in ys], [x["empty_ns"] for x in rows], 0.4, label="empty XDP_PASS program")
     ax.set_yticks(list(ys), names)
     ax.invert_yaxis()
@@ -25,9 +25,14 @@ def main(results_path, out):
     fig.tight_layout()
     fig.savefig(f"{out}/per_packet.png", dpi=100)
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 3.8))
     fl = r["flood"]
-    labels = [x["daemon"] + ("\nmax rate" if x["paced_pps"] == 0 else f"\n{x['paced_pps'] // 1000}k pps") for x in fl]
+    labels = [
+        x["daemon"]
+        + (" stealth" if x.get("stealth") else "")
+        + ("\nmax rate" if x["paced_pps"] == 0 else f"\n{x['paced_pps'] // 1000}k pps")
+        for x in fl
+    ]
     colors = ["tab:blue" if x["daemon"] == "knockgate" else "tab:red" for x in fl]
     a1.bar(labels, [x["opened"] for x in fl], color=colors)
     a1.set_ylim(0, max(x["knocks"] for x in fl))
