@@ -57,11 +57,12 @@ def main(results_path, out):
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
     sc = r["scale"]["rows"]
-    a1.plot([x["sources"] for x in sc], [x["knock_step_ns"] for x in sc], "o-", label="knockgate knock step (ns)")
-    a1.plot([x["sources"] for x in sc], [x["non_knock_syn_ns"] for x in sc], "o-", label="knockgate non-knock SYN (ns)")
+    a1.plot([x["sources"] for x in sc], [x["knock_step_ratio"] for x in sc], "o-", label="knockgate knock step")
+    a1.plot([x["sources"] for x in sc], [x["non_knock_syn_ratio"] for x in sc], "o-", label="knockgate non-knock SYN")
     a1.set_xscale("log")
+    a1.set_ylim(bottom=0)
     a1.set_xlabel("tracked sources")
-    a1.set_ylabel("ns per packet")
+    a1.set_ylabel("x the empty program")
     a1.legend(fontsize=8)
     ks = r["knockd_scale"]["rows"]
     a2.plot([x["pending_attempts"] for x in ks], [x["cpu_us_per_packet"] * 1000 for x in ks], "o-", color="tab:red", label="knockd 0.8 (ns CPU)")
