@@ -5,6 +5,8 @@
 //! and compares in network order. Every 16-bit field read here sits at an even offset (all
 //! header lengths are even), and XDP frame data starts 2-aligned.
 
+#![expect(clippy::cast_ptr_alignment, reason = "16-bit fields at even offsets of 2-aligned frame data; see above")]
+
 use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
@@ -54,6 +56,7 @@ pub(crate) enum Skip {
 #[derive(Clone, Copy)]
 pub(crate) struct Parsed(u64);
 
+#[expect(clippy::cast_possible_truncation, reason = "unpacking the fields of the packed word")]
 impl Parsed {
     const PROTO: u32 = 16;
     const FLAGS: u32 = 24;

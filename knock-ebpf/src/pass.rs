@@ -8,6 +8,8 @@
 //! The floors handle untagged IPv4 without options only, and match one fixed port; they are
 //! never attached.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
+#![cfg_attr(target_arch = "bpf", expect(clippy::inline_always, reason = "the floors inline their parse, as knockgate does"))]
+#![cfg_attr(target_arch = "bpf", expect(clippy::needless_pass_by_value, reason = "aya's #[xdp] hands the context over by value"))]
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}
@@ -39,6 +41,7 @@ mod program {
             return None;
         }
         // SAFETY: the 38 bytes read here were checked above.
+        #[expect(clippy::cast_ptr_alignment, reason = "16-bit fields at even offsets; XDP frame data starts 2-aligned")]
         unsafe {
             let p = start as *const u8;
             let ipv4 = *p.add(12).cast::<u16>() == 0x0800_u16.to_be() && *p.add(14) == 0x45;

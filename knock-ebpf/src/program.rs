@@ -198,7 +198,7 @@ fn on_packet<const ALL_DOORS: bool>(ctx: &XdpContext, parsed: Parsed, PortDoors 
     if gated {
         let key = AllowKey { addr: src.addr, family: src.family, proto: parsed.proto(), port: parsed.dport() };
         // SAFETY: copied out at once.
-        let until = unsafe { ALLOW.get(&key) }.copied();
+        let until = unsafe { ALLOW.get(key) }.copied();
         if gate_passes(until, now) {
             cpu.count(Counter::GatePasses);
         } else {
@@ -290,6 +290,7 @@ fn door(index: u32, ctx: &DoorLoop<'_>) -> i64 {
         ctx.pkt.dst.same_addr(door.target_family, &door.target)
     };
     if addressed {
+        #[expect(clippy::cast_possible_truncation, reason = "door slots number MAX_DOORS, fewer than 256")]
         knock_door(door, index as u8, ctx);
     }
     0
@@ -375,8 +376,8 @@ fn gate(door: &DoorSpec, pkt: &Packet, now: u64, cpu: Cpu) {
         let Some(port) = door.gate_at(i) else { break };
         let key = AllowKey { addr: pkt.src.addr, family: pkt.src.family, proto: port.proto, port: port.port };
         let done = match door.gate_action {
-            GATE_OPEN => ALLOW.insert(&key, &now.saturating_add(door.gate_ttl_ns), 0),
-            GATE_CLOSE => ALLOW.remove(&key).or(Ok(())),
+            GATE_OPEN => ALLOW.insert(key, now.saturating_add(door.gate_ttl_ns), 0),
+            GATE_CLOSE => ALLOW.remove(key).or(Ok(())),
             _ => Ok(()),
         };
         if done.is_err() {

@@ -96,6 +96,24 @@ fn run(args: &[String]) -> anyhow::Result<()> {
     std::process::exit(status.code().unwrap_or(1));
 }
 
+/// Clippy on the XDP programs, for the BPF target: nightly, as aya-build compiles them
+/// (`knockd-user/build.rs`), with the architecture cfg it passes.
+fn clippy_ebpf() -> anyhow::Result<()> {
+    let target_dir = target_dir()?.join("ebpf-clippy");
+    let status = Command::new("rustup")
+        .args(["run", "nightly", "cargo", "clippy", "--target", "bpfel-unknown-none", "-Z", "build-std=core", "--bins"])
+        .args(["--", "-D", "warnings"])
+        .current_dir(root().join("knock-ebpf"))
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env("RUSTFLAGS", format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH))
+        .status()
+        .context("running clippy on knock-ebpf")?;
+    if !status.success() {
+        bail!("clippy found problems in knock-ebpf (BPF target)");
+    }
+    Ok(())
+}
+
 /// How long `cargo xtask test` fuzzes the config parsers.
 const FUZZ_SECONDS: u32 = 30;
 
@@ -160,6 +178,7 @@ fn test(release: bool) -> anyhow::Result<()> {
     // Host tests: no root, stable toolchain.
     cmd(env!("CARGO"), &["test", "--workspace", "--exclude", "tests", "--exclude", "knock-ebpf"])?;
     cmd(env!("CARGO"), &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    clippy_ebpf()?;
     fuzz(FUZZ_SECONDS)?;
     prereq::require_root("the kernel and network-namespace tests load XDP programs")?;
     let mut profiles = vec![false];

@@ -1,5 +1,5 @@
-//! Prerequisites: nightly `rust-src`, `bpf-linker` built against nightly's LLVM, and the
-//! test tools. Installed when running as root with apt; otherwise the commands are printed.
+//! Prerequisites: nightly `rust-src` (and, for the tests, nightly clippy), `bpf-linker` built
+//! against nightly's LLVM, and the test tools. Installed when running as root with apt; otherwise the commands are printed.
 
 use std::{
     path::PathBuf,
@@ -50,6 +50,10 @@ pub(crate) fn ensure(need: Need) -> anyhow::Result<()> {
         todo.push(format!(
             "LLVM_PREFIX={prefix} LLVM_SYS_{major}1_PREFIX={prefix} cargo install bpf-linker --force --no-default-features --features llvm-{major}"
         ));
+    }
+    if need == Need::Test && !has_output("rustup", &["component", "list", "--toolchain", "nightly", "--installed"], "clippy") {
+        // Clippy on the XDP programs, which build only with nightly.
+        todo.push("rustup component add clippy --toolchain nightly".into());
     }
     if need != Need::Run {
         if !has_output("python3", &["-c", "import matplotlib; print('ok')"], "ok") {
