@@ -570,16 +570,9 @@ fn summary(r: &Value) -> String {
     let mut s = String::new();
     let rows = r["per_packet"]["rows"].as_array().cloned().unwrap_or_default();
     let worst_other = rows.iter().take(4).map(|x| f(&x["ratio"])).fold(0.0, f64::max);
-    let step = |doors: &str| {
-        rows.iter()
-            .find(|x| x["case"].as_str().is_some_and(|c| c.contains("advances") && c.contains(doors)))
-            .map_or(0.0, |x| f(&x["ratio"]))
-    };
-    let floor = |what: &str| {
-        rows.iter()
-            .find(|x| x["case"].as_str().is_some_and(|c| c.starts_with("floor") && c.contains(what)))
-            .map_or(0.0, |x| f(&x["ratio"]))
-    };
+    let ratio = |is: &dyn Fn(&str) -> bool| rows.iter().find(|x| x["case"].as_str().is_some_and(is)).map_or(0.0, |x| f(&x["ratio"]));
+    let step = |doors: &str| ratio(&|c| c.contains("advances") && c.contains(doors));
+    let floor = |what: &str| ratio(&|c| c.starts_with("floor") && c.contains(what));
     writeln!(
         s,
         "per-packet: non-knock traffic <= {worst_other:.2}x the empty program, a knock step {:.2}x (one door), {:.2}x (two doors); floors {:.2}x (port), {:.2}x (knock)",
@@ -665,7 +658,8 @@ fn report(r: &Value) -> String {
          when the receiving side falls behind, the ring overflows and the veth drops frames before XDP sees them (last \
          column), legitimate knocks among them, which then cannot open. A real NIC's receive ring does the same at its own \
          limit. Without XDP (knockd's runs) the veth hands frames straight to the kernel's backlog queue, where losses are \
-         not counted here. Sender and receiver share this machine's two CPUs, and most of the receiving work \
+         not counted here. The drops come in bursts while the knock client starts and runs, so a knock is lost far more \
+         often than the share of dropped frames suggests. Sender and receiver share this machine's two CPUs, and most of the receiving work \
          is the kernel's, not the daemon's: each spoofed SYN that XDP passes is answered with a TCP reset. With \
          `stealth = yes`, knockgate drops the knocks in XDP, and that work goes.\n"
     ).unwrap();
