@@ -43,7 +43,7 @@ def main(results_path, out):
     fig.savefig(f"{out}/flood.png", dpi=100)
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    lat = r["latency"] + [dict(r["gate_latency"], daemon="knockgate gate")]
+    lat = r["latency"] + [dict(r["gate_latency"], daemon="knockgate gate"), dict(r["spawn_floor"], daemon="floor: spawn only")]
     labels = [f"{x['daemon']}" for x in lat]
     xs = range(len(lat))
     ax.bar([x - 0.2 for x in xs], [x["p50_ms"] for x in lat], 0.4, label="p50")
