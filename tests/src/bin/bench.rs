@@ -10,7 +10,7 @@ use std::{
     io::Read as _,
     net::{SocketAddr, TcpListener},
     os::fd::AsRawFd as _,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -499,12 +499,8 @@ const LATENCY_TRIALS: u32 = 1000;
 fn latency(opts: &Opts, peer: Peer) -> Value {
     let trials = if opts.smoke { 5 } else { LATENCY_TRIALS };
     let rig = Rig::start(peer, "[openSSH]\n\tsequence = 7000,8000,9000\n\tseq_timeout = 5\n\ttcpflags = syn\n\tcommand = echo x > {DIR}/fifo\n");
-    let fifo = rig.dir.path().join("fifo");
-    sh(&format!("mkfifo {}", fifo.display()));
-    // Read-write, so that opening never blocks and the pipe never reports end of file.
-    let mut pipe = std::fs::OpenOptions::new().read(true).write(true).open(&fifo).unwrap();
-    let mut samples = Vec::new();
-    let mut missed = 0;
+    let mut pipe = fifo(&rig.dir.path().join("fifo"));
+    let mut timings = Timings::default();
     for i in 0..trials {
         let src = format!("198.18.{}.{}", 2 + i / 250, 1 + i % 250);
         rig.syn(&src, 7000);
@@ -512,23 +508,12 @@ fn latency(opts: &Opts, peer: Peer) -> Value {
         std::thread::sleep(Duration::from_millis(2));
         let t0 = Instant::now();
         rig.syn(&src, 9000);
-        if readable(&pipe, Duration::from_secs(2)) {
-            samples.push(t0.elapsed().as_secs_f64() * 1e3);
-            // "x\n" from the command's echo.
-            let mut buf = [0u8; 2];
-            pipe.read_exact(&mut buf).unwrap();
-        } else {
-            missed += 1;
-        }
+        timings.record(t0, fifo_written(&mut pipe));
         std::thread::sleep(Duration::from_millis(5));
     }
-    json!({
-        "daemon": peer.name(),
-        "trials": trials,
-        "missed": missed,
-        "p50_ms": percentile(&mut samples, 0.5),
-        "p99_ms": percentile(&mut samples, 0.99),
-    })
+    let mut v = timings.json(trials);
+    v["daemon"] = json!(peer.name());
+    v
 }
 
 /// The floor under every command latency on this machine: the time from asking for
@@ -537,26 +522,61 @@ fn latency(opts: &Opts, peer: Peer) -> Value {
 fn spawn_floor(opts: &Opts) -> Value {
     let trials = if opts.smoke { 5 } else { LATENCY_TRIALS };
     let dir = tempfile::tempdir().unwrap();
-    let fifo = dir.path().join("fifo");
-    sh(&format!("mkfifo {}", fifo.display()));
-    let mut pipe = std::fs::OpenOptions::new().read(true).write(true).open(&fifo).unwrap();
-    let script = format!("echo x > {}", fifo.display());
-    let mut samples = Vec::new();
-    let mut missed = 0;
+    let path = dir.path().join("fifo");
+    let mut pipe = fifo(&path);
+    let script = format!("echo x > {}", path.display());
+    let mut timings = Timings::default();
     for _ in 0..trials {
         let t0 = Instant::now();
         let mut child = std::process::Command::new("/bin/sh").arg("-c").arg(&script).spawn().unwrap();
-        if readable(&pipe, Duration::from_secs(2)) {
-            samples.push(t0.elapsed().as_secs_f64() * 1e3);
-            let mut buf = [0u8; 2];
-            pipe.read_exact(&mut buf).unwrap();
-        } else {
-            missed += 1;
-        }
+        timings.record(t0, fifo_written(&mut pipe));
         child.wait().unwrap();
         std::thread::sleep(Duration::from_millis(5));
     }
-    json!({ "trials": trials, "missed": missed, "p50_ms": percentile(&mut samples, 0.5), "p99_ms": percentile(&mut samples, 0.99) })
+    timings.json(trials)
+}
+
+/// Latency samples (ms since each trial's start) and the trials that timed out.
+#[derive(Default)]
+struct Timings {
+    samples: Vec<f64>,
+    missed: u32,
+}
+
+impl Timings {
+    fn record(&mut self, t0: Instant, arrived: bool) {
+        if arrived {
+            self.samples.push(t0.elapsed().as_secs_f64() * 1e3);
+        } else {
+            self.missed += 1;
+        }
+    }
+
+    fn json(mut self, trials: u32) -> Value {
+        json!({
+            "trials": trials,
+            "missed": self.missed,
+            "p50_ms": percentile(&mut self.samples, 0.5),
+            "p99_ms": percentile(&mut self.samples, 0.99),
+        })
+    }
+}
+
+/// Makes a FIFO at `path` for a measured command to write `x` into, and opens it read-write,
+/// so that opening never blocks and the pipe never reports end of file.
+fn fifo(path: &Path) -> File {
+    sh(&format!("mkfifo {}", path.display()));
+    std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap()
+}
+
+/// Whether the command's "x\n" arrived within 2 s; reads it.
+fn fifo_written(pipe: &mut File) -> bool {
+    if !readable(pipe, Duration::from_secs(2)) {
+        return false;
+    }
+    let mut buf = [0u8; 2];
+    pipe.read_exact(&mut buf).unwrap();
+    true
 }
 
 fn readable(f: &File, limit: Duration) -> bool {
@@ -576,8 +596,7 @@ fn gate_latency(opts: &Opts) -> Value {
     let listener = in_netns(&rig.net.server, || TcpListener::bind("0.0.0.0:2222").unwrap());
     std::thread::spawn(move || while listener.accept().is_ok() {});
     let addr: SocketAddr = "198.18.0.1:2222".parse().unwrap();
-    let mut samples = Vec::new();
-    let mut missed = 0;
+    let mut timings = Timings::default();
     for _ in 0..trials {
         let sock = in_netns(&rig.net.client, || socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap());
         rig.syn("198.18.0.2", 7000);
@@ -585,18 +604,14 @@ fn gate_latency(opts: &Opts) -> Value {
         std::thread::sleep(Duration::from_millis(2));
         let t0 = Instant::now();
         rig.syn("198.18.0.2", 9000);
-        if sock.connect_timeout(&addr.into(), Duration::from_secs(2)).is_ok() {
-            samples.push(t0.elapsed().as_secs_f64() * 1e3);
-        } else {
-            missed += 1;
-        }
+        timings.record(t0, sock.connect_timeout(&addr.into(), Duration::from_secs(2)).is_ok());
         drop(sock);
         for port in [9000, 8000, 7000] {
             rig.syn("198.18.0.2", port);
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    json!({ "trials": trials, "missed": missed, "p50_ms": percentile(&mut samples, 0.5), "p99_ms": percentile(&mut samples, 0.99) })
+    timings.json(trials)
 }
 
 // ---------------------------------------------------------------- report
