@@ -54,9 +54,16 @@ pub mod maps {
     /// `Array<Settings>`, one slot: slots to walk, event budget, gating and stealth flags.
     pub const SETTINGS: &str = "SETTINGS";
     /// `Array<PortDoors>`, `PORT_SLOTS` slots: for (protocol, port), the doors whose
-    /// sequence names it and the doors gating it. All zero (most ports): the packet passes
-    /// untouched after this one array read.
+    /// sequence names it and the doors gating it. All zero for most ports, whose packets
+    /// `PORT_BITS` passes before they get here.
     pub const PORTS: &str = "PORTS";
+    /// The program's global data, which holds only `PORT_BITS: PortBits`, as aya names it (an
+    /// `Array` of one slot): a bit per `PORTS` slot, set for every slot that is not all zero
+    /// (and, while the daemon rewrites `PORTS`, for the slots it is changing). A frame to a
+    /// port whose bit is clear passes without reading `PORTS`. A global, not a map of its
+    /// own: the program reads it with one load, where a map lookup first stores its key on
+    /// the stack and loads it back.
+    pub const PORT_BITS: &str = ".bss";
     /// `Array<LocalAddrs>`, one slot: the addresses of this host that knocks must be sent to.
     pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
     /// `Array<Set>`: per (source, door) progress past the first knock, in sets of `WAYS`
@@ -88,9 +95,42 @@ pub const fn port_slot(proto: u8, port: u16) -> Option<u32> {
     }
 }
 
+/// A bit per `PORTS` slot: the slots that are not all zero (see `maps::PORT_BITS`).
+pub type PortBits = [u64; PORT_BIT_WORDS];
+/// Words of `PortBits`.
+pub const PORT_BIT_WORDS: usize = PORT_SLOTS as usize / 64;
+const _: () = assert!(PORT_BIT_WORDS.is_power_of_two());
+
+/// The word of `PortBits` that holds `slot`'s bit, and the bit. The index is masked, so it
+/// is within the array for any `slot` (the verifier needs no further check).
+#[must_use]
+#[expect(clippy::inline_always, reason = "every frame's path in the XDP program; BPF calls cost a stack frame each")]
+#[inline(always)]
+pub const fn port_bit(slot: u32) -> (usize, u64) {
+    ((slot >> 6) as usize & (PORT_BIT_WORDS - 1), 1 << (slot & 63))
+}
+
+/// Sets `slot`'s bit.
+#[inline]
+pub fn set_port_bit(bits: &mut PortBits, slot: u32) {
+    let (word, bit) = port_bit(slot);
+    bits[word] |= bit;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_slot_has_its_own_bit() {
+        let mut bits: PortBits = [0; PORT_BIT_WORDS];
+        for slot in 0..PORT_SLOTS {
+            let (word, bit) = port_bit(slot);
+            assert_eq!(bits[word] & bit, 0, "slot {slot}");
+            set_port_bit(&mut bits, slot);
+        }
+        assert!(bits.iter().all(|&w| w == u64::MAX));
+    }
 
     #[test]
     fn port_slots_do_not_overlap() {

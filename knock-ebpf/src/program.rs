@@ -10,8 +10,8 @@ use aya_ebpf::{
 };
 use knock_common::{
     AddrKey, AllowKey, Attempt, Counter, CpuState, DoorSpec, EventKind, GATE_CLOSE, GATE_OPEN, Knock, KnockEvent,
-    LocalAddrs, MAX_DOORS, MAX_GATE_PORTS, Outcome, PORT_SLOTS, PortDoors, Set, Settings, SourceKey, XDP_DROP,
-    XDP_PASS, gate_passes, is_new_connection, port_slot, step,
+    LocalAddrs, MAX_DOORS, MAX_GATE_PORTS, Outcome, PORT_SLOTS, PortBits, PortDoors, Set, Settings, SourceKey, XDP_DROP,
+    XDP_PASS, gate_passes, is_new_connection, port_bit, port_slot, step,
 };
 
 use crate::parse::{self, Parsed, Skip};
@@ -30,6 +30,12 @@ static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 /// (protocol, port) -> the doors whose sequence names it and the doors gating it.
 #[map]
 static PORTS: Array<PortDoors> = Array::with_max_entries(PORT_SLOTS, 0);
+
+/// A bit per `PORTS` slot that is not all zero: what the common frame reads instead of `PORTS`
+/// (see `maps::PORT_BITS`). The only static in `.bss`, which user space writes whole as the
+/// one value of an array; `mut`, so that it is not `.rodata`, which is frozen at load.
+#[unsafe(no_mangle)]
+static mut PORT_BITS: PortBits = [0; knock_common::PORT_BIT_WORDS];
 
 /// This host's addresses on the interface; knocks must be sent to one (or to a door's target).
 #[map]
@@ -86,10 +92,10 @@ fn knockgate_doors(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn run<const ALL_DOORS: bool>(ctx: &XdpContext) -> u32 {
-    match parse::parse(ctx) {
+    // The common case, a port that is neither a knock port nor gated, ends in `parse` at
+    // the `PORT_BITS` test.
+    match parse::parse(ctx, port_listed) {
         Ok(parsed) => {
-            // The common case, a port that is neither a knock port nor gated, ends at this one
-            // array read.
             let Some(slot) = port_slot(parsed.proto(), parsed.dport()) else { return XDP_PASS };
             match PORTS.get(slot) {
                 Some(&doors) if doors.knock | doors.gate != 0 => on_packet::<ALL_DOORS>(ctx, parsed, doors),
@@ -109,6 +115,16 @@ fn run<const ALL_DOORS: bool>(ctx: &XdpContext) -> u32 {
         }
         Err(Skip::NotKnock) => XDP_PASS,
     }
+}
+
+/// Whether `PORTS` may hold something for (protocol, port): its bit in `PORT_BITS` is set.
+#[inline(always)]
+fn port_listed(proto: u8, port: u16) -> bool {
+    let Some(slot) = port_slot(proto, port) else { return false };
+    let (word, bit) = port_bit(slot);
+    // SAFETY: `port_bit` masks the word index into the array. Volatile: user space writes
+    // the array, which the compiler would otherwise take for all zeros.
+    unsafe { core::ptr::read_volatile((&raw const PORT_BITS).cast::<u64>().add(word)) & bit != 0 }
 }
 
 /// This CPU's `CpuState`.

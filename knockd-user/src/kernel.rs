@@ -8,8 +8,8 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use knock_common::{
-    AddrKey, AllowKey, Attempt, Counter, CpuState, DoorSpec, LocalAddrs, Rate, MAX_LOCAL_ADDRS, PortDoors, Set, Settings, SlotKey, maps,
-    sets_for,
+    AddrKey, AllowKey, Attempt, Counter, CpuState, DoorSpec, LocalAddrs, Rate, MAX_LOCAL_ADDRS, PORT_BIT_WORDS, PORT_SLOTS,
+    PortBits, PortDoors, Set, Settings, SlotKey, maps, port_bit, set_port_bit, sets_for,
 };
 
 use crate::{
@@ -58,6 +58,21 @@ fn sync_ports(ebpf: &mut Ebpf, have: &mut BTreeMap<u32, PortDoors>, want: BTreeM
     }
     *have = want;
     Ok(())
+}
+
+/// Makes `PORT_BITS` hold a bit for each slot of the given tables that is not all zero.
+fn write_port_bits<'a>(ebpf: &mut Ebpf, tables: impl IntoIterator<Item = &'a BTreeMap<u32, PortDoors>>) -> Result<(), KernelError> {
+    let name = maps::PORT_BITS;
+    let mut bits: Box<PortBits> = Box::new([0; PORT_BIT_WORDS]);
+    for table in tables {
+        for (&slot, doors) in table {
+            if *doors != PortDoors::default() {
+                set_port_bit(&mut bits, slot);
+            }
+        }
+    }
+    let mut map: Array<_, PortBits> = Array::try_from(map_of(ebpf, name)?).map_err(map_err(name))?;
+    map.set(0, bits.as_ref(), 0).map_err(map_err(name))
 }
 
 /// `PORTS` content from per-slot masks of knocking doors and of gating doors.
@@ -174,6 +189,13 @@ impl KnockProgram {
         let knocking: BTreeMap<u32, u32> =
             self.ports.iter().filter(|(_, d)| d.knock != 0).map(|(&slot, d)| (slot, d.knock)).collect();
         let staged = port_doors(&knocking, &gates);
+        let wanted = port_doors(&ports, &gates);
+        // `PORT_BITS` lets a frame skip `PORTS` when its slot's bit is clear, so a bit is
+        // set before its slot is written and cleared only after: first the union of every
+        // state `PORTS` passes through, at the end the final one. The bitmap is written whole
+        // and a frame may read it half-written, but each write only adds bits or only removes
+        // them, so whatever mix a frame reads still covers the `PORTS` in force.
+        write_port_bits(&mut self.ebpf, [&self.ports, &staged, &wanted])?;
         sync_ports(&mut self.ebpf, &mut self.ports, staged)?;
         {
             let mut map: Array<_, DoorSpec> = Array::try_from(self.map_mut(maps::DOORS)?).map_err(map_err(maps::DOORS))?;
@@ -181,7 +203,8 @@ impl KnockProgram {
                 map.set(i, spec, 0).map_err(map_err(maps::DOORS))?;
             }
         }
-        sync_ports(&mut self.ebpf, &mut self.ports, port_doors(&ports, &gates))?;
+        sync_ports(&mut self.ebpf, &mut self.ports, wanted)?;
+        write_port_bits(&mut self.ebpf, [&self.ports])?;
         let mut s: Array<_, Settings> = Array::try_from(self.map_mut(maps::SETTINGS)?).map_err(map_err(maps::SETTINGS))?;
         s.set(0, settings, 0).map_err(map_err(maps::SETTINGS))
     }
@@ -305,6 +328,27 @@ impl KnockProgram {
         let map: PerCpuArray<_, CpuState> = PerCpuArray::try_from(self.map(maps::CPU)?).map_err(map_err(maps::CPU))?;
         let per_cpu = map.get(&0, 0).map_err(map_err(maps::CPU))?;
         Ok(Counter::ALL.iter().map(|&c| (c, per_cpu.iter().map(|s| s.counters[c as usize]).sum())).collect())
+    }
+
+    /// The port slots the kernel's `PORTS` holds something for, and those its `PORT_BITS`
+    /// marks, read back from the maps: for tests, which check that the two agree.
+    pub fn port_slots(&self) -> Result<(Vec<u32>, Vec<u32>), KernelError> {
+        let ports: Array<_, PortDoors> = Array::try_from(self.map(maps::PORTS)?).map_err(map_err(maps::PORTS))?;
+        let mut listed = Vec::new();
+        for (slot, doors) in (0..).zip(ports.iter()) {
+            if doors.map_err(map_err(maps::PORTS))? != PortDoors::default() {
+                listed.push(slot);
+            }
+        }
+        let bits: Array<_, PortBits> = Array::try_from(self.map(maps::PORT_BITS)?).map_err(map_err(maps::PORT_BITS))?;
+        let bits = bits.get(&0, 0).map_err(map_err(maps::PORT_BITS))?;
+        let marked = (0..PORT_SLOTS)
+            .filter(|&slot| {
+                let (word, bit) = port_bit(slot);
+                bits[word] & bit != 0
+            })
+            .collect();
+        Ok((listed, marked))
     }
 
     /// The attempt tables, each with its set mask (sets minus one), in the order

@@ -121,7 +121,14 @@ fn vlan_tags_and_deeper_stacks() {
 #[test]
 fn truncated_frames_and_options_fail_closed() {
     let p = program(&config(3600));
-    for frame in [syn22(STRANGER).ip_options(10), syn22(CLIENT6).v6_ext(&[0, 60]), syn22(STRANGER).vlan(3)] {
+    // Plain IPv4 (the short path), with options, IPv6, VLAN, and UDP.
+    for frame in [
+        syn22(STRANGER),
+        syn22(STRANGER).ip_options(10),
+        syn22(CLIENT6).v6_ext(&[0, 60]),
+        syn22(STRANGER).vlan(3),
+        FrameBuilder::udp(STRANGER, SERVER, 5353),
+    ] {
         let full = frame.build();
         for len in 14..full.len() {
             assert_eq!(p.test_run(&full[..len]).unwrap(), XDP_DROP, "truncated to {len} of {}", full.len());
@@ -138,6 +145,31 @@ fn truncated_frames_and_options_fail_closed() {
     assert_eq!(p.test_run(&arp).unwrap(), XDP_PASS);
     assert_eq!(run(&p, &FrameBuilder::proto(STRANGER, SERVER, 1)), XDP_PASS);
     assert!(counter(&p, Counter::GateDrops) > 0);
+}
+
+#[test]
+fn a_new_config_moves_gates_and_knock_ports() {
+    use knockd_user::{config::Config, kernel::Limits};
+    let (mut p, mut doors) = tests::kernel::program_with(&config(3600), Limits::default());
+    let agree = |p: &KnockProgram| {
+        let (listed, marked) = p.port_slots().unwrap();
+        assert_eq!(listed, marked, "PORT_BITS marks exactly the slots PORTS holds");
+        listed.len()
+    };
+    // 7000, 8000, 7100, 7200, 22/tcp and 5353/udp.
+    assert_eq!(agree(&p), 6);
+    let moved = "[g]\nsequence = 7300,7400\ntcpflags = syn\ngate = 2222/tcp\ngate_timeout = 3600\n";
+    doors.install(Config::parse(std::path::Path::new("test.conf"), moved).unwrap().doors);
+    p.apply(&doors).unwrap();
+    assert_eq!(agree(&p), 3);
+    assert_eq!(run(&p, &syn22(STRANGER)), XDP_PASS, "22 is no longer gated");
+    assert_eq!(run(&p, &FrameBuilder::udp(STRANGER, SERVER, 5353)), XDP_PASS);
+    assert_eq!(run(&p, &FrameBuilder::tcp(STRANGER, SERVER, 2222, SYN)), XDP_DROP, "2222 is");
+    knock(&p, CLIENT, &[7000, 8000]);
+    assert_eq!(run(&p, &FrameBuilder::tcp(CLIENT, SERVER, 2222, SYN)), XDP_DROP, "the old sequence opens nothing");
+    knock(&p, CLIENT, &[7300, 7400]);
+    assert_eq!(run(&p, &FrameBuilder::tcp(CLIENT, SERVER, 2222, SYN)), XDP_PASS, "the new one opens 2222");
+    assert_eq!(counter(&p, Counter::Opens), 1);
 }
 
 #[test]
