@@ -81,9 +81,7 @@ fn knock(args: &Args) -> anyhow::Result<()> {
 
 /// One name resolution for the whole run, so every knock goes to the same address.
 fn resolve(host: &str, v4: bool, v6: bool) -> anyhow::Result<IpAddr> {
-    let candidates = (host, 0)
-        .to_socket_addrs()
-        .with_context(|| format!("Failed to resolve hostname '{host}'"))?;
+    let candidates = (host, 0).to_socket_addrs().with_context(|| format!("Failed to resolve hostname '{host}'"))?;
     for a in candidates {
         let ip = a.ip();
         if (v4 && !ip.is_ipv4()) || (v6 && !ip.is_ipv6()) {
@@ -91,7 +89,13 @@ fn resolve(host: &str, v4: bool, v6: bool) -> anyhow::Result<IpAddr> {
         }
         return Ok(ip);
     }
-    let family = if v4 { "IPv4 " } else if v6 { "IPv6 " } else { "" };
+    let family = if v4 {
+        "IPv4 "
+    } else if v6 {
+        "IPv6 "
+    } else {
+        ""
+    };
     bail!("Failed to resolve hostname '{host}': no {family}address")
 }
 

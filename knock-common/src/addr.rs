@@ -105,7 +105,8 @@ mod tests {
         let v4 = [198, 18, 0, 2];
         assert_eq!(AddrKey::from_words([u32::from_ne_bytes(v4), 0, 0, 0], Family::V4), AddrKey::v4(v4));
         let v6: [u8; 16] = core::array::from_fn(|i| 0x20 + u8::try_from(i).unwrap());
-        let words: [u32; 4] = core::array::from_fn(|i| u32::from_ne_bytes([v6[4 * i], v6[4 * i + 1], v6[4 * i + 2], v6[4 * i + 3]]));
+        let words: [u32; 4] =
+            core::array::from_fn(|i| u32::from_ne_bytes([v6[4 * i], v6[4 * i + 1], v6[4 * i + 2], v6[4 * i + 3]]));
         assert_eq!(AddrKey::from_words(words, Family::V6), AddrKey::v6(v6));
     }
 

@@ -70,7 +70,6 @@ impl Counter {
     /// Number of counters.
     pub const LEN: usize = Self::ALL.len();
 
-
     #[must_use]
     pub const fn name(self) -> &'static str {
         match self {

@@ -97,17 +97,9 @@ pub fn step(door: &DoorSpec, current: Option<Attempt>, knock: Knock, now_ns: u64
     }
     // No live attempt, or this knock broke it: it may still be a first knock.
     if door.step_at(0).is_some_and(|s| knock.is(s)) {
-        return if door.len == 1 {
-            Outcome::Open
-        } else {
-            Outcome::Progress(Attempt::new(1, now_ns, door.epoch))
-        };
+        return if door.len == 1 { Outcome::Open } else { Outcome::Progress(Attempt::new(1, now_ns, door.epoch)) };
     }
-    if current.is_some() {
-        Outcome::Reset
-    } else {
-        Outcome::Ignore
-    }
+    if current.is_some() { Outcome::Reset } else { Outcome::Ignore }
 }
 
 #[cfg(feature = "user")]
@@ -170,11 +162,7 @@ mod tests {
         let out = run(&ssh(), &[(tcp(7000), SEC), (tcp(8000), 2 * SEC), (tcp(9000), 3 * SEC)]);
         assert_eq!(
             out,
-            [
-                Outcome::Progress(Attempt::new(1, SEC, 0)),
-                Outcome::Progress(Attempt::new(2, SEC, 0)),
-                Outcome::Open
-            ]
+            [Outcome::Progress(Attempt::new(1, SEC, 0)), Outcome::Progress(Attempt::new(2, SEC, 0)), Outcome::Open]
         );
     }
 
@@ -311,4 +299,3 @@ mod tests {
         assert_eq!(step(&d, Some(bogus), tcp(8000), 1), Outcome::Reset);
     }
 }
-

@@ -23,8 +23,8 @@ pub use addr::{AddrKey, Family, LocalAddrs, MAX_LOCAL_ADDRS};
 pub use budget::{Bucket, Rate};
 pub use counters::{Counter, CpuState};
 pub use door::{DoorSpec, GATE_CLOSE, GATE_NONE, GATE_OPEN, PortDoors, Settings, Step, TcpFlags};
-pub use gate::{AllowKey, gate_passes, is_new_connection};
 pub use event::{EventKind, KnockEvent};
+pub use gate::{AllowKey, gate_passes, is_new_connection};
 pub use knock::{Attempt, Knock, Outcome, step};
 pub use table::{Set, Slot, SlotKey, SourceKey, WAYS, sets_for};
 

@@ -144,7 +144,8 @@ pub struct Slot {
 const _: () = assert!(core::mem::size_of::<Slot>() == 40);
 
 impl Slot {
-    pub const EMPTY: Self = Self { addr: [0; 4], family: 0, door: 0, stage: 0, _pad: 0, epoch: 0, started_ns: 0, check: 0 };
+    pub const EMPTY: Self =
+        Self { addr: [0; 4], family: 0, door: 0, stage: 0, _pad: 0, epoch: 0, started_ns: 0, check: 0 };
 
     /// Whether the slot names `key` (a cheap test; `Set::find` then validates it).
     #[inline(always)]

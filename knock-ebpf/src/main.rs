@@ -10,9 +10,15 @@
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 #![cfg_attr(
     target_arch = "bpf",
-    expect(clippy::inline_always, reason = "in BPF a call costs a frame of the 512-byte stack and the verifier's patience")
+    expect(
+        clippy::inline_always,
+        reason = "in BPF a call costs a frame of the 512-byte stack and the verifier's patience"
+    )
 )]
-#![cfg_attr(target_arch = "bpf", expect(clippy::needless_pass_by_value, reason = "aya's #[xdp] hands the context over by value"))]
+#![cfg_attr(
+    target_arch = "bpf",
+    expect(clippy::needless_pass_by_value, reason = "aya's #[xdp] hands the context over by value")
+)]
 
 #[cfg(target_arch = "bpf")]
 mod parse;

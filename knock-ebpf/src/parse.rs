@@ -200,7 +200,8 @@ fn plain_v4(ctx: &XdpContext, listed: impl Fn(u8, u16) -> bool) -> Option<Result
 #[inline(always)]
 pub(crate) fn parse(ctx: &XdpContext, listed: impl Fn(u8, u16) -> bool + Copy) -> Result<Parsed, Skip> {
     // Only packets to a port some door names or gates go further than this.
-    let listed_only = |parsed: Parsed| if listed(parsed.proto(), parsed.dport()) { Ok(parsed) } else { Err(Skip::NotKnock) };
+    let listed_only =
+        |parsed: Parsed| if listed(parsed.proto(), parsed.dport()) { Ok(parsed) } else { Err(Skip::NotKnock) };
     // The ethertype sits in the last two bytes of the Ethernet header, or of each VLAN tag.
     let mut off = EthHdr::LEN;
     let mut ether_type = raw16(ctx, off - 2)?;

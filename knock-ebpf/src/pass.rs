@@ -8,8 +8,14 @@
 //! The floors handle untagged IPv4 without options only, and match one fixed port; they are
 //! never attached.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
-#![cfg_attr(target_arch = "bpf", expect(clippy::inline_always, reason = "the floors inline their parse, as knockgate does"))]
-#![cfg_attr(target_arch = "bpf", expect(clippy::needless_pass_by_value, reason = "aya's #[xdp] hands the context over by value"))]
+#![cfg_attr(
+    target_arch = "bpf",
+    expect(clippy::inline_always, reason = "the floors inline their parse, as knockgate does")
+)]
+#![cfg_attr(
+    target_arch = "bpf",
+    expect(clippy::needless_pass_by_value, reason = "aya's #[xdp] hands the context over by value")
+)]
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}
@@ -46,8 +52,7 @@ mod program {
             let p = start as *const u8;
             let ipv4 = *p.add(12).cast::<u16>() == 0x0800_u16.to_be() && *p.add(14) == 0x45;
             let proto = *p.add(23);
-            (ipv4 && (proto == 6 || proto == 17))
-                .then(|| u16::from_be(*p.add(L4 + 2).cast::<u16>()))
+            (ipv4 && (proto == 6 || proto == 17)).then(|| u16::from_be(*p.add(L4 + 2).cast::<u16>()))
         }
     }
 
@@ -56,11 +61,7 @@ mod program {
     fn port_floor(ctx: XdpContext) -> u32 {
         // DROP only so that the comparison is not optimised away; the benchmark sends this
         // program frames to other ports.
-        if dport(&ctx) == Some(PORT) {
-            xdp_action::XDP_DROP
-        } else {
-            xdp_action::XDP_PASS
-        }
+        if dport(&ctx) == Some(PORT) { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
     }
 
     /// Per-source knock progress for `knock_floor`, indexed by a hash of the source address.

@@ -10,8 +10,8 @@ use aya_ebpf::{
 };
 use knock_common::{
     AddrKey, AllowKey, Attempt, Counter, CpuState, DoorSpec, EventKind, GATE_CLOSE, GATE_OPEN, Knock, KnockEvent,
-    LocalAddrs, MAX_DOORS, MAX_GATE_PORTS, Outcome, PORT_SLOTS, PortBits, PortDoors, Set, Settings, SourceKey, XDP_DROP,
-    XDP_PASS, gate_passes, is_new_connection, port_bit, port_slot, step,
+    LocalAddrs, MAX_DOORS, MAX_GATE_PORTS, Outcome, PORT_SLOTS, PortBits, PortDoors, Set, Settings, SourceKey,
+    XDP_DROP, XDP_PASS, gate_passes, is_new_connection, port_bit, port_slot, step,
 };
 
 use crate::parse::{self, Parsed, Skip};
@@ -174,7 +174,11 @@ impl Cpu {
 
 /// The verdict for a parsed TCP/UDP packet: knock matching, then stealth and the gate.
 #[inline(always)]
-fn on_packet<const ALL_DOORS: bool>(ctx: &XdpContext, parsed: Parsed, PortDoors { knock: doors, gate }: PortDoors) -> u32 {
+fn on_packet<const ALL_DOORS: bool>(
+    ctx: &XdpContext,
+    parsed: Parsed,
+    PortDoors { knock: doors, gate }: PortDoors,
+) -> u32 {
     let gated = gate != 0 && is_new_connection(parsed.proto(), parsed.tcp_flags());
     if doors == 0 && !gated {
         return XDP_PASS;
@@ -300,11 +304,8 @@ extern "C" fn door_step(index: u32, ctx: *mut c_void) -> i64 {
 #[inline(always)]
 fn door(index: u32, ctx: &DoorLoop<'_>) -> i64 {
     let Some(door) = DOORS.get(index) else { return 1 };
-    let addressed = if door.target_family == 0 {
-        ctx.to_local
-    } else {
-        ctx.pkt.dst.same_addr(door.target_family, &door.target)
-    };
+    let addressed =
+        if door.target_family == 0 { ctx.to_local } else { ctx.pkt.dst.same_addr(door.target_family, &door.target) };
     if addressed {
         #[expect(clippy::cast_possible_truncation, reason = "door slots number MAX_DOORS, fewer than 256")]
         knock_door(door, index as u8, ctx);

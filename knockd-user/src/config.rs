@@ -307,7 +307,13 @@ impl Parser<'_> {
         let key = key.trim().to_ascii_uppercase();
         let value = value.trim();
         match self.section {
-            Section::None => Err(self.err(n, format!("'{}' is outside any section: all directives must belong to a section", key.to_ascii_lowercase()))),
+            Section::None => Err(self.err(
+                n,
+                format!(
+                    "'{}' is outside any section: all directives must belong to a section",
+                    key.to_ascii_lowercase()
+                ),
+            )),
             Section::Options => self.option(n, &key, value),
             Section::Door(i) => {
                 let mut door = self.config.doors[i].clone();
@@ -324,9 +330,15 @@ impl Parser<'_> {
             "LOGFILE" => opts.log_file = non_empty(value).map(PathBuf::from),
             "PIDFILE" => opts.pid_file = non_empty(value).map(PathBuf::from),
             "INTERFACE" => opts.interface = non_empty(value).map(str::to_owned),
-            "ATTEMPTTABLESIZE" => self.config.options.attempt_table_size = Some(table_size(value).map_err(|m| self.err(n, m))?),
-            "ALLOWTABLESIZE" => self.config.options.allow_table_size = Some(table_size(value).map_err(|m| self.err(n, m))?),
-            "FIRSTKNOCKTABLESIZE" => self.config.options.first_knock_table_size = Some(table_size(value).map_err(|m| self.err(n, m))?),
+            "ATTEMPTTABLESIZE" => {
+                self.config.options.attempt_table_size = Some(table_size(value).map_err(|m| self.err(n, m))?);
+            }
+            "ALLOWTABLESIZE" => {
+                self.config.options.allow_table_size = Some(table_size(value).map_err(|m| self.err(n, m))?);
+            }
+            "FIRSTKNOCKTABLESIZE" => {
+                self.config.options.first_knock_table_size = Some(table_size(value).map_err(|m| self.err(n, m))?);
+            }
             "USESYSLOG" => {
                 return Err(self.err(n, "UseSyslog takes no value: write the bare word `UseSyslog`"));
             }
@@ -370,26 +382,35 @@ impl Parser<'_> {
                 door.gate = match std::mem::take(&mut door.gate) {
                     Gate::Open { ports, .. } => Gate::Open { ports, ttl },
                     Gate::None => Gate::Open { ports: Vec::new(), ttl },
-                    Gate::Close { .. } => return Err(self.err(n, "gate_timeout belongs to a door with `gate`, not `gate_close`")),
+                    Gate::Close { .. } => {
+                        return Err(self.err(n, "gate_timeout belongs to a door with `gate`, not `gate_close`"));
+                    }
                 };
             }
             "STEALTH" => door.stealth = parse_bool(value).map_err(|m| self.err(n, m))?,
             "TARGET" => {
-                door.target = Some(value.parse().map_err(|_| self.err(n, format!("target '{value}' is not an IP address")))?);
+                door.target =
+                    Some(value.parse().map_err(|_| self.err(n, format!("target '{value}' is not an IP address")))?);
             }
             "LOGFILE" | "PIDFILE" | "INTERFACE" => {
-                return Err(self.err(n, format!("'{}' belongs in [options], not in door '{}'", key.to_ascii_lowercase(), door.name)));
+                return Err(self.err(
+                    n,
+                    format!("'{}' belongs in [options], not in door '{}'", key.to_ascii_lowercase(), door.name),
+                ));
             }
-            _ => return Err(self.err(n, format!("unknown directive '{}' in door '{}'", key.to_ascii_lowercase(), door.name))),
+            _ => {
+                return Err(
+                    self.err(n, format!("unknown directive '{}' in door '{}'", key.to_ascii_lowercase(), door.name))
+                );
+            }
         }
         Ok(())
     }
 
     fn seconds(&self, n: usize, key: &str, value: &str) -> Result<Duration, ConfigError> {
-        value
-            .parse::<u32>()
-            .map(|s| Duration::from_secs(u64::from(s)))
-            .map_err(|_| self.err(n, format!("{} '{value}' is not a whole number of seconds", key.to_ascii_lowercase())))
+        value.parse::<u32>().map(|s| Duration::from_secs(u64::from(s))).map_err(|_| {
+            self.err(n, format!("{} '{value}' is not a whole number of seconds", key.to_ascii_lowercase()))
+        })
     }
 }
 
@@ -409,7 +430,11 @@ pub fn apply_tcp_flags(door: &mut Door, value: &str) -> Result<(), String> {
             "PSH" => TcpFlags::PSH,
             "ACK" => TcpFlags::ACK,
             "URG" => TcpFlags::URG,
-            _ => return Err(format!("unrecognized tcp flag '{item}' (use fin, syn, rst, psh, ack, urg, each optionally with !)")),
+            _ => {
+                return Err(format!(
+                    "unrecognized tcp flag '{item}' (use fin, syn, rst, psh, ack, urg, each optionally with !)"
+                ));
+            }
         };
         if negate {
             door.flags_set &= !bit;
@@ -578,7 +603,9 @@ mod tests {
 
     #[test]
     fn v6_commands_fall_back_or_disable() {
-        let c = parse("[a]\nsequence=1\ncommand=v4 %IP%\n[b]\nsequence=2\ncommand=v4\nstart_command_6 =\nstop_command=s\n").unwrap();
+        let c =
+            parse("[a]\nsequence=1\ncommand=v4 %IP%\n[b]\nsequence=2\ncommand=v4\nstart_command_6 =\nstop_command=s\n")
+                .unwrap();
         assert_eq!(c.doors[0].start_for(true), Some("v4 %IP%"));
         assert_eq!(c.doors[1].start_for(true), None);
         assert_eq!(c.doors[1].stop_for(true), Some("s"));
@@ -608,16 +635,40 @@ mod tests {
             ("[d]\nsequence = 0\n", "knockd.conf:2: port 0 in '0' is out of range 1-65535"),
             ("[d]\nsequence = 7000:icmp\n", "knockd.conf:2: unknown protocol 'icmp' in '7000:icmp' (use tcp or udp)"),
             ("[d]\nsequence = 1\nfoo = bar\n", "knockd.conf:3: unknown directive 'foo' in door 'd'"),
-            ("sequence = 1\n", "knockd.conf:1: 'sequence' is outside any section: all directives must belong to a section"),
-            ("[d]\nsequence = 1\ntcpflags = syn,bogus\n", "knockd.conf:3: unrecognized tcp flag 'bogus' (use fin, syn, rst, psh, ack, urg, each optionally with !)"),
+            (
+                "sequence = 1\n",
+                "knockd.conf:1: 'sequence' is outside any section: all directives must belong to a section",
+            ),
+            (
+                "[d]\nsequence = 1\ntcpflags = syn,bogus\n",
+                "knockd.conf:3: unrecognized tcp flag 'bogus' (use fin, syn, rst, psh, ack, urg, each optionally with !)",
+            ),
             ("\n[d]\nseq_timeout = 5\n", "knockd.conf:2: section 'd' has an empty knock sequence"),
-            ("[d]\nsequence = 1\nseq_timeout = 5s\n", "knockd.conf:3: seq_timeout '5s' is not a whole number of seconds"),
-            ("[d]\nsequence = 1\ncmd_timeout = -1\n", "knockd.conf:3: cmd_timeout '-1' is not a whole number of seconds"),
-            ("[options]\nUseSyslog = yes\n", "knockd.conf:2: UseSyslog takes no value: write the bare word `UseSyslog`"),
+            (
+                "[d]\nsequence = 1\nseq_timeout = 5s\n",
+                "knockd.conf:3: seq_timeout '5s' is not a whole number of seconds",
+            ),
+            (
+                "[d]\nsequence = 1\ncmd_timeout = -1\n",
+                "knockd.conf:3: cmd_timeout '-1' is not a whole number of seconds",
+            ),
+            (
+                "[options]\nUseSyslog = yes\n",
+                "knockd.conf:2: UseSyslog takes no value: write the bare word `UseSyslog`",
+            ),
             ("[options]\nsequence = 1\n", "knockd.conf:2: unknown option 'sequence' in [options]"),
-            ("[options]\nAttemptTableSize = 0\n", "knockd.conf:2: table size '0' is not a whole number from 1 to 16777216"),
-            ("[options]\nFirstKnockTableSize = lots\n", "knockd.conf:2: table size 'lots' is not a whole number from 1 to 16777216"),
-            ("[d]\nsequence = 1\ninterface = eth0\n", "knockd.conf:3: 'interface' belongs in [options], not in door 'd'"),
+            (
+                "[options]\nAttemptTableSize = 0\n",
+                "knockd.conf:2: table size '0' is not a whole number from 1 to 16777216",
+            ),
+            (
+                "[options]\nFirstKnockTableSize = lots\n",
+                "knockd.conf:2: table size 'lots' is not a whole number from 1 to 16777216",
+            ),
+            (
+                "[d]\nsequence = 1\ninterface = eth0\n",
+                "knockd.conf:3: 'interface' belongs in [options], not in door 'd'",
+            ),
             ("[]\n", "knockd.conf:1: bad section name: []"),
             ("[d]\nsequence = 1\njunk\n", "knockd.conf:3: expected `key = value`, found 'junk'"),
             ("[d]\nsequence = 1\ntarget = host.example\n", "knockd.conf:3: target 'host.example' is not an IP address"),
@@ -641,7 +692,10 @@ mod tests {
     #[test]
     fn options_section_name_is_case_sensitive_like_knockd() {
         // `[Options]` is a door; `logfile` in a door is refused.
-        assert_eq!(err("[Options]\nlogfile = /x\n"), "knockd.conf:2: 'logfile' belongs in [options], not in door 'Options'");
+        assert_eq!(
+            err("[Options]\nlogfile = /x\n"),
+            "knockd.conf:2: 'logfile' belongs in [options], not in door 'Options'"
+        );
     }
 
     #[test]
@@ -653,14 +707,29 @@ mod tests {
         );
         assert!(c.doors[0].stealth);
         assert_eq!(c.doors[1].gate, Gate::Close { ports: vec![tcp(22)] });
-        assert_eq!(parse("[d]\nsequence = 1\ngate = 22/tcp\n").unwrap().doors[0].gate, Gate::Open { ports: vec![tcp(22)], ttl: DEFAULT_GATE_TIMEOUT });
+        assert_eq!(
+            parse("[d]\nsequence = 1\ngate = 22/tcp\n").unwrap().doors[0].gate,
+            Gate::Open { ports: vec![tcp(22)], ttl: DEFAULT_GATE_TIMEOUT }
+        );
         for (text, want) in [
-            ("[d]\nsequence = 1\ngate = 22\n", "knockd.conf:3: gate port '22' needs a protocol: write e.g. 22/tcp or 51820/udp"),
-            ("[d]\nsequence = 1\ngate = 22/sctp\n", "knockd.conf:3: unknown protocol 'sctp' in '22:sctp' (use tcp or udp)"),
-            ("[d]\nsequence = 1\ngate = 22/tcp\ngate_close = 22/tcp\n", "knockd.conf:4: door 'd' cannot both open and close a gate"),
+            (
+                "[d]\nsequence = 1\ngate = 22\n",
+                "knockd.conf:3: gate port '22' needs a protocol: write e.g. 22/tcp or 51820/udp",
+            ),
+            (
+                "[d]\nsequence = 1\ngate = 22/sctp\n",
+                "knockd.conf:3: unknown protocol 'sctp' in '22:sctp' (use tcp or udp)",
+            ),
+            (
+                "[d]\nsequence = 1\ngate = 22/tcp\ngate_close = 22/tcp\n",
+                "knockd.conf:4: door 'd' cannot both open and close a gate",
+            ),
             ("[d]\nsequence = 1\nstealth = maybe\n", "knockd.conf:3: 'maybe' is not yes or no"),
             ("[d]\nsequence = 1\ngate_timeout = 5\n", "knockd.conf:1: door 'd' has gate_timeout but no gate ports"),
-            ("[d]\nsequence = 1\ngate = 1/tcp,2/tcp,3/tcp,4/tcp,5/tcp,6/tcp,7/tcp,8/tcp,9/tcp\n", "knockd.conf:3: 9 gate ports: at most 8 are supported"),
+            (
+                "[d]\nsequence = 1\ngate = 1/tcp,2/tcp,3/tcp,4/tcp,5/tcp,6/tcp,7/tcp,8/tcp,9/tcp\n",
+                "knockd.conf:3: 9 gate ports: at most 8 are supported",
+            ),
         ] {
             assert_eq!(err(text), want, "{text:?}");
         }

@@ -1,13 +1,7 @@
 //! The event loop: ring-buffer events to log lines and commands, sequence timeouts, one-time
 //! sequences, SIGHUP reloads, address refresh, and a clean SIGINT/SIGTERM shutdown.
 
-use std::{
-    collections::HashMap,
-    net::IpAddr,
-    path::PathBuf,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
 use knock_common::{EventKind, KnockEvent};
@@ -82,7 +76,10 @@ pub fn interface_addrs(iface: &str, ipv4_only: bool) -> Result<Vec<IpAddr>, nix:
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
 fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
-        u64::try_from(t.tv_sec()).unwrap_or(0).saturating_mul(1_000_000_000).saturating_add(u64::try_from(t.tv_nsec()).unwrap_or(0))
+        u64::try_from(t.tv_sec())
+            .unwrap_or(0)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::try_from(t.tv_nsec()).unwrap_or(0))
     })
 }
 
@@ -91,7 +88,8 @@ impl Daemon {
     pub async fn run(mut self, events: RingBuf<MapData>) -> anyhow::Result<()> {
         // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, for as long
         // as it lives, which is as long as the AsyncFd that owns it.
-        let mut events = unsafe { AsyncFd::register(events) }.map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
+        let mut events =
+            unsafe { AsyncFd::register(events) }.map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sighup = signal(SignalKind::hangup())?;
@@ -165,7 +163,12 @@ impl Daemon {
         Ok(())
     }
 
-    fn on_event(&mut self, keeper: &mut Doorkeeper, watched: &mut HashMap<(IpAddr, u8), Watched>, ev: &KnockEvent) -> anyhow::Result<()> {
+    fn on_event(
+        &mut self,
+        keeper: &mut Doorkeeper,
+        watched: &mut HashMap<(IpAddr, u8), Watched>,
+        ev: &KnockEvent,
+    ) -> anyhow::Result<()> {
         let Some(ip) = event_addr(ev.family, ev.addr) else {
             tracing::warn!("malformed event ignored: {ev:?}");
             return Ok(());
@@ -180,7 +183,11 @@ impl Daemon {
             Some(EventKind::Stage) => {
                 self.log.line(&format!("{ip}: {}: Stage {}", door.name, ev.stage));
                 let timeout = u64::try_from(door.seq_timeout.as_nanos()).unwrap_or(u64::MAX);
-                let w = Watched { epoch: ev.epoch, started_ns: ev.started_ns, due_ns: ev.started_ns.saturating_add(timeout) };
+                let w = Watched {
+                    epoch: ev.epoch,
+                    started_ns: ev.started_ns,
+                    due_ns: ev.started_ns.saturating_add(timeout),
+                };
                 if watched.len() < MAX_WATCHED || watched.contains_key(&(ip, ev.door)) {
                     watched.insert((ip, ev.door), w);
                 }
@@ -197,7 +204,9 @@ impl Daemon {
                         ttl.as_secs(),
                         gate_ports(ports)
                     )),
-                    Gate::Close { ports } => self.log.line(&format!("{ip}: {}: gate closed: {}", door.name, gate_ports(ports))),
+                    Gate::Close { ports } => {
+                        self.log.line(&format!("{ip}: {}: gate closed: {}", door.name, gate_ports(ports)));
+                    }
                 }
                 keeper.open(&door, ip);
                 if let Some(ot) = &door.one_time {
@@ -230,7 +239,8 @@ impl Daemon {
     /// (knockd logs it only when the next packet arrives, possibly hours later).
     fn check_timeouts(&mut self, watched: &mut HashMap<(IpAddr, u8), Watched>) -> anyhow::Result<()> {
         let now = monotonic_ns();
-        let due: Vec<((IpAddr, u8), Watched)> = watched.iter().filter(|(_, w)| w.due_ns <= now).map(|(k, w)| (*k, *w)).collect();
+        let due: Vec<((IpAddr, u8), Watched)> =
+            watched.iter().filter(|(_, w)| w.due_ns <= now).map(|(k, w)| (*k, *w)).collect();
         for ((ip, slot), w) in due {
             watched.remove(&(ip, slot));
             let Some(door) = self.doors.get(slot, w.epoch).map(|s| s.door.clone()) else { continue };
@@ -242,7 +252,14 @@ impl Daemon {
                 Some(a) if a.epoch == w.epoch => {
                     // Restarted meanwhile: watch the new attempt.
                     let timeout = u64::try_from(door.seq_timeout.as_nanos()).unwrap_or(u64::MAX);
-                    watched.insert((ip, slot), Watched { epoch: a.epoch, started_ns: a.started_ns, due_ns: a.started_ns.saturating_add(timeout) });
+                    watched.insert(
+                        (ip, slot),
+                        Watched {
+                            epoch: a.epoch,
+                            started_ns: a.started_ns,
+                            due_ns: a.started_ns.saturating_add(timeout),
+                        },
+                    );
                 }
                 _ => {}
             }
@@ -259,7 +276,10 @@ impl Daemon {
                 if let Some(i) = &config.options.interface
                     && *i != self.interface
                 {
-                    tracing::warn!("Interface = {i} in the reloaded config is ignored: knockd stays on {}", self.interface);
+                    tracing::warn!(
+                        "Interface = {i} in the reloaded config is ignored: knockd stays on {}",
+                        self.interface
+                    );
                 }
                 let kept = self.doors.install(config.doors);
                 self.program.apply(&self.doors)?;

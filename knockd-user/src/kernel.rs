@@ -8,8 +8,8 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use knock_common::{
-    AddrKey, AllowKey, Attempt, Counter, CpuState, DoorSpec, LocalAddrs, Rate, MAX_LOCAL_ADDRS, PORT_BIT_WORDS, PORT_SLOTS,
-    PortBits, PortDoors, Set, Settings, SlotKey, maps, port_bit, set_port_bit, sets_for,
+    AddrKey, AllowKey, Attempt, Counter, CpuState, DoorSpec, LocalAddrs, MAX_LOCAL_ADDRS, PORT_BIT_WORDS, PORT_SLOTS,
+    PortBits, PortDoors, Rate, Set, Settings, SlotKey, maps, port_bit, set_port_bit, sets_for,
 };
 
 use crate::{
@@ -45,7 +45,11 @@ fn map_of<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::map
 }
 
 /// Makes `PORTS` hold `want` (all other slots zero), writing only the slots that change.
-fn sync_ports(ebpf: &mut Ebpf, have: &mut BTreeMap<u32, PortDoors>, want: BTreeMap<u32, PortDoors>) -> Result<(), KernelError> {
+fn sync_ports(
+    ebpf: &mut Ebpf,
+    have: &mut BTreeMap<u32, PortDoors>,
+    want: BTreeMap<u32, PortDoors>,
+) -> Result<(), KernelError> {
     let name = maps::PORTS;
     let mut map: Array<_, PortDoors> = Array::try_from(map_of(ebpf, name)?).map_err(map_err(name))?;
     for (&slot, doors) in &want {
@@ -61,7 +65,10 @@ fn sync_ports(ebpf: &mut Ebpf, have: &mut BTreeMap<u32, PortDoors>, want: BTreeM
 }
 
 /// Makes `PORT_BITS` hold a bit for each slot of the given tables that is not all zero.
-fn write_port_bits<'a>(ebpf: &mut Ebpf, tables: impl IntoIterator<Item = &'a BTreeMap<u32, PortDoors>>) -> Result<(), KernelError> {
+fn write_port_bits<'a>(
+    ebpf: &mut Ebpf,
+    tables: impl IntoIterator<Item = &'a BTreeMap<u32, PortDoors>>,
+) -> Result<(), KernelError> {
     let name = maps::PORT_BITS;
     let mut bits: Box<PortBits> = Box::new([0; PORT_BIT_WORDS]);
     for table in tables {
@@ -77,7 +84,8 @@ fn write_port_bits<'a>(ebpf: &mut Ebpf, tables: impl IntoIterator<Item = &'a BTr
 
 /// `PORTS` content from per-slot masks of knocking doors and of gating doors.
 fn port_doors(knock: &BTreeMap<u32, u32>, gate: &BTreeMap<u32, u32>) -> BTreeMap<u32, PortDoors> {
-    let mut table: BTreeMap<u32, PortDoors> = knock.iter().map(|(&slot, &knock)| (slot, PortDoors { knock, gate: 0 })).collect();
+    let mut table: BTreeMap<u32, PortDoors> =
+        knock.iter().map(|(&slot, &knock)| (slot, PortDoors { knock, gate: 0 })).collect();
     for (&slot, &gate) in gate {
         table.entry(slot).or_default().gate = gate;
     }
@@ -107,7 +115,13 @@ impl Default for Limits {
     fn default() -> Self {
         // The first-knock table is what a spoofed flood fills: a knocker's first step survives
         // about (entries / flood rate) seconds of distinct spoofed sources, ~0.5 s at 500k pps.
-        Self { progress_entries: 65536, first_knock_entries: 262_144, allow_entries: 65536, stage_rate: 10, stage_burst: 20 }
+        Self {
+            progress_entries: 65536,
+            first_knock_entries: 262_144,
+            allow_entries: 65536,
+            stage_rate: 10,
+            stage_burst: 20,
+        }
     }
 }
 
@@ -130,18 +144,13 @@ impl KnockProgram {
             .map_max_entries(maps::FIRST_KNOCKS, sets_for(limits.first_knock_entries))
             .map_max_entries(maps::ALLOW, limits.allow_entries)
             .load(KNOCK_EBPF)?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(PROGRAM)
-            .ok_or(KernelError::MissingProgram)?
-            .try_into()?;
+        let prog: &mut Xdp = ebpf.program_mut(PROGRAM).ok_or(KernelError::MissingProgram)?.try_into()?;
         prog.load()?;
-        let walk: &mut Xdp = ebpf
-            .program_mut(DOOR_WALK_PROGRAM)
-            .ok_or(KernelError::MissingProgram)?
-            .try_into()?;
+        let walk: &mut Xdp = ebpf.program_mut(DOOR_WALK_PROGRAM).ok_or(KernelError::MissingProgram)?.try_into()?;
         walk.load()?;
         let walk = walk.fd()?.try_clone().map_err(|e| KernelError::Program(ProgramError::from(e)))?;
-        let mut table = ProgramArray::try_from(map_of(&mut ebpf, maps::DOOR_WALK)?).map_err(map_err(maps::DOOR_WALK))?;
+        let mut table =
+            ProgramArray::try_from(map_of(&mut ebpf, maps::DOOR_WALK)?).map_err(map_err(maps::DOOR_WALK))?;
         table.set(0, &walk, 0).map_err(map_err(maps::DOOR_WALK))?;
         let mut key = [0u8; 8];
         std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut key)).map_err(KernelError::Random)?;
@@ -198,14 +207,16 @@ impl KnockProgram {
         write_port_bits(&mut self.ebpf, [&self.ports, &staged, &wanted])?;
         sync_ports(&mut self.ebpf, &mut self.ports, staged)?;
         {
-            let mut map: Array<_, DoorSpec> = Array::try_from(self.map_mut(maps::DOORS)?).map_err(map_err(maps::DOORS))?;
+            let mut map: Array<_, DoorSpec> =
+                Array::try_from(self.map_mut(maps::DOORS)?).map_err(map_err(maps::DOORS))?;
             for (i, spec) in (0u32..).zip(&specs) {
                 map.set(i, spec, 0).map_err(map_err(maps::DOORS))?;
             }
         }
         sync_ports(&mut self.ebpf, &mut self.ports, wanted)?;
         write_port_bits(&mut self.ebpf, [&self.ports])?;
-        let mut s: Array<_, Settings> = Array::try_from(self.map_mut(maps::SETTINGS)?).map_err(map_err(maps::SETTINGS))?;
+        let mut s: Array<_, Settings> =
+            Array::try_from(self.map_mut(maps::SETTINGS)?).map_err(map_err(maps::SETTINGS))?;
         s.set(0, settings, 0).map_err(map_err(maps::SETTINGS))
     }
 
@@ -228,9 +239,8 @@ impl KnockProgram {
         let Ok(dir) = std::fs::read_dir("/proc/self/fdinfo") else { return out };
         for entry in dir.flatten() {
             let Ok(text) = std::fs::read_to_string(entry.path()) else { continue };
-            let field = |name: &str| {
-                text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<u64>().ok())
-            };
+            let field =
+                |name: &str| text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<u64>().ok());
             if let (Some(id), Some(bytes)) = (field("map_id:"), field("memlock:")) {
                 let name = u32::try_from(id)
                     .ok()

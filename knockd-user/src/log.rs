@@ -83,7 +83,9 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2, "no blank lines: {text:?}");
-        for (line, msg) in lines.iter().zip(["198.18.0.2: openSSH: OPEN SESAME", "openSSH: running command: echo 198.18.0.2"]) {
+        for (line, msg) in
+            lines.iter().zip(["198.18.0.2: openSSH: OPEN SESAME", "openSSH: running command: echo 198.18.0.2"])
+        {
             // [YYYY-MM-DD HH:MM] msg
             assert_eq!(line.len(), 19 + msg.len(), "{line}");
             assert!(line.starts_with('[') && line[17..].starts_with("] "), "{line}");

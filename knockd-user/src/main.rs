@@ -99,7 +99,8 @@ fn start(args: &Args) -> anyhow::Result<()> {
         allow_entries: config.options.allow_table_size.unwrap_or(defaults.allow_entries),
         ..defaults
     };
-    let mut program = KnockProgram::load(limits).context("loading the XDP program (needs root: CAP_BPF and CAP_NET_ADMIN)")?;
+    let mut program =
+        KnockProgram::load(limits).context("loading the XDP program (needs root: CAP_BPF and CAP_NET_ADMIN)")?;
     let mut doors = Doors::new();
     doors.install(config.doors);
     program.apply(&doors)?;
@@ -108,9 +109,7 @@ fn start(args: &Args) -> anyhow::Result<()> {
     program.set_local_addrs(&addrs)?;
     if let Err(native) = program.attach(&interface, XdpMode::Default) {
         tracing::debug!("native XDP on {interface} failed ({native}); using generic (skb) mode");
-        program
-            .attach(&interface, XdpMode::Skb)
-            .with_context(|| format!("attaching XDP to interface {interface}"))?;
+        program.attach(&interface, XdpMode::Skb).with_context(|| format!("attaching XDP to interface {interface}"))?;
     }
     let events = program.take_events()?;
     let limits = program.limits();
@@ -129,7 +128,12 @@ fn start(args: &Args) -> anyhow::Result<()> {
 
     let mut pidfile = None;
     if args.daemon {
-        let path = config.options.pid_file.clone().or(args.pidfile.clone()).unwrap_or_else(|| PathBuf::from("/var/run/knockd.pid"));
+        let path = config
+            .options
+            .pid_file
+            .clone()
+            .or(args.pidfile.clone())
+            .unwrap_or_else(|| PathBuf::from("/var/run/knockd.pid"));
         nix::unistd::daemon(false, false).context("daemonizing")?;
         match std::fs::write(&path, format!("{}\n", std::process::id())) {
             Ok(()) => pidfile = Some(path),

@@ -13,7 +13,11 @@
 //! command = "/sbin/iptables -A INPUT -s %IP% -p tcp --dport 22 -j ACCEPT"
 //! ```
 
-use std::{net::IpAddr, path::{Path, PathBuf}, time::Duration};
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use knock_common::MAX_DOORS;
 use serde::{Deserialize, Serialize};
@@ -21,8 +25,9 @@ use toml::Spanned;
 
 use crate::{
     config::{
-        Config, ConfigError, DEFAULT_CMD_TIMEOUT, DEFAULT_GATE_TIMEOUT, DEFAULT_SEQ_TIMEOUT, Door, Gate, Knock, OneTime,
-        Options, Proto, V6Command, apply_tcp_flags, parse_gate_ports, parse_sequence, table_size, tcp_flags_text,
+        Config, ConfigError, DEFAULT_CMD_TIMEOUT, DEFAULT_GATE_TIMEOUT, DEFAULT_SEQ_TIMEOUT, Door, Gate, Knock,
+        OneTime, Options, Proto, V6Command, apply_tcp_flags, parse_gate_ports, parse_sequence, table_size,
+        tcp_flags_text,
     },
     one_time,
 };
@@ -106,7 +111,11 @@ fn line_of(text: &str, offset: usize) -> usize {
 
 /// Parses the TOML form.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-    let err = |offset: usize, message: String| ConfigError { path: path.to_path_buf(), line: Some(line_of(text, offset)), message };
+    let err = |offset: usize, message: String| ConfigError {
+        path: path.to_path_buf(),
+        line: Some(line_of(text, offset)),
+        message,
+    };
     let file: File = toml::from_str(text).map_err(|e| {
         let message = e.message().trim_end().to_owned();
         match e.span() {
@@ -146,7 +155,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         }
         if let Some(ots) = &d.one_time_sequences {
             if d.sequence.is_some() {
-                return Err(err(ots.span().start, format!("door '{}' has both sequence and one_time_sequences", door.name)));
+                return Err(err(
+                    ots.span().start,
+                    format!("door '{}' has both sequence and one_time_sequences", door.name),
+                ));
             }
             let path = ots.get_ref().clone();
             let (sequence, offset) = one_time::load(&path, &door.name).map_err(|m| err(ots.span().start, m))?;
@@ -166,11 +178,21 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             apply_tcp_flags(&mut door, &flags.get_ref().join(",")).map_err(|m| err(flags.span().start, m))?;
         }
         door.target = d.target;
-        let ports = |v: &Spanned<Vec<String>>| parse_gate_ports(&v.get_ref().join(",")).map_err(|m| err(v.span().start, m));
+        let ports =
+            |v: &Spanned<Vec<String>>| parse_gate_ports(&v.get_ref().join(",")).map_err(|m| err(v.span().start, m));
         door.gate = match (&d.gate, &d.gate_close, &d.gate_timeout) {
-            (Some(_), Some(c), _) => return Err(err(c.span().start, format!("door '{}' cannot both open and close a gate", door.name))),
-            (None, Some(_), Some(t)) => return Err(err(t.span().start, format!("door '{}': gate_timeout belongs to a door with `gate`, not `gate_close`", door.name))),
-            (None, None, Some(t)) => return Err(err(t.span().start, format!("door '{}' has gate_timeout but no gate ports", door.name))),
+            (Some(_), Some(c), _) => {
+                return Err(err(c.span().start, format!("door '{}' cannot both open and close a gate", door.name)));
+            }
+            (None, Some(_), Some(t)) => {
+                return Err(err(
+                    t.span().start,
+                    format!("door '{}': gate_timeout belongs to a door with `gate`, not `gate_close`", door.name),
+                ));
+            }
+            (None, None, Some(t)) => {
+                return Err(err(t.span().start, format!("door '{}' has gate_timeout but no gate ports", door.name)));
+            }
             (Some(g), None, t) => Gate::Open {
                 ports: ports(g)?,
                 ttl: t.as_ref().map_or(DEFAULT_GATE_TIMEOUT, |t| Duration::from_secs(u64::from(*t.get_ref()))),
@@ -275,12 +297,27 @@ mod tests {
     #[test]
     fn toml_errors_name_file_line_and_value() {
         let cases: &[(&str, &str)] = &[
-            ("[[door]]\nname = \"d\"\nsequence = [\"7000\", \"70000\"]\n", "t.toml:3: port 70000 in '70000' is out of range 1-65535"),
-            ("[[door]]\nname = \"d\"\nsequence = [\"1\"]\ntcp_flags = [\"syn\", \"bogus\"]\n", "t.toml:4: unrecognized tcp flag 'bogus' (use fin, syn, rst, psh, ack, urg, each optionally with !)"),
-            ("[[door]]\nname = \"d\"\nsequence = [\"1\"]\ncolour = \"red\"\n", "t.toml:4: unknown field `colour`, expected one of `name`, `sequence`, `one_time_sequences`, `seq_timeout`, `command`, `start_command`, `command_6`, `start_command_6`, `cmd_timeout`, `stop_command`, `stop_command_6`, `tcp_flags`, `target`, `gate`, `gate_timeout`, `gate_close`, `stealth`"),
+            (
+                "[[door]]\nname = \"d\"\nsequence = [\"7000\", \"70000\"]\n",
+                "t.toml:3: port 70000 in '70000' is out of range 1-65535",
+            ),
+            (
+                "[[door]]\nname = \"d\"\nsequence = [\"1\"]\ntcp_flags = [\"syn\", \"bogus\"]\n",
+                "t.toml:4: unrecognized tcp flag 'bogus' (use fin, syn, rst, psh, ack, urg, each optionally with !)",
+            ),
+            (
+                "[[door]]\nname = \"d\"\nsequence = [\"1\"]\ncolour = \"red\"\n",
+                "t.toml:4: unknown field `colour`, expected one of `name`, `sequence`, `one_time_sequences`, `seq_timeout`, `command`, `start_command`, `command_6`, `start_command_6`, `cmd_timeout`, `stop_command`, `stop_command_6`, `tcp_flags`, `target`, `gate`, `gate_timeout`, `gate_close`, `stealth`",
+            ),
             ("\n[[door]]\nname = \"d\"\n", "t.toml:2: section 'd' has an empty knock sequence"),
-            ("[[door]]\nname = \"d\"\nsequence = [\"1\"]\nseq_timeout = -5\n", "t.toml:4: invalid value: integer `-5`, expected u32"),
-            ("[options]\nattempt_table_size = 0\n", "t.toml:2: table size '0' is not a whole number from 1 to 16777216"),
+            (
+                "[[door]]\nname = \"d\"\nsequence = [\"1\"]\nseq_timeout = -5\n",
+                "t.toml:4: invalid value: integer `-5`, expected u32",
+            ),
+            (
+                "[options]\nattempt_table_size = 0\n",
+                "t.toml:2: table size '0' is not a whole number from 1 to 16777216",
+            ),
             ("[[door]]\nname = \"d\"\nsequence = [\"1\"]\ntarget = \"nope\"\n", "t.toml:4: invalid IP address syntax"),
         ];
         for (text, want) in cases {

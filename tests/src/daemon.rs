@@ -10,10 +10,8 @@ use std::{
 /// else `target/debug`.
 #[must_use]
 pub fn bin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("KNOCKGATE_BIN_DIR").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug"),
-        PathBuf::from,
-    );
+    let dir = std::env::var_os("KNOCKGATE_BIN_DIR")
+        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug"), PathBuf::from);
     let path = dir.join(name);
     assert!(path.exists(), "{} is missing: run the tests with `cargo xtask test`", path.display());
     path

@@ -109,7 +109,11 @@ impl FrameBuilder {
                 f.push(0x40 | u8::try_from(ihl).expect("ihl"));
                 f.push(0);
                 f.extend_from_slice(&total.to_be_bytes());
-                let frag = if self.frag == (0, false) { 0x4000 } else { (self.frag.0 & 0x1fff) | (u16::from(self.frag.1) << 13) };
+                let frag = if self.frag == (0, false) {
+                    0x4000
+                } else {
+                    (self.frag.0 & 0x1fff) | (u16::from(self.frag.1) << 13)
+                };
                 f.extend_from_slice(&[0, 1]);
                 f.extend_from_slice(&frag.to_be_bytes());
                 f.extend_from_slice(&[64, proto, 0, 0]);

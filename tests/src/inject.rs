@@ -87,7 +87,9 @@ impl Injector {
             })
             .collect();
         // SAFETY: every header points at live buffers of the stated lengths.
-        let n = unsafe { libc::sendmmsg(self.fd.as_raw_fd(), msgs.as_mut_ptr(), u32::try_from(msgs.len()).expect("batch"), 0) };
+        let n = unsafe {
+            libc::sendmmsg(self.fd.as_raw_fd(), msgs.as_mut_ptr(), u32::try_from(msgs.len()).expect("batch"), 0)
+        };
         usize::try_from(n).unwrap_or(0)
     }
 

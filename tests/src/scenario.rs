@@ -55,7 +55,8 @@ impl Scenario {
     /// Replaces the config file (same `{DIR}` rule) without signalling.
     pub fn rewrite_config(&self, config: &str) {
         let text = format!("[options]\n\tlogfile = {{DIR}}/knockd.log\n{config}");
-        std::fs::write(&self.conf, text.replace("{DIR}", &self.dir.path().display().to_string())).expect("write config");
+        std::fs::write(&self.conf, text.replace("{DIR}", &self.dir.path().display().to_string()))
+            .expect("write config");
     }
 
     /// TCP SYNs from `src` to the server, in order.

@@ -201,7 +201,9 @@ fn reload_good_keeps_unchanged_attempts_and_bad_is_refused() {
     s.signal(Signal::SIGHUP);
     let conf = s.conf.display().to_string();
     assert!(
-        s.logged(&format!("error: {conf}:4: port 99999 in '99999' is out of range 1-65535 --> keeping the running configuration")),
+        s.logged(&format!(
+            "error: {conf}:4: port 99999 in '99999' is out of range 1-65535 --> keeping the running configuration"
+        )),
         "{}",
         s.log()
     );

@@ -97,9 +97,17 @@ fn project_knock_opens_and_closes_debian_knockd() {
     let s = setup_daemon(knockd, knockd_example);
     let knock = bin("knock");
     s.knock(&knock, "-v 198.18.0.1 7000 8000 9000");
-    assert!(s.wait_rule(RULE, true, Duration::from_secs(5)), "Debian knockd did not open; log:\n{}", s.daemon.log_text());
+    assert!(
+        s.wait_rule(RULE, true, Duration::from_secs(5)),
+        "Debian knockd did not open; log:\n{}",
+        s.daemon.log_text()
+    );
     s.knock(&knock, "198.18.0.1 9000 8000 7000");
-    assert!(s.wait_rule(RULE, false, Duration::from_secs(5)), "Debian knockd did not close; log:\n{}", s.daemon.log_text());
+    assert!(
+        s.wait_rule(RULE, false, Duration::from_secs(5)),
+        "Debian knockd did not close; log:\n{}",
+        s.daemon.log_text()
+    );
 }
 
 #[test]
@@ -133,7 +141,11 @@ fn start_command_then_stop_after_cmd_timeout() {
     assert!(s.wait_rule(SYN_RULE, true, Duration::from_secs(2)), "no rule; log:\n{}", s.daemon.log_text());
     std::thread::sleep(Duration::from_secs(1));
     assert!(s.rules().contains(SYN_RULE), "closed before cmd_timeout");
-    assert!(s.wait_rule(SYN_RULE, false, Duration::from_secs(4)), "not closed after cmd_timeout:\n{}", s.daemon.log_text());
+    assert!(
+        s.wait_rule(SYN_RULE, false, Duration::from_secs(4)),
+        "not closed after cmd_timeout:\n{}",
+        s.daemon.log_text()
+    );
     assert!(s.daemon.log_text().contains("] 198.18.0.2: openclose: command timeout\n"));
 }
 
@@ -154,7 +166,8 @@ fn ipv6_udp_knock_and_clean_shutdown() {
     s.knock(&bin("knock"), "-6 2001:db8::1 7100:udp 7200 7300:udp");
     let cmd_out = s.daemon.log.with_extension("log.cmd");
     assert!(
-        wait_for(Duration::from_secs(5), || std::fs::read_to_string(&cmd_out).is_ok_and(|t| t == "opened 2001:db8::2\n")),
+        wait_for(Duration::from_secs(5), || std::fs::read_to_string(&cmd_out)
+            .is_ok_and(|t| t == "opened 2001:db8::2\n")),
         "no v6 open; log:\n{}",
         s.daemon.log_text()
     );
@@ -207,7 +220,9 @@ fn background_mode_writes_and_removes_the_pidfile() {
     assert!(wait_for(Duration::from_secs(10), || std::fs::read_to_string(&pid).is_ok_and(|t| t.ends_with('\n'))));
     let text = std::fs::read_to_string(&pid).unwrap();
     let daemon = nix::unistd::Pid::from_raw(text.trim().parse().unwrap());
-    assert!(wait_for(Duration::from_secs(10), || std::fs::read_to_string(&log).is_ok_and(|t| t.contains("listening on"))));
+    assert!(
+        wait_for(Duration::from_secs(10), || std::fs::read_to_string(&log).is_ok_and(|t| t.contains("listening on")))
+    );
     nix::sys::signal::kill(daemon, nix::sys::signal::Signal::SIGTERM).unwrap();
     assert!(wait_for(Duration::from_secs(10), || !pid.exists()), "pidfile not removed");
     assert!(std::fs::read_to_string(&log).unwrap().ends_with("shutting down\n"));

@@ -117,7 +117,10 @@ fn stealth_knocks_get_no_answer() {
     assert!(matches!(&plain, Err(e) if e.kind() == ErrorKind::ConnectionRefused), "{plain:?}");
     // ... a stealth door's port answers nothing at all.
     let hidden = connect(&s.net.client, "198.18.0.1:7100");
-    assert!(matches!(&hidden, Err(e) if e.kind() == ErrorKind::TimedOut || e.kind() == ErrorKind::WouldBlock), "{hidden:?}");
+    assert!(
+        matches!(&hidden, Err(e) if e.kind() == ErrorKind::TimedOut || e.kind() == ErrorKind::WouldBlock),
+        "{hidden:?}"
+    );
     tests::netns::sh(&s.net.in_client(&format!("{} 198.18.0.1 7100 7200", bin("knock").display())));
     assert!(s.logged("198.18.0.2: stealthy: OPEN SESAME"), "{}", s.log());
 }

@@ -49,7 +49,11 @@ fn gated_port_closed_before_open_after_closed_after_expiry() {
     let p = program(&config(1));
     assert_eq!(run(&p, &syn22(CLIENT)), XDP_DROP, "closed before the knock");
     assert_eq!(run(&p, &FrameBuilder::udp(CLIENT, SERVER, 5353)), XDP_DROP);
-    assert_eq!(run(&p, &FrameBuilder::tcp(CLIENT, SERVER, 22, ACK)), XDP_PASS, "segments of established connections pass");
+    assert_eq!(
+        run(&p, &FrameBuilder::tcp(CLIENT, SERVER, 22, ACK)),
+        XDP_PASS,
+        "segments of established connections pass"
+    );
     assert_eq!(run(&p, &FrameBuilder::tcp(CLIENT, SERVER, 22, SYN | ACK)), XDP_PASS);
     assert_eq!(run(&p, &FrameBuilder::tcp(CLIENT, SERVER, 2222, SYN)), XDP_PASS, "other ports are not gated");
     knock(&p, CLIENT, &[7000, 8000]);
@@ -59,7 +63,11 @@ fn gated_port_closed_before_open_after_closed_after_expiry() {
     assert!(p.allowed_until(CLIENT.parse().unwrap(), Knock { port: 22, proto: Proto::Tcp }).unwrap().is_some());
     std::thread::sleep(Duration::from_millis(1100));
     assert_eq!(run(&p, &syn22(CLIENT)), XDP_DROP, "closed after gate_timeout");
-    assert_eq!(run(&p, &FrameBuilder::tcp(CLIENT, SERVER, 22, ACK)), XDP_PASS, "established traffic outlives the allowance");
+    assert_eq!(
+        run(&p, &FrameBuilder::tcp(CLIENT, SERVER, 22, ACK)),
+        XDP_PASS,
+        "established traffic outlives the allowance"
+    );
 }
 
 #[test]
@@ -282,7 +290,11 @@ fn property_never_aborts_and_gated_syns_pass_only_when_allowed() {
                 syn22(src).vlan(9),
                 syn22(src).vlan(9).vlan(10),
                 if src.contains(':') { syn22(src).v6_ext(&[0, 43, 60]) } else { syn22(src).ip_options(4) },
-                if src.contains(':') { syn22(src).v6_ext(&[44]).fragment(0, true) } else { syn22(src).fragment(0, true) },
+                if src.contains(':') {
+                    syn22(src).v6_ext(&[44]).fragment(0, true)
+                } else {
+                    syn22(src).fragment(0, true)
+                },
             ]
         })
         .map(|f| f.build())

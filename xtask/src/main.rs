@@ -53,11 +53,8 @@ fn root() -> PathBuf {
 
 /// Runs a command in the workspace root, failing with its command line.
 fn cmd(program: &str, args: &[&str]) -> anyhow::Result<()> {
-    let status = Command::new(program)
-        .args(args)
-        .current_dir(root())
-        .status()
-        .with_context(|| format!("running {program}"))?;
+    let status =
+        Command::new(program).args(args).current_dir(root()).status().with_context(|| format!("running {program}"))?;
     if !status.success() {
         bail!("`{program} {}` failed: {status}", args.join(" "));
     }
@@ -175,6 +172,7 @@ fn bench() -> anyhow::Result<()> {
 
 fn test(release: bool) -> anyhow::Result<()> {
     prereq::ensure(prereq::Need::Test)?;
+    cmd(env!("CARGO"), &["fmt", "--all", "--check"])?;
     // Host tests: no root, stable toolchain.
     cmd(env!("CARGO"), &["test", "--workspace", "--exclude", "tests", "--exclude", "knock-ebpf"])?;
     cmd(env!("CARGO"), &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;

@@ -51,9 +51,14 @@ pub(crate) fn ensure(need: Need) -> anyhow::Result<()> {
             "LLVM_PREFIX={prefix} LLVM_SYS_{major}1_PREFIX={prefix} cargo install bpf-linker --force --no-default-features --features llvm-{major}"
         ));
     }
-    if need == Need::Test && !has_output("rustup", &["component", "list", "--toolchain", "nightly", "--installed"], "clippy") {
+    if need == Need::Test
+        && !has_output("rustup", &["component", "list", "--toolchain", "nightly", "--installed"], "clippy")
+    {
         // Clippy on the XDP programs, which build only with nightly.
         todo.push("rustup component add clippy --toolchain nightly".into());
+    }
+    if need == Need::Test && !has_output("rustup", &["component", "list", "--installed"], "rustfmt") {
+        todo.push("rustup component add rustfmt".into());
     }
     if need != Need::Run {
         if !has_output("python3", &["-c", "import matplotlib; print('ok')"], "ok") {
@@ -79,7 +84,10 @@ fn run_or_explain(todo: &[String], apt: &[String]) -> anyhow::Result<()> {
     let mut steps: Vec<String> = Vec::new();
     if !apt.is_empty() {
         steps.push("apt-get update".into());
-        steps.push(format!("DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {}", apt.join(" ")));
+        steps.push(format!(
+            "DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {}",
+            apt.join(" ")
+        ));
     }
     steps.extend(todo.iter().cloned());
     let can_install = is_root() && (apt.is_empty() || has_tool("apt-get"));
@@ -101,11 +109,7 @@ fn run_or_explain(todo: &[String], apt: &[String]) -> anyhow::Result<()> {
 }
 
 pub(crate) fn require_root(why: &str) -> anyhow::Result<()> {
-    if is_root() {
-        Ok(())
-    } else {
-        bail!("must run as root: {why} (try `sudo -E cargo xtask ...`)")
-    }
+    if is_root() { Ok(()) } else { bail!("must run as root: {why} (try `sudo -E cargo xtask ...`)") }
 }
 
 fn is_root() -> bool {
@@ -139,7 +143,10 @@ fn dpkg_has(pkg: &str) -> bool {
 
 /// The LLVM major version of the nightly toolchain (`rustc +nightly -vV`).
 fn nightly_llvm_major() -> anyhow::Result<u32> {
-    let out = Command::new("rustup").args(["run", "nightly", "rustc", "-vV"]).output().context("rustup run nightly rustc -vV")?;
+    let out = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "-vV"])
+        .output()
+        .context("rustup run nightly rustc -vV")?;
     let text = String::from_utf8_lossy(&out.stdout);
     parse_llvm_major(&text).with_context(|| format!("no LLVM version in `rustc +nightly -vV`:\n{text}"))
 }

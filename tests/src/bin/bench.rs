@@ -2,7 +2,13 @@
 //! Writes `results.json` and `BENCHMARKS.md` into the output directory and prints a summary.
 //! `--smoke` runs every part at tiny sizes (part of `cargo xtask test`, so it cannot rot).
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "a benchmark run panics on failure")]
-#![allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::many_single_char_names, reason = "figures for a report")]
+#![allow(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::many_single_char_names,
+    reason = "figures for a report"
+)]
 
 use std::{
     fmt::Write as _,
@@ -132,7 +138,8 @@ fn reference_programs() -> aya::Ebpf {
 fn reference_run(ebpf: &aya::Ebpf, name: &str, frame: &[u8], repeat: u32) -> (u32, f64) {
     use aya::programs::TestRun as _;
     let prog: &aya::programs::Xdp = ebpf.program(name).unwrap().try_into().unwrap();
-    let r = prog.test_run(aya::programs::TestRunOptions { data_in: Some(frame), repeat, ..Default::default() }).unwrap();
+    let r =
+        prog.test_run(aya::programs::TestRunOptions { data_in: Some(frame), repeat, ..Default::default() }).unwrap();
     (r.return_value, r.duration.as_nanos() as f64)
 }
 
@@ -204,9 +211,14 @@ impl Rig {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("knockd.log");
         let conf = dir.path().join("knockd.conf");
-        let text = format!("[options]\n\tlogfile = {}\n{}", log.display(), config.replace("{DIR}", &dir.path().display().to_string()));
+        let text = format!(
+            "[options]\n\tlogfile = {}\n{}",
+            log.display(),
+            config.replace("{DIR}", &dir.path().display().to_string())
+        );
         std::fs::write(&conf, text).unwrap();
-        let daemon = Daemon::start(&net.server, &peer.binary(), &["-i", &net.server_if, "-c", conf.to_str().unwrap()], &log);
+        let daemon =
+            Daemon::start(&net.server, &peer.binary(), &["-i", &net.server_if, "-c", conf.to_str().unwrap()], &log);
         let inject = Injector::new(&net.client, &net.client_if, mac_of(&net.server, &net.server_if));
         Self { net, daemon, inject, dir }
     }
@@ -232,7 +244,8 @@ fn per_packet(opts: &Opts) -> Value {
     let (p, _) = program_with(&config, Limits::default());
     // knockd's rule that a knock at any door's port resets another door's attempt makes
     // every door see every knock: a one-door configuration is the cheap case.
-    let (single, _) = program_with(&format!("[adv]\nsequence = {adv}\nseq_timeout = 3600\ntcpflags = syn\n"), Limits::default());
+    let (single, _) =
+        program_with(&format!("[adv]\nsequence = {adv}\nseq_timeout = 3600\ntcpflags = syn\n"), Limits::default());
     let references = reference_programs();
     let (c, s) = ("198.18.0.2", "198.18.0.1");
     let mut arp = FrameBuilder::tcp(c, s, 80, SYN).build();
@@ -242,14 +255,44 @@ fn per_packet(opts: &Opts) -> Value {
         ("UDP to a non-knock port", FrameBuilder::udp(c, s, 53).build(), XDP_PASS, Measured::Knockgate(&p)),
         ("TCP ACK", FrameBuilder::tcp(c, s, 443, ACK).build(), XDP_PASS, Measured::Knockgate(&p)),
         ("SYN to a non-knock port", FrameBuilder::tcp(c, s, 443, SYN).build(), XDP_PASS, Measured::Knockgate(&p)),
-        ("SYN that advances a knock (two doors)", FrameBuilder::tcp(c, s, 7000, SYN).build(), XDP_PASS, Measured::Knockgate(&p)),
-        ("SYN that advances a knock (one door)", FrameBuilder::tcp(c, s, 7000, SYN).build(), XDP_PASS, Measured::Knockgate(&single)),
-        ("SYN that completes a knock (opens the gate)", FrameBuilder::tcp("198.18.0.9", s, 7100, SYN).build(), XDP_PASS, Measured::Knockgate(&p)),
-        ("IPv6 SYN, 3 extension headers", FrameBuilder::tcp("2001:db8::2", "2001:db8::1", 443, SYN).v6_ext(&[0, 43, 60]).build(), XDP_PASS, Measured::Knockgate(&p)),
+        (
+            "SYN that advances a knock (two doors)",
+            FrameBuilder::tcp(c, s, 7000, SYN).build(),
+            XDP_PASS,
+            Measured::Knockgate(&p),
+        ),
+        (
+            "SYN that advances a knock (one door)",
+            FrameBuilder::tcp(c, s, 7000, SYN).build(),
+            XDP_PASS,
+            Measured::Knockgate(&single),
+        ),
+        (
+            "SYN that completes a knock (opens the gate)",
+            FrameBuilder::tcp("198.18.0.9", s, 7100, SYN).build(),
+            XDP_PASS,
+            Measured::Knockgate(&p),
+        ),
+        (
+            "IPv6 SYN, 3 extension headers",
+            FrameBuilder::tcp("2001:db8::2", "2001:db8::1", 443, SYN).v6_ext(&[0, 43, 60]).build(),
+            XDP_PASS,
+            Measured::Knockgate(&p),
+        ),
         ("gated SYN dropped", FrameBuilder::tcp("198.18.0.3", s, 22, SYN).build(), XDP_DROP, Measured::Knockgate(&p)),
         // What any port-knocking filter costs at least (see knock-ebpf/src/pass.rs).
-        ("floor: the port of a SYN to a non-knock port read and compared", FrameBuilder::tcp(c, s, 443, SYN).build(), XDP_PASS, Measured::Reference("port_floor")),
-        ("floor: a knock as one read and write of the source's entry", FrameBuilder::tcp(c, s, 7000, SYN).build(), XDP_PASS, Measured::Reference("knock_floor")),
+        (
+            "floor: the port of a SYN to a non-knock port read and compared",
+            FrameBuilder::tcp(c, s, 443, SYN).build(),
+            XDP_PASS,
+            Measured::Reference("port_floor"),
+        ),
+        (
+            "floor: a knock as one read and write of the source's entry",
+            FrameBuilder::tcp(c, s, 7000, SYN).build(),
+            XDP_PASS,
+            Measured::Reference("knock_floor"),
+        ),
     ];
     // One CPU for the whole table, so that both programs run on the same core and caches.
     let _pinned = pin_to_current_cpu();
@@ -406,7 +449,10 @@ const PACED_PPS: u64 = 150_000;
 fn flood(opts: &Opts, peer: Peer, rate: u64, stealth: bool) -> Value {
     let (knocks, max_secs) = if opts.smoke { (2, 3.0) } else { (8, 20.0) };
     let stealth_line = if stealth { "\tstealth = yes\n" } else { "" };
-    let rig = Rig::start(peer, &format!("[openSSH]\n\tsequence = 7000,8000,9000\n\tseq_timeout = 5\n\ttcpflags = syn\n{stealth_line}"));
+    let rig = Rig::start(
+        peer,
+        &format!("[openSSH]\n\tsequence = 7000,8000,9000\n\tseq_timeout = 5\n\ttcpflags = syn\n{stealth_line}"),
+    );
     let pid = rig.daemon.pid().unwrap();
     // Spoofed first knocks from every address of 198.18.0.0/15 but the test subnet
     // 198.18.0.0/24 (130,816 sources), in a shuffled order.
@@ -458,7 +504,9 @@ fn flood(opts: &Opts, peer: Peer, rate: u64, stealth: bool) -> Value {
     for _ in 0..knocks {
         let before = rig.count("198.18.0.2: openSSH: OPEN SESAME");
         sh(&rig.net.in_client(&format!("{} -d 10 198.18.0.1 7000 8000 9000", knock.display())));
-        if wait_for(Duration::from_secs_f64(max_secs / f64::from(knocks)), || rig.count("198.18.0.2: openSSH: OPEN SESAME") > before) {
+        if wait_for(Duration::from_secs_f64(max_secs / f64::from(knocks)), || {
+            rig.count("198.18.0.2: openSSH: OPEN SESAME") > before
+        }) {
             opened += 1;
         }
     }
@@ -472,10 +520,18 @@ fn flood(opts: &Opts, peer: Peer, rate: u64, stealth: bool) -> Value {
     stop.store(true, Ordering::Relaxed);
     sender.join().unwrap();
     // Frames the server's veth dropped (ring full): a knock lost there never reaches any daemon.
-    let stats = String::from_utf8_lossy(&sh(&format!("ip -n {} -s -j link show dev {}", rig.net.server, rig.net.server_if)).stdout).into_owned();
-    let rx_dropped = serde_json::from_str::<Value>(&stats).ok().and_then(|v| v[0]["stats64"]["rx"]["dropped"].as_u64()).unwrap_or(0);
-    let stats = String::from_utf8_lossy(&sh(&format!("ip -n {} -s -j link show dev {}", rig.net.client, rig.net.client_if)).stdout).into_owned();
-    let tx_dropped = serde_json::from_str::<Value>(&stats).ok().and_then(|v| v[0]["stats64"]["tx"]["dropped"].as_u64()).unwrap_or(0);
+    let stats = String::from_utf8_lossy(
+        &sh(&format!("ip -n {} -s -j link show dev {}", rig.net.server, rig.net.server_if)).stdout,
+    )
+    .into_owned();
+    let rx_dropped =
+        serde_json::from_str::<Value>(&stats).ok().and_then(|v| v[0]["stats64"]["rx"]["dropped"].as_u64()).unwrap_or(0);
+    let stats = String::from_utf8_lossy(
+        &sh(&format!("ip -n {} -s -j link show dev {}", rig.net.client, rig.net.client_if)).stdout,
+    )
+    .into_owned();
+    let tx_dropped =
+        serde_json::from_str::<Value>(&stats).ok().and_then(|v| v[0]["stats64"]["tx"]["dropped"].as_u64()).unwrap_or(0);
     json!({
         "veth_dropped": rx_dropped + tx_dropped,
         "paced_pps": rate,
@@ -498,7 +554,10 @@ const LATENCY_TRIALS: u32 = 1000;
 
 fn latency(opts: &Opts, peer: Peer) -> Value {
     let trials = if opts.smoke { 5 } else { LATENCY_TRIALS };
-    let rig = Rig::start(peer, "[openSSH]\n\tsequence = 7000,8000,9000\n\tseq_timeout = 5\n\ttcpflags = syn\n\tcommand = echo x > {DIR}/fifo\n");
+    let rig = Rig::start(
+        peer,
+        "[openSSH]\n\tsequence = 7000,8000,9000\n\tseq_timeout = 5\n\ttcpflags = syn\n\tcommand = echo x > {DIR}/fifo\n",
+    );
     let mut pipe = fifo(&rig.dir.path().join("fifo"));
     let mut timings = Timings::default();
     for i in 0..trials {
@@ -598,7 +657,9 @@ fn gate_latency(opts: &Opts) -> Value {
     let addr: SocketAddr = "198.18.0.1:2222".parse().unwrap();
     let mut timings = Timings::default();
     for _ in 0..trials {
-        let sock = in_netns(&rig.net.client, || socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap());
+        let sock = in_netns(&rig.net.client, || {
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap()
+        });
         rig.syn("198.18.0.2", 7000);
         rig.syn("198.18.0.2", 8000);
         std::thread::sleep(Duration::from_millis(2));
@@ -624,7 +685,9 @@ fn summary(r: &Value) -> String {
     let mut s = String::new();
     let rows = r["per_packet"]["rows"].as_array().cloned().unwrap_or_default();
     let worst_other = rows.iter().take(4).map(|x| f(&x["ratio"])).fold(0.0, f64::max);
-    let ratio = |is: &dyn Fn(&str) -> bool| rows.iter().find(|x| x["case"].as_str().is_some_and(is)).map_or(0.0, |x| f(&x["ratio"]));
+    let ratio = |is: &dyn Fn(&str) -> bool| {
+        rows.iter().find(|x| x["case"].as_str().is_some_and(is)).map_or(0.0, |x| f(&x["ratio"]))
+    };
     let step = |doors: &str| ratio(&|c| c.contains("advances") && c.contains(doors));
     let floor = |what: &str| ratio(&|c| c.starts_with("floor") && c.contains(what));
     writeln!(
@@ -648,10 +711,18 @@ fn summary(r: &Value) -> String {
             f(&fl["flood_pps"]),
             if fl["paced_pps"].as_u64() == Some(0) { "as fast as possible" } else { "paced" },
             fl["veth_dropped"]
-        ).unwrap();
+        )
+        .unwrap();
     }
     for l in r["latency"].as_array().cloned().unwrap_or_default() {
-        writeln!(s, "latency: {}: p50 {:.2} ms, p99 {:.2} ms", l["daemon"].as_str().unwrap_or(""), f(&l["p50_ms"]), f(&l["p99_ms"])).unwrap();
+        writeln!(
+            s,
+            "latency: {}: p50 {:.2} ms, p99 {:.2} ms",
+            l["daemon"].as_str().unwrap_or(""),
+            f(&l["p50_ms"]),
+            f(&l["p99_ms"])
+        )
+        .unwrap();
     }
     let g = &r["gate_latency"];
     writeln!(s, "gate latency: p50 {:.3} ms, p99 {:.3} ms", f(&g["p50_ms"]), f(&g["p99_ms"])).unwrap();
@@ -660,6 +731,7 @@ fn summary(r: &Value) -> String {
     s
 }
 
+#[expect(clippy::too_many_lines, reason = "the report's prose, written in the order it reads")]
 fn report(r: &Value) -> String {
     let mut s = String::new();
     writeln!(s, "# knockgate benchmarks\n").unwrap();
@@ -721,7 +793,11 @@ fn report(r: &Value) -> String {
     ).unwrap();
     writeln!(s, "| daemon | flood | legitimate opens | daemon CPU (% of a core) | flood rate (packets/s) | frames dropped by the veth |\n|---|---|---:|---:|---:|---:|").unwrap();
     for fl in r["flood"].as_array().cloned().unwrap_or_default() {
-        let how = if fl["paced_pps"].as_u64() == Some(0) { "as fast as possible".to_owned() } else { format!("paced to {}", fl["paced_pps"]) };
+        let how = if fl["paced_pps"].as_u64() == Some(0) {
+            "as fast as possible".to_owned()
+        } else {
+            format!("paced to {}", fl["paced_pps"])
+        };
         writeln!(
             s,
             "| {}{} | {how} | {} of {} | {:.2}% | {:.0} | {} |",
@@ -746,12 +822,37 @@ fn report(r: &Value) -> String {
     ).unwrap();
     writeln!(s, "| path | trials | missed | p50 ms | p99 ms |\n|---|---:|---:|---:|---:|").unwrap();
     for l in r["latency"].as_array().cloned().unwrap_or_default() {
-        writeln!(s, "| {} command | {} | {} | {:.3} | {:.3} |", l["daemon"].as_str().unwrap_or(""), l["trials"], l["missed"], f(&l["p50_ms"]), f(&l["p99_ms"])).unwrap();
+        writeln!(
+            s,
+            "| {} command | {} | {} | {:.3} | {:.3} |",
+            l["daemon"].as_str().unwrap_or(""),
+            l["trials"],
+            l["missed"],
+            f(&l["p50_ms"]),
+            f(&l["p99_ms"])
+        )
+        .unwrap();
     }
     let g = &r["gate_latency"];
-    writeln!(s, "| knockgate gate (connection accepted) | {} | {} | {:.3} | {:.3} |", g["trials"], g["missed"], f(&g["p50_ms"]), f(&g["p99_ms"])).unwrap();
+    writeln!(
+        s,
+        "| knockgate gate (connection accepted) | {} | {} | {:.3} | {:.3} |",
+        g["trials"],
+        g["missed"],
+        f(&g["p50_ms"]),
+        f(&g["p99_ms"])
+    )
+    .unwrap();
     let g = &r["spawn_floor"];
-    writeln!(s, "| floor: the command spawned directly, no knock, no daemon | {} | {} | {:.3} | {:.3} |", g["trials"], g["missed"], f(&g["p50_ms"]), f(&g["p99_ms"])).unwrap();
+    writeln!(
+        s,
+        "| floor: the command spawned directly, no knock, no daemon | {} | {} | {:.3} | {:.3} |",
+        g["trials"],
+        g["missed"],
+        f(&g["p50_ms"]),
+        f(&g["p99_ms"])
+    )
+    .unwrap();
     writeln!(s, "\n![latency](bench/latency.png)\n").unwrap();
     report_scale(&mut s, r);
     s
@@ -778,7 +879,8 @@ fn report_scale(s: &mut String, r: &Value) {
     writeln!(s, "\nknockd 0.8: CPU per packet (a spoofed first knock) with N attempts pending; its per-packet cleanup walks every attempt.\n").unwrap();
     writeln!(s, "| pending attempts | packets measured | knockd CPU µs per packet |\n|---:|---:|---:|").unwrap();
     for row in r["knockd_scale"]["rows"].as_array().cloned().unwrap_or_default() {
-        writeln!(s, "| {} | {} | {:.1} |", row["pending_attempts"], row["probe_packets"], f(&row["cpu_us_per_packet"])).unwrap();
+        writeln!(s, "| {} | {} | {:.1} |", row["pending_attempts"], row["probe_packets"], f(&row["cpu_us_per_packet"]))
+            .unwrap();
     }
     writeln!(s, "\n![scale](bench/scale.png)").unwrap();
 }
