@@ -28,6 +28,13 @@ pub use gate::{AllowKey, gate_passes, is_new_connection};
 pub use knock::{Attempt, Knock, Outcome, step};
 pub use table::{Set, Slot, SlotKey, SourceKey, WAYS, sets_for};
 
+/// Version of the layout and meaning of the maps that outlive the daemon (pinned in bpffs,
+/// `maps-vN`), and of the contract between the two programs (`knockgate` tail-calls
+/// `knockgate_doors` through a pinned table). Bump it with any change to a pinned map's key,
+/// value or size, or to what a value means: a daemon finding another version's maps makes its
+/// own and carries the allowances over, rather than reading them with the wrong layout.
+pub const STATE_VERSION: u32 = 1;
+
 /// Most doors one configuration may hold (the XDP program walks them in a bounded loop).
 pub const MAX_DOORS: u32 = 32;
 /// Most steps in one sequence; knockd's `SEQ_MAX`.

@@ -82,7 +82,20 @@ pub struct Options {
     pub first_knock_table_size: Option<u32>,
     /// knockgate: entries of the kernel table of gate allowances.
     pub allow_table_size: Option<u32>,
+    /// knockgate: the BPF filesystem directory for the pinned program and maps
+    /// (`BPF_DIR/IFACE`); default `pin::DEFAULT_BPF_DIR`.
+    pub bpf_dir: Option<PathBuf>,
+    /// knockgate: the directory of the journal of pending stop commands; default
+    /// `DEFAULT_STATE_DIR`.
+    pub state_dir: Option<PathBuf>,
+    /// knockgate: most commands running at once; default `keeper::DEFAULT_MAX_COMMANDS`.
+    pub max_commands: Option<u32>,
 }
+
+/// `StateDir` when the config names none.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/knockgate";
+/// Most `MaxCommands` accepted.
+pub const MAX_MAX_COMMANDS: u32 = 4096;
 
 /// A command setting for one address family: knockd tells "absent" (fall back to the IPv4
 /// command) from "present but empty" (run nothing).
@@ -325,24 +338,27 @@ impl Parser<'_> {
     }
 
     fn option(&mut self, n: usize, key: &str, value: &str) -> Result<(), ConfigError> {
+        let path = self.path.to_path_buf();
+        let err = |line: usize, message: String| ConfigError { path: path.clone(), line: Some(line), message };
         let opts = &mut self.config.options;
         match key {
             "LOGFILE" => opts.log_file = non_empty(value).map(PathBuf::from),
             "PIDFILE" => opts.pid_file = non_empty(value).map(PathBuf::from),
             "INTERFACE" => opts.interface = non_empty(value).map(str::to_owned),
-            "ATTEMPTTABLESIZE" => {
-                self.config.options.attempt_table_size = Some(table_size(value).map_err(|m| self.err(n, m))?);
-            }
-            "ALLOWTABLESIZE" => {
-                self.config.options.allow_table_size = Some(table_size(value).map_err(|m| self.err(n, m))?);
-            }
+            "ATTEMPTTABLESIZE" => opts.attempt_table_size = Some(table_size(value).map_err(|m| err(n, m))?),
+            "ALLOWTABLESIZE" => opts.allow_table_size = Some(table_size(value).map_err(|m| err(n, m))?),
             "FIRSTKNOCKTABLESIZE" => {
-                self.config.options.first_knock_table_size = Some(table_size(value).map_err(|m| self.err(n, m))?);
+                opts.first_knock_table_size = Some(table_size(value).map_err(|m| err(n, m))?);
             }
+            "BPFDIR" => opts.bpf_dir = Some(absolute_dir(value).map_err(|m| err(n, m))?),
+            "STATEDIR" => opts.state_dir = Some(absolute_dir(value).map_err(|m| err(n, m))?),
+            "MAXCOMMANDS" => opts.max_commands = Some(max_commands(value).map_err(|m| err(n, m))?),
             "USESYSLOG" => {
                 return Err(self.err(n, "UseSyslog takes no value: write the bare word `UseSyslog`"));
             }
-            _ => return Err(self.err(n, format!("unknown option '{}' in [options]", key.to_ascii_lowercase()))),
+            _ => {
+                return Err(self.err(n, format!("unknown option '{}' in [options]", key.to_ascii_lowercase())));
+            }
         }
         Ok(())
     }
@@ -479,6 +495,20 @@ pub(crate) fn table_size(value: &str) -> Result<u32, String> {
     }
 }
 
+pub(crate) fn max_commands(value: &str) -> Result<u32, String> {
+    match value.parse::<u32>() {
+        Ok(n @ 1..=MAX_MAX_COMMANDS) => Ok(n),
+        _ => Err(format!("MaxCommands '{value}' is not a whole number from 1 to {MAX_MAX_COMMANDS}")),
+    }
+}
+
+/// A directory option: an absolute path (a relative one would depend on where knockd was
+/// started, and `-d` changes to `/`).
+pub(crate) fn absolute_dir(value: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(value);
+    if path.is_absolute() { Ok(path) } else { Err(format!("directory '{value}' is not an absolute path")) }
+}
+
 fn non_empty(v: &str) -> Option<&str> {
     (!v.is_empty()).then_some(v)
 }
@@ -532,7 +562,9 @@ pub fn parse_knock(item: &str) -> Result<Knock, String> {
     let proto = match proto.map(str::to_ascii_lowercase).as_deref() {
         None | Some("tcp") => Proto::Tcp,
         Some("udp") => Proto::Udp,
-        Some(other) => return Err(format!("unknown protocol '{other}' in '{item}' (use tcp or udp)")),
+        Some(other) => {
+            return Err(format!("unknown protocol '{other}' in '{item}' (use tcp or udp)"));
+        }
     };
     let port = match port.parse::<u32>() {
         Ok(p @ 1..=65535) => u16::try_from(p).map_err(|_| format!("port {p} is out of range"))?,

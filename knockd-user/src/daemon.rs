@@ -1,5 +1,6 @@
 //! The event loop: ring-buffer events to log lines and commands, sequence timeouts, one-time
-//! sequences, SIGHUP reloads, address refresh, and a clean SIGINT/SIGTERM shutdown.
+//! sequences, SIGHUP reloads, address refresh, the interface's comings and goings, and a
+//! SIGINT/SIGTERM shutdown that leaves a gate shut.
 
 use std::{collections::HashMap, net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -11,13 +12,15 @@ use tokio::{
 };
 
 use crate::{
-    command::Doorkeeper,
+    attach::Attached,
     config::{Config, Gate, Knock},
     doors::Doors,
+    keeper::Keeper,
     kernel::KnockProgram,
     log::KnockLog,
     one_time,
     spec::event_addr,
+    state::StateDir,
 };
 
 /// How often the interface's addresses are re-read (knocks must be sent to one of them).
@@ -26,8 +29,9 @@ const ADDR_REFRESH: Duration = Duration::from_secs(2);
 const TIMEOUT_CHECK: Duration = Duration::from_millis(200);
 /// Most attempts watched for a timeout at once (stage events are rate-limited anyway).
 const MAX_WATCHED: usize = 16_384;
-/// How long shutdown waits for commands (pending stops included) to finish.
-const SHUTDOWN_LIMIT: Duration = Duration::from_secs(30);
+/// How often the daemon checks that its program is what the interface runs (the interface
+/// may be deleted and made again, or its driver reloaded).
+const LINK_CHECK: Duration = Duration::from_millis(500);
 
 /// Everything the loop needs.
 pub struct Daemon {
@@ -43,6 +47,10 @@ pub struct Daemon {
     pub log: Arc<KnockLog>,
     /// Removed at exit (written with `-d`).
     pub pidfile: Option<PathBuf>,
+    /// Runs the doors' commands.
+    pub keeper: Keeper,
+    /// Held for the daemon's life: no second process works on this interface meanwhile.
+    pub _state: StateDir,
 }
 
 /// An attempt whose timeout the daemon logs when it happens.
@@ -84,8 +92,10 @@ fn monotonic_ns() -> u64 {
 }
 
 impl Daemon {
-    /// Serves until SIGINT or SIGTERM, then runs pending stop commands and returns.
-    pub async fn run(mut self, events: RingBuf<MapData>) -> anyhow::Result<()> {
+    /// Serves until SIGINT or SIGTERM, then runs pending stop commands (waiting up to
+    /// `shutdown_limit`) and returns. The program leaves the interface only when no door has
+    /// a gate; otherwise it stays, pinned, and keeps the gate shut.
+    pub async fn run(mut self, events: RingBuf<MapData>, shutdown_limit: Duration) -> anyhow::Result<()> {
         // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, for as long
         // as it lives, which is as long as the AsyncFd that owns it.
         let mut events =
@@ -97,7 +107,9 @@ impl Daemon {
         self.log.line(&format!("starting up, listening on {}", self.interface));
         let mut refresh = tokio::time::interval(ADDR_REFRESH);
         let mut timeouts = tokio::time::interval(TIMEOUT_CHECK);
-        let mut keeper = Doorkeeper::new(Arc::clone(&self.log));
+        let mut link_check = tokio::time::interval(LINK_CHECK);
+        // Whether the interface was there at the last check (a change is logged once).
+        let mut present = true;
         let mut watched: HashMap<(IpAddr, u8), Watched> = HashMap::new();
         let mut addrs = std::mem::take(&mut self.addrs);
         loop {
@@ -110,7 +122,7 @@ impl Daemon {
                     }
                     guard.clear_ready();
                     for ev in &batch {
-                        if let Err(e) = self.on_event(&mut keeper, &mut watched, ev) {
+                        if let Err(e) = self.on_event(&mut watched, ev) {
                             tracing::error!("handling {ev:?}: {e:#}");
                         }
                     }
@@ -133,6 +145,7 @@ impl Daemon {
                         Err(e) => tracing::warn!("reading addresses of {}: {e}", self.interface),
                     }
                 }
+                _ = link_check.tick() => present = self.check_link(present),
                 _ = sighup.recv() => {
                     if let Err(e) = self.reload() {
                         tracing::error!("reload: {e:#}");
@@ -142,10 +155,7 @@ impl Daemon {
                 _ = sigint.recv() => break,
             }
         }
-        if keeper.pending() > 0 {
-            self.log.line(&format!("running {} pending stop command(s) before exit", keeper.pending()));
-        }
-        keeper.shutdown(SHUTDOWN_LIMIT).await;
+        self.keeper.shutdown(shutdown_limit).await;
         match self.program.counters() {
             Ok(counters) => {
                 let text: Vec<String> = counters.iter().map(|(c, v)| format!("{}={v}", c.name())).collect();
@@ -153,7 +163,15 @@ impl Daemon {
             }
             Err(e) => tracing::warn!("reading counters: {e}"),
         }
-        self.program.detach()?;
+        if self.doors.active().any(|(_, s)| matches!(s.door.gate, Gate::Open { .. })) {
+            self.log.line(&format!(
+                "the gate stays shut: the XDP program stays on {iface}, pinned in {}; `knockd --unload -i {iface}` removes it",
+                self.program.pin_root().map_or_else(String::new, |p| p.display().to_string()),
+                iface = self.interface
+            ));
+        } else {
+            self.program.release()?;
+        }
         self.log.line("shutting down");
         if let Some(p) = &self.pidfile
             && let Err(e) = std::fs::remove_file(p)
@@ -163,12 +181,38 @@ impl Daemon {
         Ok(())
     }
 
-    fn on_event(
-        &mut self,
-        keeper: &mut Doorkeeper,
-        watched: &mut HashMap<(IpAddr, u8), Watched>,
-        ev: &KnockEvent,
-    ) -> anyhow::Result<()> {
+    /// Keeps the program on the interface: attaches again when the interface is back (made
+    /// anew, or its driver reloaded). Returns whether the interface is there.
+    fn check_link(&mut self, was_present: bool) -> bool {
+        match self.program.attached_to(&self.interface) {
+            Ok(Some(true)) => true,
+            Ok(None) => {
+                if was_present {
+                    self.log.line(&format!("interface {} is gone; waiting for it to come back", self.interface));
+                }
+                false
+            }
+            Ok(Some(false)) => match self.program.attach(&self.interface) {
+                Ok(how) => {
+                    let how = if how == Attached::New { "attached" } else { "attached again" };
+                    self.log.line(&format!("interface {} is back: {how}", self.interface));
+                    true
+                }
+                Err(e) => {
+                    if was_present {
+                        tracing::error!("attaching to {} again: {e}", self.interface);
+                    }
+                    false
+                }
+            },
+            Err(e) => {
+                tracing::warn!("checking the XDP program on {}: {e}", self.interface);
+                was_present
+            }
+        }
+    }
+
+    fn on_event(&mut self, watched: &mut HashMap<(IpAddr, u8), Watched>, ev: &KnockEvent) -> anyhow::Result<()> {
         let Some(ip) = event_addr(ev.family, ev.addr) else {
             tracing::warn!("malformed event ignored: {ev:?}");
             return Ok(());
@@ -208,7 +252,7 @@ impl Daemon {
                         self.log.line(&format!("{ip}: {}: gate closed: {}", door.name, gate_ports(ports)));
                     }
                 }
-                keeper.open(&door, ip);
+                self.keeper.open(&door, ip);
                 if let Some(ot) = &door.one_time {
                     match one_time::advance(&ot.path, ot.offset) {
                         Ok(Some((sequence, offset))) => self.doors.set_sequence(ev.door, sequence, offset),
@@ -243,7 +287,9 @@ impl Daemon {
             watched.iter().filter(|(_, w)| w.due_ns <= now).map(|(k, w)| (*k, *w)).collect();
         for ((ip, slot), w) in due {
             watched.remove(&(ip, slot));
-            let Some(door) = self.doors.get(slot, w.epoch).map(|s| s.door.clone()) else { continue };
+            let Some(door) = self.doors.get(slot, w.epoch).map(|s| s.door.clone()) else {
+                continue;
+            };
             match self.program.attempt(ip, slot)? {
                 Some(a) if a.epoch == w.epoch && a.started_ns == w.started_ns => {
                     self.log.line(&format!("{ip}: {}: sequence timeout (stage {})", door.name, a.stage));

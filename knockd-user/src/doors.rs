@@ -51,6 +51,37 @@ impl Doors {
                 None => fresh.push(door),
             }
         }
+        self.place_fresh(placed, fresh);
+        kept
+    }
+
+    /// As `install`, for a restarted daemon's first config: a door whose spec matches the one
+    /// the kernel holds in a slot (`pinned`, as the previous daemon left them) takes that slot
+    /// and its epoch, so its attempts in progress carry over. Returns how many did.
+    pub fn install_adopting(&mut self, doors: Vec<Door>, pinned: &[DoorSpec]) -> usize {
+        self.last_epoch = pinned.iter().map(|s| s.epoch).max().unwrap_or(0).max(self.last_epoch);
+        let mut placed: Vec<Option<Slot>> = vec![None; pinned.len().max(doors.len())];
+        let mut fresh = Vec::new();
+        let mut kept = 0;
+        for door in doors {
+            let same = pinned
+                .iter()
+                .enumerate()
+                .position(|(i, spec)| spec.len > 0 && placed[i].is_none() && door_spec(&door, spec.epoch) == *spec);
+            match same {
+                Some(i) => {
+                    placed[i] = Some(Slot { door, epoch: pinned[i].epoch, enabled: true });
+                    kept += 1;
+                }
+                None => fresh.push(door),
+            }
+        }
+        self.place_fresh(placed, fresh);
+        kept
+    }
+
+    /// Gives each of `fresh` a new epoch and the first free slot, and puts the result in force.
+    fn place_fresh(&mut self, mut placed: Vec<Option<Slot>>, fresh: Vec<Door>) {
         for door in fresh {
             let epoch = self.next_epoch();
             let slot = Slot { door, epoch, enabled: true };
@@ -63,7 +94,6 @@ impl Doors {
             placed.pop();
         }
         self.slots = placed;
-        kept
     }
 
     /// The door of a kernel event, if that slot still holds the door of that epoch.
@@ -146,6 +176,26 @@ mod tests {
         assert_eq!(d.specs().iter().filter(|s| s.len > 0).count(), 3);
         assert!(d.get(b_after.0, b_after.1).is_some());
         assert!(d.get(b_after.0, b_after.1 + 100).is_none(), "stale epoch");
+    }
+
+    #[test]
+    fn a_restart_keeps_the_slots_and_epochs_of_doors_that_match_the_kernel() {
+        let mut before = Doors::new();
+        before.install(doors("[a]\nsequence=1,2\n[b]\nsequence=3,4\n[c]\nsequence=5\n"));
+        let pinned = before.specs();
+        // A new process: b unchanged (its command may differ), a changed, c gone, e new.
+        let mut after = Doors::new();
+        let kept = after
+            .install_adopting(doors("[e]\nsequence=9\n[b]\nsequence=3,4\ncommand=x\n[a]\nsequence=1,7\n"), &pinned);
+        assert_eq!(kept, 1);
+        let slot_of =
+            |d: &Doors, name: &str| d.active().find(|(_, s)| s.door.name == name).map(|(i, s)| (i, s.epoch)).unwrap();
+        assert_eq!(slot_of(&after, "b"), slot_of(&before, "b"));
+        let old_epochs: Vec<u32> = pinned.iter().map(|s| s.epoch).collect();
+        for name in ["a", "e"] {
+            assert!(!old_epochs.contains(&slot_of(&after, name).1), "{name} gets an epoch never used");
+        }
+        assert_eq!(after.active().count(), 3);
     }
 
     #[test]

@@ -1,21 +1,25 @@
 //! Loading the XDP program and keeping its maps in step with the configuration.
 
-use std::{collections::BTreeMap, io::Read as _, net::IpAddr};
+use std::{collections::BTreeMap, io::Read as _, net::IpAddr, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, ProgramArray, RingBuf},
-    programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        ProgramError, TestRun, TestRunOptions, Xdp,
+        links::{FdLink, LinkError},
+    },
 };
 use knock_common::{
-    AddrKey, AllowKey, Attempt, Counter, CpuState, DoorSpec, LocalAddrs, MAX_LOCAL_ADDRS, PORT_BIT_WORDS, PORT_SLOTS,
-    PortBits, PortDoors, Rate, Set, Settings, SlotKey, maps, port_bit, set_port_bit, sets_for,
+    AddrKey, AllowKey, Attempt, Counter, CpuState, DoorSpec, LocalAddrs, MAX_DOORS, MAX_LOCAL_ADDRS, PORT_BIT_WORDS,
+    PORT_SLOTS, PortBits, PortDoors, Rate, Set, Settings, SlotKey, WAYS, maps, port_bit, set_port_bit, sets_for,
 };
 
 use crate::{
     KNOCK_EBPF,
     config::{Gate, Knock},
     doors::Doors,
+    pin::{PINNED_MAPS, PinDir},
     spec::{addr_key, gate_table, port_table},
 };
 
@@ -38,6 +42,32 @@ pub enum KernelError {
     MissingProgram,
     #[error("drawing the attempt tables' hash key from /dev/urandom: {0}")]
     Random(std::io::Error),
+    #[error("pinned map {name}: {source}")]
+    Pinned { name: String, source: MapError },
+    #[error(
+        "the map pinned at {path} does not match this build ({found}; this build needs {want}): \
+         remove the pinned state with `knockd --unload`"
+    )]
+    PinnedLayout { path: PathBuf, found: String, want: String },
+    #[error("XDP link: {0}")]
+    Link(#[from] LinkError),
+    #[error("interface {0} does not exist")]
+    NoInterface(String),
+    #[error("asking the kernel what is attached to {iface}: {source}")]
+    Netlink { iface: String, source: std::io::Error },
+    #[error(
+        "interface {iface} already has an XDP program, {program}, that knockgate did not attach; \
+         knockd will not replace it (remove it first, e.g. `ip link set dev {iface} xdp off`)"
+    )]
+    Foreign { iface: String, program: String },
+    #[error(
+        "the kernel attached the program to {0} without a BPF link (netlink), which cannot be pinned: kernel 5.9 or later is needed"
+    )]
+    NotALink(String),
+    #[error("pinning {path}: {source}")]
+    Pin { path: PathBuf, source: aya::pin::PinError },
+    #[error(transparent)]
+    PinDir(#[from] crate::pin::PinError),
 }
 
 fn map_of<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::maps::Map, KernelError> {
@@ -96,6 +126,11 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> KernelError {
     move |source| KernelError::Map { name, source }
 }
 
+/// As `map_err`, for a name not known statically.
+fn map_err_named(name: &str) -> impl FnOnce(MapError) -> KernelError + '_ {
+    move |source| KernelError::Pinned { name: name.to_owned(), source }
+}
+
 /// Sizes and budgets fixed at load time.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -127,23 +162,118 @@ impl Default for Limits {
 
 /// The loaded program and its maps.
 pub struct KnockProgram {
-    ebpf: Ebpf,
+    pub(crate) ebpf: Ebpf,
     limits: Limits,
     /// Secret key of the attempt tables' hash.
     hash_key: u64,
     /// What `PORTS` holds now, so updates write only the slots that change.
     ports: BTreeMap<u32, PortDoors>,
-    link: Option<XdpLinkId>,
+    /// The pinned state this program uses, if any (`load_pinned`).
+    pub(crate) pins: Option<PinDir>,
+    /// Whether `load_pinned` found this build's maps pinned and reused them.
+    reused: bool,
+    /// The XDP link, pinned at `pins.link()` (`attach`).
+    pub(crate) link: Option<FdLink>,
+}
+
+/// Attempts per set of the attempt tables.
+const WAYS_U32: u32 = {
+    assert!(WAYS <= 64);
+    #[expect(clippy::cast_possible_truncation, reason = "checked just above")]
+    let ways = WAYS as u32;
+    ways
+};
+
+/// Expected key size, value size and (for fixed-size maps) entries of a pinned map.
+fn pinned_shape(name: &str) -> (usize, usize, Option<u32>) {
+    let array = size_of::<u32>();
+    match name {
+        maps::DOORS => (array, size_of::<DoorSpec>(), Some(MAX_DOORS)),
+        maps::SETTINGS => (array, size_of::<Settings>(), Some(1)),
+        maps::PORTS => (array, size_of::<PortDoors>(), Some(PORT_SLOTS)),
+        maps::LOCAL_ADDRS => (array, size_of::<LocalAddrs>(), Some(1)),
+        maps::PROGRESS | maps::FIRST_KNOCKS => (array, size_of::<Set>(), None),
+        maps::CPU => (array, size_of::<CpuState>(), Some(1)),
+        maps::ALLOW => (size_of::<AllowKey>(), size_of::<u64>(), None),
+        maps::DOOR_WALK => (array, array, Some(1)),
+        _ => (0, 0, None),
+    }
 }
 
 impl KnockProgram {
-    /// Loads the program into the kernel (verifier included); nothing is attached yet.
+    /// Loads the program into the kernel (verifier included) with maps of its own; nothing
+    /// is attached yet. For tests and benchmarks: the daemon uses `load_pinned`.
     pub fn load(limits: Limits) -> Result<Self, KernelError> {
-        let mut ebpf = EbpfLoader::new()
+        Self::load_with(limits, None)
+    }
+
+    /// Loads the program with its state in `pins`: maps of this build's layout pinned there
+    /// are reused (their table sizes win over `limits`, as a reload would leave them), the
+    /// others are made and pinned. Nothing is attached yet (`attach`).
+    pub fn load_pinned(mut limits: Limits, pins: &PinDir) -> Result<Self, KernelError> {
+        let mut reused = false;
+        for name in PINNED_MAPS {
+            let path = pins.map(name);
+            if !path.exists() {
+                continue;
+            }
+            let info = MapData::from_pin(&path).and_then(|m| m.info()).map_err(map_err_named(name))?;
+            let (key, value, entries) = pinned_shape(name);
+            let shape = (info.key_size() as usize, info.value_size() as usize);
+            if shape != (key, value) || entries.is_some_and(|n| n != info.max_entries()) {
+                return Err(KernelError::PinnedLayout {
+                    path,
+                    found: format!("key {} B, value {} B, {} entries", shape.0, shape.1, info.max_entries()),
+                    want: format!(
+                        "key {key} B, value {value} B{}",
+                        entries.map_or(String::new(), |n| format!(", {n} entries"))
+                    ),
+                });
+            }
+            reused = true;
+            let sized = |configured: u32, pinned: u32, what: &str| {
+                if configured != pinned {
+                    tracing::warn!(
+                        "{what} = {configured} in the config, but the pinned table has {pinned}: kept until `knockd --unload`"
+                    );
+                }
+                pinned
+            };
+            match name {
+                maps::PROGRESS => {
+                    limits.progress_entries =
+                        sized(sets_for(limits.progress_entries), info.max_entries(), "AttemptTableSize sets")
+                            .saturating_mul(WAYS_U32);
+                }
+                maps::FIRST_KNOCKS => {
+                    limits.first_knock_entries =
+                        sized(sets_for(limits.first_knock_entries), info.max_entries(), "FirstKnockTableSize sets")
+                            .saturating_mul(WAYS_U32);
+                }
+                maps::ALLOW => limits.allow_entries = sized(limits.allow_entries, info.max_entries(), "AllowTableSize"),
+                _ => {}
+            }
+        }
+        let mut program = Self::load_with(limits, Some(pins))?;
+        program.reused = reused;
+        if reused {
+            program.adopt_kernel_state()?;
+        }
+        Ok(program)
+    }
+
+    fn load_with(limits: Limits, pins: Option<&PinDir>) -> Result<Self, KernelError> {
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(maps::PROGRESS, sets_for(limits.progress_entries))
             .map_max_entries(maps::FIRST_KNOCKS, sets_for(limits.first_knock_entries))
-            .map_max_entries(maps::ALLOW, limits.allow_entries)
-            .load(KNOCK_EBPF)?;
+            .map_max_entries(maps::ALLOW, limits.allow_entries);
+        let paths: Vec<(&str, PathBuf)> =
+            pins.map(|p| PINNED_MAPS.iter().map(|&n| (n, p.map(n))).collect()).unwrap_or_default();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(KNOCK_EBPF)?;
         let prog: &mut Xdp = ebpf.program_mut(PROGRAM).ok_or(KernelError::MissingProgram)?.try_into()?;
         prog.load()?;
         let walk: &mut Xdp = ebpf.program_mut(DOOR_WALK_PROGRAM).ok_or(KernelError::MissingProgram)?.try_into()?;
@@ -154,22 +284,66 @@ impl KnockProgram {
         table.set(0, &walk, 0).map_err(map_err(maps::DOOR_WALK))?;
         let mut key = [0u8; 8];
         std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut key)).map_err(KernelError::Random)?;
-        Ok(Self { ebpf, limits, hash_key: u64::from_ne_bytes(key), ports: BTreeMap::new(), link: None })
+        Ok(Self {
+            ebpf,
+            limits,
+            hash_key: u64::from_ne_bytes(key),
+            ports: BTreeMap::new(),
+            pins: pins.cloned(),
+            reused: false,
+            link: None,
+        })
     }
 
-    fn xdp(&self) -> Result<&Xdp, KernelError> {
+    /// Takes over the state in reused maps: the attempt tables' hash key (the attempts were
+    /// stored under it) and what `PORTS` holds (so the next `apply` clears what the old
+    /// config set there and the bitmap covers it).
+    fn adopt_kernel_state(&mut self) -> Result<(), KernelError> {
+        let settings: Array<_, Settings> =
+            Array::try_from(self.map(maps::SETTINGS)?).map_err(map_err(maps::SETTINGS))?;
+        let pinned = settings.get(&0, 0).map_err(map_err(maps::SETTINGS))?;
+        if pinned.hash_key != 0 {
+            self.hash_key = pinned.hash_key;
+        }
+        let ports: Array<_, PortDoors> = Array::try_from(self.map(maps::PORTS)?).map_err(map_err(maps::PORTS))?;
+        let mut have = BTreeMap::new();
+        for (slot, doors) in (0u32..).zip(ports.iter()) {
+            let doors = doors.map_err(map_err(maps::PORTS))?;
+            if doors != PortDoors::default() {
+                have.insert(slot, doors);
+            }
+        }
+        self.ports = have;
+        Ok(())
+    }
+
+    /// Whether `load_pinned` reused this build's pinned maps (a restart), rather than making
+    /// them (a first start, or another layout's state to carry over).
+    #[must_use]
+    pub fn reused_state(&self) -> bool {
+        self.reused
+    }
+
+    /// The door specs the kernel holds, by slot (for a restart to keep the attempts of doors
+    /// that match as before).
+    pub fn kernel_doors(&self) -> Result<Vec<DoorSpec>, KernelError> {
+        let map: Array<_, DoorSpec> = Array::try_from(self.map(maps::DOORS)?).map_err(map_err(maps::DOORS))?;
+        map.iter().map(|d| d.map_err(map_err(maps::DOORS))).collect()
+    }
+
+    pub(crate) fn xdp(&self) -> Result<&Xdp, KernelError> {
         Ok(self.ebpf.program(PROGRAM).ok_or(KernelError::MissingProgram)?.try_into()?)
     }
 
-    fn xdp_mut(&mut self) -> Result<&mut Xdp, KernelError> {
+    pub(crate) fn xdp_mut(&mut self) -> Result<&mut Xdp, KernelError> {
         Ok(self.ebpf.program_mut(PROGRAM).ok_or(KernelError::MissingProgram)?.try_into()?)
     }
 
-    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, KernelError> {
+    pub(crate) fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, KernelError> {
         map_of(&mut self.ebpf, name)
     }
 
-    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, KernelError> {
+    pub(crate) fn map(&self, name: &'static str) -> Result<&aya::maps::Map, KernelError> {
         self.ebpf.map(name).ok_or(KernelError::MissingMap(name))
     }
 
@@ -236,9 +410,13 @@ impl KnockProgram {
     #[must_use]
     pub fn map_memory() -> Vec<(String, u64)> {
         let mut out = Vec::new();
-        let Ok(dir) = std::fs::read_dir("/proc/self/fdinfo") else { return out };
+        let Ok(dir) = std::fs::read_dir("/proc/self/fdinfo") else {
+            return out;
+        };
         for entry in dir.flatten() {
-            let Ok(text) = std::fs::read_to_string(entry.path()) else { continue };
+            let Ok(text) = std::fs::read_to_string(entry.path()) else {
+                continue;
+            };
             let field =
                 |name: &str| text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<u64>().ok());
             if let (Some(id), Some(bytes)) = (field("map_id:"), field("memlock:")) {
@@ -274,21 +452,6 @@ impl KnockProgram {
         let mut map: Array<_, LocalAddrs> =
             Array::try_from(self.map_mut(maps::LOCAL_ADDRS)?).map_err(map_err(maps::LOCAL_ADDRS))?;
         map.set(0, local, 0).map_err(map_err(maps::LOCAL_ADDRS))
-    }
-
-    /// Attaches to `iface`. Skb mode works on every interface; driver mode is faster where supported.
-    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<(), KernelError> {
-        let link = self.xdp_mut()?.attach(iface, mode)?;
-        self.link = Some(link);
-        Ok(())
-    }
-
-    /// Detaches from the interface (also done on drop).
-    pub fn detach(&mut self) -> Result<(), KernelError> {
-        if let Some(link) = self.link.take() {
-            self.xdp_mut()?.detach(link)?;
-        }
-        Ok(())
     }
 
     /// Runs the program once on `frame` with `BPF_PROG_TEST_RUN`; returns the XDP verdict.

@@ -1,14 +1,20 @@
 //! knockgate's daemon as a library: configuration, the kernel side, commands and logging.
 //! The `knockd` binary is a thin shell around it; tests drive the same code.
 
+pub mod attach;
 pub mod command;
 pub mod config;
 pub mod daemon;
 pub mod doors;
+pub mod journal;
+pub mod keeper;
 pub mod kernel;
 pub mod log;
+pub mod netlink;
 pub mod one_time;
+pub mod pin;
 pub mod spec;
+pub mod state;
 pub mod toml_form;
 
 /// The XDP program as built by `build.rs`; tests load exactly these bytes.

@@ -3,14 +3,18 @@
 use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
-use aya::programs::XdpMode;
 use clap::Parser;
 use knockd_user::{
-    config::{Config, DEFAULT_INTERFACE},
+    attach::Attached,
+    config::{Config, DEFAULT_INTERFACE, DEFAULT_STATE_DIR, Options},
     daemon::Daemon,
     doors::Doors,
+    journal::{Journal, Opened},
+    keeper::{DEFAULT_MAX_COMMANDS, Keeper},
     kernel::{KnockProgram, Limits},
     log::KnockLog,
+    pin::{DEFAULT_BPF_DIR, PinDir},
+    state::StateDir,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -48,7 +52,36 @@ struct Args {
     /// Print the parsed configuration in knockgate's TOML form and exit.
     #[arg(long)]
     dump_config: bool,
+    /// Remove knockgate from the interface: run the journaled pending stop commands, detach
+    /// the XDP program, remove its pins, exit.
+    #[arg(long)]
+    unload: bool,
+    /// BPF filesystem directory for the pinned program and maps (overrides `BpfDir`)
+    /// [default: /sys/fs/bpf/knockgate]
+    #[arg(long, value_name = "DIR")]
+    bpf_dir: Option<PathBuf>,
+    /// Directory of the journal of pending stop commands (overrides `StateDir`)
+    /// [default: /var/lib/knockgate]
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
 }
+
+impl Args {
+    fn interface(&self, options: &Options) -> String {
+        self.interface.clone().or_else(|| options.interface.clone()).unwrap_or_else(|| DEFAULT_INTERFACE.to_owned())
+    }
+
+    fn bpf_dir(&self, options: &Options) -> PathBuf {
+        self.bpf_dir.clone().or_else(|| options.bpf_dir.clone()).unwrap_or_else(|| PathBuf::from(DEFAULT_BPF_DIR))
+    }
+
+    fn state_dir(&self, options: &Options) -> PathBuf {
+        self.state_dir.clone().or_else(|| options.state_dir.clone()).unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+    }
+}
+
+/// How long shutdown and `--unload` wait for commands (pending stops included) to finish.
+const SHUTDOWN_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -73,6 +106,9 @@ fn main() -> ExitCode {
 }
 
 fn start(args: &Args) -> anyhow::Result<()> {
+    if args.unload {
+        return unload(args);
+    }
     // Everything that can be wrong with the config is found before anything is attached.
     let config = Config::load(&args.config)?;
     if args.dump_config {
@@ -81,36 +117,20 @@ fn start(args: &Args) -> anyhow::Result<()> {
     }
     // Absolute, so that a reload after -d (which changes to /) reads the same file.
     let config_path = std::path::absolute(&args.config).unwrap_or_else(|_| args.config.clone());
-    let interface = args
-        .interface
-        .clone()
-        .or_else(|| config.options.interface.clone())
-        .unwrap_or_else(|| DEFAULT_INTERFACE.to_owned());
+    let interface = args.interface(&config.options);
     let log_path = config.options.log_file.clone().or(args.logfile.clone());
     let log = Arc::new(KnockLog::open(log_path.as_deref(), config.options.use_syslog));
     if args.lookup {
         tracing::warn!("-l/--lookup is accepted but knockgate does not look up knockers' names");
     }
+    let state = StateDir::lock(&args.state_dir(&config.options), &interface)?;
+    let journal = open_journal(&state, &log)?;
+    let bpf_dir = args.bpf_dir(&config.options);
+    let pins = PinDir::new(&bpf_dir, &interface);
+    pins.prepare(&bpf_dir)?;
 
-    let defaults = Limits::default();
-    let limits = Limits {
-        progress_entries: config.options.attempt_table_size.unwrap_or(defaults.progress_entries),
-        first_knock_entries: config.options.first_knock_table_size.unwrap_or(defaults.first_knock_entries),
-        allow_entries: config.options.allow_table_size.unwrap_or(defaults.allow_entries),
-        ..defaults
-    };
-    let mut program =
-        KnockProgram::load(limits).context("loading the XDP program (needs root: CAP_BPF and CAP_NET_ADMIN)")?;
-    let mut doors = Doors::new();
-    doors.install(config.doors);
-    program.apply(&doors)?;
-    let addrs = knockd_user::daemon::interface_addrs(&interface, args.only_ipv4)
-        .with_context(|| format!("reading the addresses of {interface}"))?;
-    program.set_local_addrs(&addrs)?;
-    if let Err(native) = program.attach(&interface, XdpMode::Default) {
-        tracing::debug!("native XDP on {interface} failed ({native}); using generic (skb) mode");
-        program.attach(&interface, XdpMode::Skb).with_context(|| format!("attaching XDP to interface {interface}"))?;
-    }
+    let options = config.options.clone();
+    let (mut program, doors, addrs) = bring_up(args, config, &log, &pins, &interface)?;
     let events = program.take_events()?;
     let limits = program.limits();
     let memory = KnockProgram::map_memory();
@@ -128,12 +148,8 @@ fn start(args: &Args) -> anyhow::Result<()> {
 
     let mut pidfile = None;
     if args.daemon {
-        let path = config
-            .options
-            .pid_file
-            .clone()
-            .or(args.pidfile.clone())
-            .unwrap_or_else(|| PathBuf::from("/var/run/knockd.pid"));
+        let path =
+            options.pid_file.clone().or(args.pidfile.clone()).unwrap_or_else(|| PathBuf::from("/var/run/knockd.pid"));
         nix::unistd::daemon(false, false).context("daemonizing")?;
         match std::fs::write(&path, format!("{}\n", std::process::id())) {
             Ok(()) => pidfile = Some(path),
@@ -141,17 +157,133 @@ fn start(args: &Args) -> anyhow::Result<()> {
         }
     }
 
+    let max_commands = options.max_commands.unwrap_or(DEFAULT_MAX_COMMANDS);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let daemon = Daemon {
-        program,
-        doors,
-        config_path,
-        logfile_flag: args.logfile.clone(),
-        interface,
-        ipv4_only: args.only_ipv4,
-        addrs,
-        log,
-        pidfile,
+    runtime.block_on(async move {
+        let keeper = Keeper::start(Arc::clone(&log), journal.journal, journal.entries, max_commands);
+        let daemon = Daemon {
+            program,
+            doors,
+            config_path,
+            logfile_flag: args.logfile.clone(),
+            interface,
+            ipv4_only: args.only_ipv4,
+            addrs,
+            log,
+            pidfile,
+            keeper,
+            _state: state,
+        };
+        daemon.run(events, SHUTDOWN_LIMIT).await
+    })
+}
+
+/// Loads the program on the pinned state (adopting what a previous daemon left), applies the
+/// config, and attaches to the interface through the pinned link.
+fn bring_up(
+    args: &Args,
+    config: Config,
+    log: &KnockLog,
+    pins: &PinDir,
+    interface: &str,
+) -> anyhow::Result<(KnockProgram, Doors, Vec<std::net::IpAddr>)> {
+    let Config { options, doors: doors_conf } = config;
+    let defaults = Limits::default();
+    let limits = Limits {
+        progress_entries: options.attempt_table_size.unwrap_or(defaults.progress_entries),
+        first_knock_entries: options.first_knock_table_size.unwrap_or(defaults.first_knock_entries),
+        allow_entries: options.allow_table_size.unwrap_or(defaults.allow_entries),
+        ..defaults
     };
-    runtime.block_on(daemon.run(events))
+    let mut program = KnockProgram::load_pinned(limits, pins)
+        .context("loading the XDP program (needs root: CAP_BPF and CAP_NET_ADMIN)")?;
+    let mut doors = Doors::new();
+    if program.reused_state() {
+        let kept = doors.install_adopting(doors_conf, &program.kernel_doors()?);
+        log.line(&format!(
+            "adopting the state pinned in {}: {kept} door(s) keep their attempts",
+            pins.root().display()
+        ));
+    } else {
+        doors.install(doors_conf);
+    }
+    program.apply(&doors)?;
+    let addrs = knockd_user::daemon::interface_addrs(interface, args.only_ipv4)
+        .with_context(|| format!("reading the addresses of {interface}"))?;
+    program.set_local_addrs(&addrs)?;
+    let mut carried = Vec::new();
+    for dir in pins.other_maps() {
+        carried.push(
+            program
+                .carry_allowances(&dir)
+                .with_context(|| format!("carrying the allowances over from {}", dir.display()))?,
+        );
+    }
+    match program.attach(interface) {
+        Ok(Attached::New) => log.line(&format!("attached to {interface}; pinned in {}", pins.root().display())),
+        Ok(Attached::Swapped { old_program }) => log.line(&format!(
+            "took over {interface} from the pinned program {old_program} (replaced atomically by {})",
+            program.program_id()?
+        )),
+        Ok(Attached::Reattached) => {
+            log.line(&format!("the pinned link on {interface} was dead (interface re-created): attached anew"));
+        }
+        Err(e) => {
+            if !program.reused_state() && !pins.link().exists() {
+                // Nothing of ours was there before: leave nothing behind.
+                if let Err(e) = pins.remove() {
+                    tracing::warn!("{e}");
+                }
+            }
+            return Err(e).with_context(|| format!("attaching XDP to interface {interface}"));
+        }
+    }
+    for c in carried {
+        let n = program.settle(&c)?;
+        log.line(&format!("carried {n} allowance(s) over from another build's state"));
+    }
+    Ok((program, doors, addrs))
+}
+
+/// The journal of pending stops, with what could not be read of it logged.
+fn open_journal(state: &StateDir, log: &KnockLog) -> anyhow::Result<Opened> {
+    let opened = Journal::open(&state.journal())?;
+    for line in &opened.damage {
+        log.line(&format!("error: {line}"));
+    }
+    Ok(opened)
+}
+
+/// `--unload`: the journaled stops run, the pins go (and with the link's last reference, the
+/// program leaves the interface).
+fn unload(args: &Args) -> anyhow::Result<()> {
+    let options = match Config::load(&args.config) {
+        Ok(c) => c.options,
+        Err(e) => {
+            tracing::warn!("{e}: using the default directories");
+            Options::default()
+        }
+    };
+    let interface = args.interface(&options);
+    let log = Arc::new(KnockLog::open(options.log_file.as_deref().or(args.logfile.as_deref()), options.use_syslog));
+    let state = StateDir::lock(&args.state_dir(&options), &interface).context("stop the running knockd first")?;
+    let journal = open_journal(&state, &log)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let keeper = Keeper::start(
+            Arc::clone(&log),
+            journal.journal,
+            journal.entries,
+            options.max_commands.unwrap_or(DEFAULT_MAX_COMMANDS),
+        );
+        keeper.shutdown(SHUTDOWN_LIMIT).await;
+    });
+    let pins = PinDir::new(&args.bpf_dir(&options), &interface);
+    if pins.exists() {
+        pins.remove()?;
+        log.line(&format!("unloaded: knockgate removed from {interface} ({} unpinned)", pins.root().display()));
+    } else {
+        log.line(&format!("nothing pinned for {interface} in {}", pins.root().display()));
+    }
+    Ok(())
 }

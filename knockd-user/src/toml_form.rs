@@ -26,8 +26,8 @@ use toml::Spanned;
 use crate::{
     config::{
         Config, ConfigError, DEFAULT_CMD_TIMEOUT, DEFAULT_GATE_TIMEOUT, DEFAULT_SEQ_TIMEOUT, Door, Gate, Knock,
-        OneTime, Options, Proto, V6Command, apply_tcp_flags, parse_gate_ports, parse_sequence, table_size,
-        tcp_flags_text,
+        OneTime, Options, Proto, V6Command, absolute_dir, apply_tcp_flags, max_commands, parse_gate_ports,
+        parse_sequence, table_size, tcp_flags_text,
     },
     one_time,
 };
@@ -58,6 +58,12 @@ struct FileOptions {
     first_knock_table_size: Option<Spanned<u32>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     allow_table_size: Option<Spanned<u32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bpf_dir: Option<Spanned<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state_dir: Option<Spanned<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_commands: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -109,6 +115,40 @@ fn line_of(text: &str, offset: usize) -> usize {
     text.get(..offset).map_or(1, |t| t.matches('\n').count() + 1)
 }
 
+/// `[options]` of the TOML form, checked as the knockd form checks them.
+fn options(fo: FileOptions, err: &impl Fn(usize, String) -> ConfigError) -> Result<Options, ConfigError> {
+    let mut options = Options {
+        use_syslog: fo.use_syslog,
+        log_file: fo.log_file,
+        pid_file: fo.pid_file,
+        interface: fo.interface,
+        attempt_table_size: None,
+        first_knock_table_size: None,
+        allow_table_size: None,
+        bpf_dir: None,
+        state_dir: None,
+        max_commands: None,
+    };
+    for (value, slot) in [(&fo.bpf_dir, &mut options.bpf_dir), (&fo.state_dir, &mut options.state_dir)] {
+        if let Some(v) = value {
+            *slot = Some(absolute_dir(v.get_ref()).map_err(|m| err(v.span().start, m))?);
+        }
+    }
+    if let Some(v) = &fo.max_commands {
+        options.max_commands = Some(max_commands(&v.get_ref().to_string()).map_err(|m| err(v.span().start, m))?);
+    }
+    for (value, slot) in [
+        (&fo.attempt_table_size, &mut options.attempt_table_size),
+        (&fo.first_knock_table_size, &mut options.first_knock_table_size),
+        (&fo.allow_table_size, &mut options.allow_table_size),
+    ] {
+        if let Some(v) = value {
+            *slot = Some(table_size(&v.get_ref().to_string()).map_err(|m| err(v.span().start, m))?);
+        }
+    }
+    Ok(options)
+}
+
 /// Parses the TOML form.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let err = |offset: usize, message: String| ConfigError {
@@ -123,24 +163,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             None => ConfigError { path: path.to_path_buf(), line: None, message },
         }
     })?;
-    let mut options = Options {
-        use_syslog: file.options.use_syslog,
-        log_file: file.options.log_file,
-        pid_file: file.options.pid_file,
-        interface: file.options.interface,
-        attempt_table_size: None,
-        first_knock_table_size: None,
-        allow_table_size: None,
-    };
-    for (value, slot) in [
-        (&file.options.attempt_table_size, &mut options.attempt_table_size),
-        (&file.options.first_knock_table_size, &mut options.first_knock_table_size),
-        (&file.options.allow_table_size, &mut options.allow_table_size),
-    ] {
-        if let Some(v) = value {
-            *slot = Some(table_size(&v.get_ref().to_string()).map_err(|m| err(v.span().start, m))?);
-        }
-    }
+    let options = options(file.options, &err)?;
     if file.doors.len() > MAX_DOORS as usize {
         let extra = &file.doors[MAX_DOORS as usize];
         return Err(err(extra.span().start, format!("too many doors: at most {MAX_DOORS} are supported")));
@@ -218,6 +241,9 @@ pub fn dump(config: &Config) -> Result<String, toml::ser::Error> {
             attempt_table_size: config.options.attempt_table_size.map(spanned),
             first_knock_table_size: config.options.first_knock_table_size.map(spanned),
             allow_table_size: config.options.allow_table_size.map(spanned),
+            bpf_dir: config.options.bpf_dir.as_ref().map(|p| Spanned::new(0..0, p.display().to_string())),
+            state_dir: config.options.state_dir.as_ref().map(|p| Spanned::new(0..0, p.display().to_string())),
+            max_commands: config.options.max_commands.map(spanned),
         },
         doors: config
             .doors

@@ -38,9 +38,11 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `program args...` inside namespace `ns` and waits until `log` says it listens.
+    /// Starts `program args...` inside namespace `ns` and waits until `log` says it listens
+    /// (in what it writes from now on: a restart appends to the same log).
     #[must_use]
     pub fn start(ns: &str, program: &Path, args: &[&str], log: &Path) -> Self {
+        let before = std::fs::metadata(log).map_or(0, |m| m.len());
         let child = Command::new("ip")
             .args(["netns", "exec", ns])
             .arg(program)
@@ -49,12 +51,24 @@ impl Daemon {
             .spawn()
             .expect("spawn daemon");
         let d = Self { child: Some(child), log: log.to_path_buf() };
+        let fresh = |d: &Self| {
+            let text = std::fs::read(&d.log).unwrap_or_default();
+            String::from_utf8_lossy(text.get(usize::try_from(before).unwrap_or(0)..).unwrap_or_default()).into_owned()
+        };
         assert!(
-            wait_for(Duration::from_secs(20), || d.log_text().contains("listening on")),
+            wait_for(Duration::from_secs(20), || fresh(&d).contains("listening on")),
             "daemon did not start; log:\n{}",
             d.log_text()
         );
         d
+    }
+
+    /// SIGKILL, as the OOM killer or a crash would end it, and wait for the exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
     }
 
     /// The daemon's process id while it runs.

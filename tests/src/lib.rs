@@ -7,4 +7,6 @@ pub mod frame;
 pub mod inject;
 pub mod kernel;
 pub mod netns;
+pub mod pinned;
 pub mod scenario;
+pub mod service;

@@ -8,12 +8,15 @@ use crate::{
     frame::FrameBuilder,
     inject::{Injector, mac_of},
     netns::NetPair,
+    pinned::PinnedState,
 };
 
+/// Fields drop in order: the daemon stops first, then its pins go, then the namespaces.
 pub struct Scenario {
-    pub net: NetPair,
     pub daemon: Daemon,
     pub inject: Injector,
+    pub state: PinnedState,
+    pub net: NetPair,
     pub dir: tempfile::TempDir,
     pub conf: PathBuf,
 }
@@ -45,11 +48,30 @@ impl Scenario {
         let conf = dir.path().join("knockd.conf");
         let text = format!("[options]\n\tlogfile = {{DIR}}/knockd.log\n{config}");
         std::fs::write(&conf, text.replace("{DIR}", &dir.path().display().to_string())).expect("write config");
-        let mut args = vec!["-i", net.server_if.as_str(), "-c", conf.to_str().expect("utf-8 path")];
-        args.extend_from_slice(extra);
-        let daemon = Daemon::start(&net.server, &bin("knockd"), &args, &dir.path().join("knockd.log"));
+        let state = PinnedState::new();
+        let daemon = Self::launch(&net, &state, &conf, extra, &dir.path().join("knockd.log"));
         let inject = Injector::new(&net.client, &net.client_if, mac_of(&net.server, &net.server_if));
-        Self { net, daemon, inject, dir, conf }
+        Self { daemon, inject, state, net, dir, conf }
+    }
+
+    fn launch(
+        net: &NetPair,
+        state: &PinnedState,
+        conf: &std::path::Path,
+        extra: &[&str],
+        log: &std::path::Path,
+    ) -> Daemon {
+        let state_args = state.args();
+        let mut args = vec!["-i", net.server_if.as_str(), "-c", conf.to_str().expect("utf-8 path")];
+        args.extend(state_args.iter().map(String::as_str));
+        args.extend_from_slice(extra);
+        Daemon::start(&net.server, &bin("knockd"), &args, log)
+    }
+
+    /// Starts knockd again on the same config and state (after the last one ended).
+    pub fn restart(&mut self, extra: &[&str]) {
+        let log = self.dir.path().join("knockd.log");
+        self.daemon = Self::launch(&self.net, &self.state, &self.conf, extra, &log);
     }
 
     /// Replaces the config file (same `{DIR}` rule) without signalling.

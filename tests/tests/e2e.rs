@@ -7,6 +7,7 @@ use std::{path::Path, process::Command, time::Duration};
 use tests::{
     daemon::{Daemon, bin, wait_for},
     netns::{NetPair, sh},
+    pinned::PinnedState,
 };
 
 const RULE: &str = "-A INPUT -s 198.18.0.2/32 -p tcp -m tcp --dport 22 -j ACCEPT";
@@ -22,9 +23,11 @@ fn knockd_example(log: &Path) -> String {
 /// The log path in knockd's example.
 const LOG: &str = "/var/log/knockd.log";
 
+/// Fields drop in order: the daemon stops first, then its pins go, then the namespaces.
 struct Setup {
-    net: NetPair,
     daemon: Daemon,
+    _state: Option<PinnedState>,
+    net: NetPair,
     _dir: tempfile::TempDir,
 }
 
@@ -39,8 +42,13 @@ fn setup_daemon(knockd: &Path, config: impl FnOnce(&Path) -> String) -> Setup {
     let log = dir.path().join("knockd.log");
     let conf = dir.path().join("knockd.conf");
     std::fs::write(&conf, config(&log)).unwrap();
-    let daemon = Daemon::start(&net.server, knockd, &["-i", &net.server_if, "-c", conf.to_str().unwrap()], &log);
-    Setup { net, daemon, _dir: dir }
+    // knockgate's pins and journal go to directories of the test's own.
+    let state = (knockd == bin("knockd")).then(PinnedState::new);
+    let state_args = state.as_ref().map(PinnedState::args).unwrap_or_default();
+    let mut args = vec!["-i", &net.server_if, "-c", conf.to_str().unwrap()];
+    args.extend(state_args.iter().map(String::as_str));
+    let daemon = Daemon::start(&net.server, knockd, &args, &log);
+    Setup { daemon, _state: state, net, _dir: dir }
 }
 
 impl Setup {
@@ -207,6 +215,7 @@ fn background_mode_writes_and_removes_the_pidfile() {
     let conf = dir.path().join("knockd.conf");
     std::fs::write(&conf, format!("[options]\nlogfile = {}\n[d]\nsequence = 7000\n", log.display())).unwrap();
     // -d returns at once, leaving the daemon running in the background.
+    let state = PinnedState::new();
     let status = Command::new("ip")
         .args(["netns", "exec", &net.server])
         .arg(bin("knockd"))
@@ -214,15 +223,16 @@ fn background_mode_writes_and_removes_the_pidfile() {
         .arg(&conf)
         .arg("-p")
         .arg(&pid)
+        .args(state.args())
         .status()
         .unwrap();
     assert!(status.success());
-    assert!(wait_for(Duration::from_secs(10), || std::fs::read_to_string(&pid).is_ok_and(|t| t.ends_with('\n'))));
+    assert!(wait_for(Duration::from_secs(10), || { std::fs::read_to_string(&pid).is_ok_and(|t| t.ends_with('\n')) }));
     let text = std::fs::read_to_string(&pid).unwrap();
     let daemon = nix::unistd::Pid::from_raw(text.trim().parse().unwrap());
-    assert!(
-        wait_for(Duration::from_secs(10), || std::fs::read_to_string(&log).is_ok_and(|t| t.contains("listening on")))
-    );
+    assert!(wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("listening on"))
+    }));
     nix::sys::signal::kill(daemon, nix::sys::signal::Signal::SIGTERM).unwrap();
     assert!(wait_for(Duration::from_secs(10), || !pid.exists()), "pidfile not removed");
     assert!(std::fs::read_to_string(&log).unwrap().ends_with("shutting down\n"));

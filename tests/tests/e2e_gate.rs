@@ -2,17 +2,13 @@
 //! namespace, real connections from the client namespace, IPv4 and IPv6.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests panic on failure")]
 
-use std::{
-    io::{ErrorKind, Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{io::ErrorKind, time::Duration};
 
-use tests::{daemon::bin, netns::in_netns, scenario::Scenario};
+use tests::{
+    daemon::bin,
+    scenario::Scenario,
+    service::{Echo, connect, echo_ok},
+};
 
 const GATE: &str = "
 [ssh]
@@ -25,54 +21,6 @@ const GATE: &str = "
 \tsequence = 7100,7200
 \tstealth = yes
 ";
-
-/// An echo service on port 2222 (both families) in the server namespace, until dropped.
-struct Echo(Arc<AtomicBool>);
-
-impl Echo {
-    fn start(ns: &str) -> Self {
-        let listener = in_netns(ns, || TcpListener::bind("[::]:2222").expect("bind [::]:2222"));
-        listener.set_nonblocking(true).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        std::thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut s, _)) => {
-                        s.set_nonblocking(false).unwrap();
-                        std::thread::spawn(move || {
-                            let mut buf = [0u8; 64];
-                            while let Ok(n @ 1..) = s.read(&mut buf) {
-                                if s.write_all(&buf[..n]).is_err() {
-                                    break;
-                                }
-                            }
-                        });
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        });
-        Self(stop)
-    }
-}
-
-impl Drop for Echo {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-fn connect(ns: &str, addr: &str) -> std::io::Result<TcpStream> {
-    let addr: SocketAddr = addr.parse().unwrap();
-    in_netns(ns, || TcpStream::connect_timeout(&addr, Duration::from_millis(700)))
-}
-
-fn echo_ok(s: &mut TcpStream) -> bool {
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let mut buf = [0u8; 4];
-    s.write_all(b"ping").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"ping"
-}
 
 fn gate_round(s: &Scenario, server: &str, knock_args: &str) {
     let target = if server.contains(':') { format!("[{server}]:2222") } else { format!("{server}:2222") };
@@ -95,7 +43,7 @@ fn gate_round(s: &Scenario, server: &str, knock_args: &str) {
 #[test]
 fn gate_ipv4_without_any_firewall_rule() {
     let s = Scenario::start(GATE);
-    let _echo = Echo::start(&s.net.server);
+    let _echo = Echo::start(&s.net.server, 2222);
     let rules = tests::netns::sh(&s.net.in_server("iptables -S INPUT")).stdout;
     assert_eq!(String::from_utf8_lossy(&rules).trim(), "-P INPUT ACCEPT", "no firewall rule is involved");
     gate_round(&s, "198.18.0.1", "-4");
@@ -105,7 +53,7 @@ fn gate_ipv4_without_any_firewall_rule() {
 #[test]
 fn gate_ipv6() {
     let s = Scenario::start(GATE);
-    let _echo = Echo::start(&s.net.server);
+    let _echo = Echo::start(&s.net.server, 2222);
     gate_round(&s, "2001:db8::1", "-6");
 }
 

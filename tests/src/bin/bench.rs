@@ -36,6 +36,7 @@ use tests::{
     inject::{Injector, mac_of},
     kernel::program_with,
     netns::{NetPair, in_netns, sh},
+    pinned::PinnedState,
 };
 
 struct Opts {
@@ -197,11 +198,13 @@ impl Peer {
     }
 }
 
-/// A daemon in a fresh namespace pair, with an injector on the client side.
+/// A daemon in a fresh namespace pair, with an injector on the client side. Fields drop in
+/// order: the daemon stops first, then its pins go, then the namespaces.
 struct Rig {
-    net: NetPair,
     daemon: Daemon,
     inject: Injector,
+    _state: Option<PinnedState>,
+    net: NetPair,
     dir: tempfile::TempDir,
 }
 
@@ -217,10 +220,13 @@ impl Rig {
             config.replace("{DIR}", &dir.path().display().to_string())
         );
         std::fs::write(&conf, text).unwrap();
-        let daemon =
-            Daemon::start(&net.server, &peer.binary(), &["-i", &net.server_if, "-c", conf.to_str().unwrap()], &log);
+        let state = (peer == Peer::Knockgate).then(PinnedState::new);
+        let state_args = state.as_ref().map(PinnedState::args).unwrap_or_default();
+        let mut args = vec!["-i", &net.server_if, "-c", conf.to_str().unwrap()];
+        args.extend(state_args.iter().map(String::as_str));
+        let daemon = Daemon::start(&net.server, &peer.binary(), &args, &log);
         let inject = Injector::new(&net.client, &net.client_if, mac_of(&net.server, &net.server_if));
-        Self { net, daemon, inject, dir }
+        Self { daemon, inject, _state: state, net, dir }
     }
 
     fn syn(&self, src: &str, port: u16) {

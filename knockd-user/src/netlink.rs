@@ -1,0 +1,78 @@
+//! What the kernel has attached at an interface's XDP hook, asked over rtnetlink
+//! (`RTM_GETLINK`, `IFLA_XDP`): the one question aya cannot answer, since a program
+//! attached by netlink (`ip link set dev X xdp obj ...`) has no `bpf_link` to list.
+
+use std::io;
+
+use netlink_packet_core::{NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::{
+    RouteNetlinkMessage,
+    link::{LinkAttribute, LinkMessage, LinkXdp},
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+/// The interface index of `name`, if such an interface exists.
+#[must_use]
+pub fn ifindex(name: &str) -> Option<u32> {
+    nix::net::if_::if_nametoindex(name).ok().filter(|&i| i != 0)
+}
+
+/// The ids of the XDP programs attached to interface `ifindex` (in any mode), or `None`
+/// if the interface does not exist (any more).
+pub fn xdp_programs(ifindex: u32) -> io::Result<Option<Vec<u32>>> {
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let mut message = LinkMessage::default();
+    message.header.index = ifindex;
+    let mut packet =
+        NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(RouteNetlinkMessage::GetLink(message)));
+    packet.header.flags = NLM_F_REQUEST;
+    packet.header.sequence_number = 1;
+    packet.finalize();
+    let mut request = vec![0; packet.buffer_len()];
+    packet.serialize(&mut request);
+    socket.send(&request, 0)?;
+    let mut reply = vec![0; 64 * 1024];
+    let size = socket.recv(&mut &mut reply[..], 0)?;
+    let reply = reply.get(..size).unwrap_or_default();
+    let parsed: NetlinkMessage<RouteNetlinkMessage> = NetlinkMessage::deserialize(reply)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("rtnetlink reply: {e}")))?;
+    match parsed.payload {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => Ok(Some(attached(&link))),
+        NetlinkPayload::Error(e) if e.code.map(std::num::NonZero::get) == Some(-libc::ENODEV) => Ok(None),
+        NetlinkPayload::Error(e) => Err(e.to_io()),
+        other => Err(io::Error::new(io::ErrorKind::InvalidData, format!("unexpected rtnetlink reply: {other:?}"))),
+    }
+}
+
+/// Program ids in a link message's `IFLA_XDP` (the single-mode id and the per-mode ones).
+fn attached(link: &LinkMessage) -> Vec<u32> {
+    let mut ids: Vec<u32> = link
+        .attributes
+        .iter()
+        .filter_map(|a| if let LinkAttribute::Xdp(x) = a { Some(x) } else { None })
+        .flatten()
+        .filter_map(|x| match x {
+            LinkXdp::ProgId(id) | LinkXdp::DrvProgId(id) | LinkXdp::SkbProgId(id) | LinkXdp::HwProgId(id) => Some(*id),
+            _ => None,
+        })
+        .filter(|&id| id != 0)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// The id and name of a loaded program, for messages: `id 42 (name "xdp_pass")`.
+#[must_use]
+pub fn describe_program(id: u32) -> String {
+    let name = aya::programs::loaded_programs()
+        .flatten()
+        .find(|p| p.id() == id)
+        .and_then(|p| p.name_as_str().map(str::to_owned));
+    match name {
+        Some(name) => format!("id {id} (name \"{name}\")"),
+        None => format!("id {id}"),
+    }
+}

@@ -1,0 +1,88 @@
+//! The state directory of one interface, `StateDir/IFACE`: the journal of pending stop
+//! commands, and a lock that one process at a time holds (a second daemon on the same
+//! interface would take over the pinned link from under the first; `--unload` must not run
+//! while a daemon does).
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, Read as _, Seek as _, Write as _},
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    path::{Path, PathBuf},
+};
+
+use nix::fcntl::{Flock, FlockArg};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("knockd already runs on {iface} (process {holder}, holding {path})")]
+    Busy { iface: String, holder: String, path: PathBuf },
+}
+
+/// The locked state directory of one interface.
+pub struct StateDir {
+    dir: PathBuf,
+    _lock: Flock<File>,
+}
+
+impl StateDir {
+    /// Makes `root/iface` (mode 0700) and takes its lock, or says who holds it.
+    pub fn lock(root: &Path, iface: &str) -> Result<Self, StateError> {
+        let dir = root.join(iface);
+        let io_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StateError::Io { path, source }
+        };
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(io_err(&dir))?;
+        let path = dir.join("lock");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((mut file, _)) => {
+                let mut holder = String::new();
+                file.read_to_string(&mut holder).map_err(io_err(&path))?;
+                let holder = holder.trim().to_owned();
+                return Err(StateError::Busy {
+                    iface: iface.to_owned(),
+                    holder: if holder.is_empty() { "?".into() } else { holder },
+                    path,
+                });
+            }
+        };
+        lock.set_len(0)
+            .and_then(|()| lock.rewind())
+            .and_then(|()| writeln!(lock, "{}", std::process::id()))
+            .map_err(io_err(&path))?;
+        Ok(Self { dir, _lock: lock })
+    }
+
+    /// The journal of pending stop commands.
+    #[must_use]
+    pub fn journal(&self) -> PathBuf {
+        self.dir.join("stops.journal")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_holder_at_a_time() {
+        let root = tempfile::tempdir().unwrap();
+        let first = StateDir::lock(root.path(), "eth0").unwrap();
+        let err = StateDir::lock(root.path(), "eth0").err().unwrap().to_string();
+        assert!(err.contains(&format!("knockd already runs on eth0 (process {}", std::process::id())), "{err}");
+        assert!(StateDir::lock(root.path(), "eth1").is_ok(), "another interface is another lock");
+        drop(first);
+        assert!(StateDir::lock(root.path(), "eth0").is_ok());
+    }
+}
