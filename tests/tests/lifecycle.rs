@@ -111,7 +111,8 @@ struct UnderFire {
 impl UnderFire {
     fn start(s: &Scenario) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let (tries, let_in, bare) = (Arc::default(), Arc::<AtomicU64>::default(), Arc::<AtomicU64>::default());
+        let (tries, let_in, bare) =
+            (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let programs = Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut threads = Vec::new();
         {

@@ -15,6 +15,9 @@ const CLIENT_IF: &str = "kgdemo-c";
 const SERVER_IP: &str = "198.18.0.1";
 const CLIENT_IP: &str = "198.18.0.2";
 const DIR: &str = "/tmp/knockgate-demo";
+/// The demo's BPF filesystem, mounted on the host: one that knockd mounted under
+/// `ip netns exec` (which gives it a `/sys` of its own) would die with it.
+const BPF_DIR: &str = "/tmp/knockgate-demo/bpf";
 
 /// knockd's example (`examples/knockd.conf`), with the log in the demo directory.
 fn config() -> String {
@@ -26,6 +29,10 @@ struct Namespaces;
 
 impl Drop for Namespaces {
     fn drop(&mut self) {
+        // Unmounting the BPF filesystem drops whatever knockd left pinned there.
+        if let Err(e) = Command::new("umount").arg(BPF_DIR).stderr(Stdio::null()).status() {
+            eprintln!("cleanup: umount {BPF_DIR}: {e}");
+        }
         for ns in [SERVER_NS, CLIENT_NS] {
             // A non-zero exit only means the namespace was never made.
             if let Err(e) = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status() {
@@ -56,7 +63,8 @@ pub(crate) fn run(bins: &Path) -> anyhow::Result<()> {
          ip -n {SERVER_NS} link set lo up; ip -n {CLIENT_NS} link set lo up
          ip -n {SERVER_NS} link set {SERVER_IF} up; ip -n {CLIENT_NS} link set {CLIENT_IF} up"
     ))?;
-    std::fs::create_dir_all(DIR).with_context(|| format!("creating {DIR}"))?;
+    std::fs::create_dir_all(BPF_DIR).with_context(|| format!("creating {BPF_DIR}"))?;
+    sh(&format!("mountpoint -q {BPF_DIR} || mount -t bpf bpf {BPF_DIR}"))?;
     let conf = Path::new(DIR).join("knockd.conf");
     std::fs::write(&conf, config()).with_context(|| format!("writing {}", conf.display()))?;
 
@@ -83,6 +91,7 @@ pub(crate) fn run(bins: &Path) -> anyhow::Result<()> {
         .arg(bins.join("knockd"))
         .args(["-v", "-i", SERVER_IF, "-c"])
         .arg(&conf)
+        .args(["--bpf-dir", BPF_DIR, "--state-dir", &format!("{DIR}/state")])
         .status()
         .context("starting knockd")?;
     println!("knockd exited ({status}); removing the demo namespaces");
