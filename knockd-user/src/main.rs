@@ -123,7 +123,7 @@ fn start(args: &Args) -> anyhow::Result<()> {
     if args.lookup {
         tracing::warn!("-l/--lookup is accepted but knockgate does not look up knockers' names");
     }
-    let state = StateDir::lock(&args.state_dir(&config.options), &interface)?;
+    let mut state = StateDir::lock(&args.state_dir(&config.options), &interface)?;
     let journal = open_journal(&state, &log)?;
     let bpf_dir = args.bpf_dir(&config.options);
     let pins = PinDir::new(&bpf_dir, &interface);
@@ -151,6 +151,9 @@ fn start(args: &Args) -> anyhow::Result<()> {
         let path =
             options.pid_file.clone().or(args.pidfile.clone()).unwrap_or_else(|| PathBuf::from("/var/run/knockd.pid"));
         nix::unistd::daemon(false, false).context("daemonizing")?;
+        if let Err(e) = state.note_pid() {
+            tracing::warn!("noting the pid in the state lock: {e}");
+        }
         match std::fs::write(&path, format!("{}\n", std::process::id())) {
             Ok(()) => pidfile = Some(path),
             Err(e) => log.line(&format!("could not create pid file {}: {e}", path.display())),
@@ -239,8 +242,11 @@ fn bring_up(
         }
     }
     for c in carried {
-        let n = program.settle(&c)?;
-        log.line(&format!("carried {n} allowance(s) over from another build's state"));
+        // The new program runs already: a failure here costs at most a stale directory.
+        match program.settle(&c) {
+            Ok(n) => log.line(&format!("carried {n} allowance(s) over from another build's state")),
+            Err(e) => log.line(&format!("error: settling the allowances carried over: {e}")),
+        }
     }
     Ok((program, doors, addrs))
 }

@@ -23,7 +23,7 @@ pub enum StateError {
 /// The locked state directory of one interface.
 pub struct StateDir {
     dir: PathBuf,
-    _lock: Flock<File>,
+    lock: Flock<File>,
 }
 
 impl StateDir {
@@ -44,7 +44,7 @@ impl StateDir {
             .mode(0o600)
             .open(&path)
             .map_err(io_err(&path))?;
-        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => lock,
             Err((mut file, _)) => {
                 let mut holder = String::new();
@@ -57,11 +57,17 @@ impl StateDir {
                 });
             }
         };
-        lock.set_len(0)
-            .and_then(|()| lock.rewind())
-            .and_then(|()| writeln!(lock, "{}", std::process::id()))
-            .map_err(io_err(&path))?;
-        Ok(Self { dir, _lock: lock })
+        let mut state = Self { dir, lock };
+        state.note_pid().map_err(io_err(&path))?;
+        Ok(state)
+    }
+
+    /// Writes this process's id into the lock file (again after `-d` forks), for the message
+    /// another process gets.
+    pub fn note_pid(&mut self) -> io::Result<()> {
+        self.lock.set_len(0)?;
+        self.lock.rewind()?;
+        writeln!(self.lock, "{}", std::process::id())
     }
 
     /// The journal of pending stop commands.

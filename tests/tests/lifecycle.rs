@@ -213,6 +213,9 @@ fn restarts_and_an_upgrade_under_fire_never_let_an_unknocked_source_in() {
     std::thread::sleep(Duration::from_millis(300));
 
     let (tries, let_in, bare, programs) = fire.finish();
+    eprintln!(
+        "under fire: {tries} connection attempts, {let_in} let in; {bare} checks found no program; programs in turn {programs:?}"
+    );
     assert!(tries > 20, "the unknocked source tried {tries} times");
     assert_eq!(let_in, 0, "an unknocked source got in {let_in} of {tries} times");
     assert_eq!(bare, 0, "the interface was without a program {bare} times");
