@@ -63,7 +63,7 @@ impl KnockProgram {
         let link_path = self.pin_dir()?.link();
         let ifindex = netlink::ifindex(iface).ok_or_else(|| KernelError::NoInterface(iface.to_owned()))?;
         let on_iface = netlink::xdp_programs(ifindex)
-            .map_err(|source| KernelError::Netlink { iface: iface.to_owned(), source })?
+            .map_err(|error| KernelError::Netlink { iface: iface.to_owned(), error })?
             .ok_or_else(|| KernelError::NoInterface(iface.to_owned()))?;
         let mut outcome = Attached::New;
         if link_path.exists() {
@@ -100,7 +100,7 @@ impl KnockProgram {
         };
         let link = xdp.take_link(id)?;
         let fd = FdLink::try_from(link).map_err(|_| KernelError::NotALink(iface.to_owned()))?;
-        let pinned = fd.pin(link_path).map_err(|source| KernelError::Pin { path: link_path.to_path_buf(), source })?;
+        let pinned = fd.pin(link_path).map_err(|error| KernelError::Pin { path: link_path.to_path_buf(), error })?;
         self.link = Some(FdLink::from(pinned));
         Ok(())
     }
@@ -112,7 +112,7 @@ impl KnockProgram {
         };
         let id = self.program_id()?;
         Ok(netlink::xdp_programs(ifindex)
-            .map_err(|source| KernelError::Netlink { iface: iface.to_owned(), source })?
+            .map_err(|error| KernelError::Netlink { iface: iface.to_owned(), error })?
             .map(|ids| ids.contains(&id)))
     }
 
@@ -132,10 +132,10 @@ impl KnockProgram {
         let mut copied = Vec::new();
         if let Some(old) = &old {
             let mut new: HashMap<_, AllowKey, u64> = HashMap::try_from(self.map_mut(maps::ALLOW)?)
-                .map_err(|source| KernelError::Map { name: maps::ALLOW, source })?;
+                .map_err(|error| KernelError::Map { name: maps::ALLOW, error })?;
             for entry in old {
-                let (key, until) = entry.map_err(|source| KernelError::Map { name: maps::ALLOW, source })?;
-                new.insert(key, until, 0).map_err(|source| KernelError::Map { name: maps::ALLOW, source })?;
+                let (key, until) = entry.map_err(|error| KernelError::Map { name: maps::ALLOW, error })?;
+                new.insert(key, until, 0).map_err(|error| KernelError::Map { name: maps::ALLOW, error })?;
                 copied.push((key, until));
             }
         }
@@ -148,7 +148,7 @@ impl KnockProgram {
     pub fn settle(&mut self, carried: &Carried) -> Result<usize, KernelError> {
         let old = old_allow(&carried.dir)?;
         let mut new: HashMap<_, AllowKey, u64> = HashMap::try_from(self.map_mut(maps::ALLOW)?)
-            .map_err(|source| KernelError::Map { name: maps::ALLOW, source })?;
+            .map_err(|error| KernelError::Map { name: maps::ALLOW, error })?;
         for (key, until) in &carried.copied {
             let now_old = old.as_ref().and_then(|m| m.get(key, 0).ok());
             match now_old {
@@ -158,7 +158,7 @@ impl KnockProgram {
                 }
                 // Extended by a knock meanwhile.
                 Some(later) if later > *until => {
-                    new.insert(key, later, 0).map_err(|source| KernelError::Map { name: maps::ALLOW, source })?;
+                    new.insert(key, later, 0).map_err(|error| KernelError::Map { name: maps::ALLOW, error })?;
                 }
                 Some(_) => {}
             }
@@ -174,17 +174,17 @@ fn old_allow(dir: &Path) -> Result<Option<HashMap<MapData, AllowKey, u64>>, Kern
     if !path.exists() {
         return Ok(None);
     }
-    let data = MapData::from_pin(&path).map_err(|source| KernelError::Map { name: maps::ALLOW, source })?;
-    let info = data.info().map_err(|source| KernelError::Map { name: maps::ALLOW, source })?;
+    let data = MapData::from_pin(&path).map_err(|error| KernelError::Map { name: maps::ALLOW, error })?;
+    let info = data.info().map_err(|error| KernelError::Map { name: maps::ALLOW, error })?;
     if info.key_size() as usize != size_of::<AllowKey>() || info.value_size() as usize != size_of::<u64>() {
         tracing::warn!("{}: allowances of another shape are not carried over", path.display());
         return Ok(None);
     }
     let map = aya::maps::Map::LruHashMap(data);
-    Ok(Some(HashMap::try_from(map).map_err(|source| KernelError::Map { name: maps::ALLOW, source })?))
+    Ok(Some(HashMap::try_from(map).map_err(|error| KernelError::Map { name: maps::ALLOW, error })?))
 }
 
 fn remove_pin(path: &Path) -> Result<(), KernelError> {
     std::fs::remove_file(path)
-        .map_err(|source| KernelError::PinDir(crate::pin::PinError::Io { path: path.to_path_buf(), source }))
+        .map_err(|error| KernelError::PinDir(crate::pin::PinError::Io { path: path.to_path_buf(), error }))
 }

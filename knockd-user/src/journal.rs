@@ -34,10 +34,10 @@ enum Record {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: {source}")]
+#[error("{path}: {error}")]
 pub struct JournalError {
     pub path: PathBuf,
-    pub source: io::Error,
+    pub error: io::Error,
 }
 
 /// What `Journal::open` found.
@@ -65,7 +65,7 @@ impl Journal {
     /// the path and line and skipped; the readable entries are kept, the damaged file is kept
     /// beside as `PATH.corrupt` and the journal rewritten without it.
     pub fn open(path: &Path) -> Result<Opened, JournalError> {
-        let err = |source| JournalError { path: path.to_path_buf(), source };
+        let err = |error| JournalError { path: path.to_path_buf(), error };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
@@ -156,8 +156,8 @@ impl Journal {
         Ok(())
     }
 
-    fn err(&self, source: io::Error) -> JournalError {
-        JournalError { path: self.path.clone(), source }
+    fn err(&self, error: io::Error) -> JournalError {
+        JournalError { path: self.path.clone(), error }
     }
 }
 

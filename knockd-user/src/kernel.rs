@@ -34,16 +34,16 @@ pub enum KernelError {
     Load(#[from] aya::EbpfError),
     #[error("XDP program: {0}")]
     Program(#[from] ProgramError),
-    #[error("map {name}: {source}")]
-    Map { name: &'static str, source: MapError },
+    #[error("map {name}: {error}")]
+    Map { name: &'static str, error: MapError },
     #[error("map {0} is missing from the XDP object")]
     MissingMap(&'static str),
     #[error("program {PROGRAM} is missing from the XDP object")]
     MissingProgram,
     #[error("drawing the attempt tables' hash key from /dev/urandom: {0}")]
     Random(std::io::Error),
-    #[error("pinned map {name}: {source}")]
-    Pinned { name: String, source: MapError },
+    #[error("pinned map {name}: {error}")]
+    Pinned { name: String, error: MapError },
     #[error(
         "the map pinned at {path} does not match this build ({found}; this build needs {want}): \
          remove the pinned state with `knockd --unload`"
@@ -53,8 +53,8 @@ pub enum KernelError {
     Link(#[from] LinkError),
     #[error("interface {0} does not exist")]
     NoInterface(String),
-    #[error("asking the kernel what is attached to {iface}: {source}")]
-    Netlink { iface: String, source: std::io::Error },
+    #[error("asking the kernel what is attached to {iface}: {error}")]
+    Netlink { iface: String, error: std::io::Error },
     #[error(
         "interface {iface} already has an XDP program, {program}, that knockgate did not attach; \
          knockd will not replace it (remove it first, e.g. `ip link set dev {iface} xdp off`)"
@@ -64,8 +64,8 @@ pub enum KernelError {
         "the kernel attached the program to {0} without a BPF link (netlink), which cannot be pinned: kernel 5.9 or later is needed"
     )]
     NotALink(String),
-    #[error("pinning {path}: {source}")]
-    Pin { path: PathBuf, source: aya::pin::PinError },
+    #[error("pinning {path}: {error}")]
+    Pin { path: PathBuf, error: aya::pin::PinError },
     #[error(transparent)]
     PinDir(#[from] crate::pin::PinError),
 }
@@ -123,12 +123,12 @@ fn port_doors(knock: &BTreeMap<u32, u32>, gate: &BTreeMap<u32, u32>) -> BTreeMap
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> KernelError {
-    move |source| KernelError::Map { name, source }
+    move |error| KernelError::Map { name, error }
 }
 
 /// As `map_err`, for a name not known statically.
 fn map_err_named(name: &str) -> impl FnOnce(MapError) -> KernelError + '_ {
-    move |source| KernelError::Pinned { name: name.to_owned(), source }
+    move |error| KernelError::Pinned { name: name.to_owned(), error }
 }
 
 /// Sizes and budgets fixed at load time.

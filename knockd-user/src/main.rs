@@ -127,7 +127,9 @@ fn start(args: &Args) -> anyhow::Result<()> {
     let journal = open_journal(&state, &log)?;
     let bpf_dir = args.bpf_dir(&config.options);
     let pins = PinDir::new(&bpf_dir, &interface);
-    pins.prepare(&bpf_dir)?;
+    for note in pins.prepare(&bpf_dir)? {
+        log.line(&note);
+    }
 
     let options = config.options.clone();
     let (mut program, doors, addrs) = bring_up(args, config, &log, &pins, &interface)?;

@@ -36,14 +36,14 @@ pub const PINNED_MAPS: [&str; 9] = [
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-    #[error("mounting the BPF filesystem on {path}: {source}")]
-    Mount { path: PathBuf, source: nix::Error },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
+    #[error("mounting the BPF filesystem on {path}: {error}")]
+    Mount { path: PathBuf, error: nix::Error },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PinError + '_ {
-    move |source| PinError::Io { path: path.to_path_buf(), source }
+    move |error| PinError::Io { path: path.to_path_buf(), error }
 }
 
 /// The pinned state of one interface.
@@ -107,27 +107,32 @@ impl PinDir {
     }
 
     /// Makes the directories, mounting the BPF filesystem first if `bpf_dir` is not on one.
-    /// Warns when that filesystem is private to this mount namespace (as under
-    /// `ip netns exec`, which mounts a fresh `/sys`): pins there die with the process.
-    pub fn prepare(&self, bpf_dir: &Path) -> Result<(), PinError> {
-        std::fs::create_dir_all(bpf_dir).map_err(io_err(bpf_dir))?;
-        if !on_bpffs(bpf_dir) {
-            let mount_at = if bpf_dir.starts_with(SYS_BPF) { Path::new(SYS_BPF) } else { bpf_dir };
+    /// Returns what the operator should hear of: a mount made, and a BPF filesystem private
+    /// to this mount namespace (as under `ip netns exec`, which mounts a fresh `/sys`), whose
+    /// pins die with the process.
+    pub fn prepare(&self, bpf_dir: &Path) -> Result<Vec<String>, PinError> {
+        let mut notes = Vec::new();
+        // Under /sys/fs/bpf the BPF filesystem goes on /sys/fs/bpf itself (sysfs, mounted
+        // afresh by `ip netns exec`, lets nobody make directories below it).
+        let mount_at = if bpf_dir.starts_with(SYS_BPF) { Path::new(SYS_BPF) } else { bpf_dir };
+        std::fs::create_dir_all(mount_at).map_err(io_err(mount_at))?;
+        if !on_bpffs(mount_at) {
             nix::mount::mount(Some("bpf"), mount_at, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-                .map_err(|source| PinError::Mount { path: mount_at.to_path_buf(), source })?;
-            tracing::info!("mounted the BPF filesystem on {}", mount_at.display());
+                .map_err(|error| PinError::Mount { path: mount_at.to_path_buf(), error })?;
+            notes.push(format!("mounted the BPF filesystem on {}", mount_at.display()));
             std::fs::create_dir_all(bpf_dir).map_err(io_err(bpf_dir))?;
         }
         if private_to_mount_namespace(bpf_dir) {
-            tracing::warn!(
-                "BpfDir {} is on a BPF filesystem private to this mount namespace (as under `ip netns exec`, which \
-                 mounts its own /sys): the pins die with this process, and with them the gate; point BpfDir at a \
+            notes.push(format!(
+                "warning: BpfDir {} is on a BPF filesystem private to this mount namespace (as under `ip netns exec`, \
+                 which mounts its own /sys): the pins die with this process, and with them the gate; point BpfDir at a \
                  BPF filesystem mounted on the host",
                 bpf_dir.display()
-            );
+            ));
         }
         let maps = self.maps();
-        std::fs::create_dir_all(&maps).map_err(io_err(&maps))
+        std::fs::create_dir_all(&maps).map_err(io_err(&maps))?;
+        Ok(notes)
     }
 
     /// Removes every pin of the interface (the link's last reference goes with it, which
@@ -158,26 +163,33 @@ fn on_bpffs(path: &Path) -> bool {
     })
 }
 
-/// Whether the filesystem holding `path` is mounted only in this mount namespace: this
-/// process's namespace is not init's, and no mount of init's shows the same device.
+/// Whether the filesystem holding `path` is mounted only in this mount namespace: the
+/// nearest ancestor process in another mount namespace (the one `ip netns exec` was started
+/// from, or init) has no mount of the same device. `false` when no such ancestor can be read.
 fn private_to_mount_namespace(path: &Path) -> bool {
     let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
-    let (Some(mine), Some(init)) = (ns("self"), ns("1")) else {
-        return false;
+    let Some(mine) = ns("self") else { return false };
+    let mut pid = "self".to_owned();
+    let outer = loop {
+        let Some(parent) = parent_of(&pid) else { return false };
+        match ns(&parent) {
+            Some(theirs) if theirs != mine => break parent,
+            Some(_) if parent != "1" => pid = parent,
+            _ => return false,
+        }
     };
-    if mine == init {
-        return false;
-    }
-    let Ok(own) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let Ok(host) = std::fs::read_to_string("/proc/1/mountinfo") else {
-        return false;
-    };
-    let Some(device) = mount_device(&own, path) else {
-        return false;
-    };
-    !host.lines().any(|l| l.split(' ').nth(2) == Some(device.as_str()))
+    let Ok(own) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let Ok(theirs) = std::fs::read_to_string(format!("/proc/{outer}/mountinfo")) else { return false };
+    let Some(device) = mount_device(&own, path) else { return false };
+    !theirs.lines().any(|l| l.split(' ').nth(2) == Some(device.as_str()))
+}
+
+/// The parent process id of `pid` (field 4 of `/proc/PID/stat`, after the command name).
+fn parent_of(pid: &str) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let ppid = after.split_whitespace().nth(1)?;
+    (ppid != "0").then(|| ppid.to_owned())
 }
 
 /// The `major:minor` of the mount in `mountinfo` whose mount point is the longest prefix of

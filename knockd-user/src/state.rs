@@ -14,8 +14,8 @@ use nix::fcntl::{Flock, FlockArg};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
     #[error("knockd already runs on {iface} (process {holder}, holding {path})")]
     Busy { iface: String, holder: String, path: PathBuf },
 }
@@ -32,7 +32,7 @@ impl StateDir {
         let dir = root.join(iface);
         let io_err = |path: &Path| {
             let path = path.to_path_buf();
-            move |source| StateError::Io { path, source }
+            move |error| StateError::Io { path, error }
         };
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(io_err(&dir))?;
         let path = dir.join("lock");
