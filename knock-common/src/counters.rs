@@ -1,6 +1,6 @@
 //! The program's counters, and the per-CPU state that holds them.
 
-use crate::Bucket;
+use crate::{Bucket, MAX_DOORS, MAX_STEPS};
 
 /// The one slot of the per-CPU `CPU` array: everything the program keeps per CPU, so that
 /// a packet looks it up once.
@@ -15,11 +15,46 @@ pub struct CpuState {
     pub stage_events: Bucket,
     /// Indexed by `Counter`.
     pub counters: [u64; Counter::LEN],
+    /// Per door slot.
+    pub doors: [DoorCounters; MAX_DOORS as usize],
+}
+
+/// One door slot's counters (its door may change with a reload: user space labels them with
+/// the door in the slot when it reads them, and a slot's counters only ever grow).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DoorCounters {
+    pub opens: u64,
+    pub resets: u64,
+    pub timeouts: u64,
+    /// `stages[n]`: knocks that brought an attempt to stage `n + 1`.
+    pub stages: [u64; MAX_STEPS],
+}
+
+impl CpuState {
+    /// This door slot's counters; the index is masked into range (the verifier needs no
+    /// further check).
+    #[must_use]
+    #[expect(clippy::inline_always, reason = "the XDP program's knock path; BPF calls cost a stack frame each")]
+    #[inline(always)]
+    pub fn door_mut(&mut self, slot: u8) -> &mut DoorCounters {
+        &mut self.doors[usize::from(slot) & (MAX_DOORS as usize - 1)]
+    }
+}
+
+impl DoorCounters {
+    /// Counts a knock that brought an attempt to `stage` (1-based).
+    #[expect(clippy::inline_always, reason = "the XDP program's knock path")]
+    #[inline(always)]
+    pub fn reached(&mut self, stage: u8) {
+        self.stages[usize::from(stage.wrapping_sub(1)) & (MAX_STEPS - 1)] += 1;
+    }
 }
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), only u64s (no padding).
 unsafe impl aya::Pod for CpuState {}
+const _: () = assert!(size_of::<DoorCounters>() == 8 * (3 + MAX_STEPS) && MAX_DOORS.is_power_of_two());
 
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,10 +84,14 @@ pub enum Counter {
     GatePasses,
     /// Knock packets of stealth doors dropped.
     StealthDrops,
+    /// New first knocks that took the slot of another attempt (its set was full).
+    FirstKnockEvictions,
+    /// Attempts past their first knock that took the slot of another (its set was full).
+    ProgressEvictions,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 12] = [
+    pub const ALL: [Counter; 14] = [
         Counter::KnockPackets,
         Counter::Steps,
         Counter::Resets,
@@ -65,6 +104,8 @@ impl Counter {
         Counter::GateDrops,
         Counter::GatePasses,
         Counter::StealthDrops,
+        Counter::FirstKnockEvictions,
+        Counter::ProgressEvictions,
     ];
 
     /// Number of counters.
@@ -85,6 +126,8 @@ impl Counter {
             Counter::GateDrops => "gate_drops",
             Counter::GatePasses => "gate_passes",
             Counter::StealthDrops => "stealth_drops",
+            Counter::FirstKnockEvictions => "first_knock_evictions",
+            Counter::ProgressEvictions => "progress_evictions",
         }
     }
 }

@@ -21,7 +21,7 @@ pub mod table;
 
 pub use addr::{AddrKey, Family, LocalAddrs, MAX_LOCAL_ADDRS};
 pub use budget::{Bucket, Rate};
-pub use counters::{Counter, CpuState};
+pub use counters::{Counter, CpuState, DoorCounters};
 pub use door::{DoorSpec, GATE_CLOSE, GATE_NONE, GATE_OPEN, PortDoors, Settings, Step, TcpFlags};
 pub use event::{EventKind, KnockEvent};
 pub use gate::{AllowKey, gate_passes, is_new_connection};
@@ -33,7 +33,7 @@ pub use table::{Set, Slot, SlotKey, SourceKey, WAYS, sets_for};
 /// `knockgate_doors` through a pinned table). Bump it with any change to a pinned map's key,
 /// value or size, or to what a value means: a daemon finding another version's maps makes its
 /// own and carries the allowances over, rather than reading them with the wrong layout.
-pub const STATE_VERSION: u32 = 1;
+pub const STATE_VERSION: u32 = 2;
 
 /// Most doors one configuration may hold (the XDP program walks them in a bounded loop).
 pub const MAX_DOORS: u32 = 32;

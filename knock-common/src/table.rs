@@ -242,6 +242,13 @@ impl Set {
         self.tags[i] = 0;
     }
 
+    /// Whether slot `i` holds an attempt (possibly a stale one): storing there evicts it.
+    #[must_use]
+    #[inline(always)]
+    pub const fn occupied(&self, i: usize) -> bool {
+        self.slots[i & (WAYS - 1)].check != 0
+    }
+
     /// Where a new attempt goes: an empty slot, else the one whose attempt started first.
     #[must_use]
     #[inline(always)]

@@ -9,9 +9,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use knock_common::{
-    AddrKey, AllowKey, Attempt, Counter, CpuState, DoorSpec, EventKind, GATE_CLOSE, GATE_OPEN, Knock, KnockEvent,
-    LocalAddrs, MAX_DOORS, MAX_GATE_PORTS, Outcome, PORT_SLOTS, PortBits, PortDoors, Set, Settings, SourceKey,
-    XDP_DROP, XDP_PASS, gate_passes, is_new_connection, port_bit, port_slot, step,
+    AddrKey, AllowKey, Attempt, Counter, CpuState, DoorCounters, DoorSpec, EventKind, GATE_CLOSE, GATE_OPEN, Knock,
+    KnockEvent, LocalAddrs, MAX_DOORS, MAX_GATE_PORTS, Outcome, PORT_SLOTS, PortBits, PortDoors, Set, Settings,
+    SourceKey, XDP_DROP, XDP_PASS, gate_passes, is_new_connection, port_bit, port_slot, step,
 };
 
 use crate::parse::{self, Parsed, Skip};
@@ -135,6 +135,13 @@ impl Cpu {
     #[inline(always)]
     fn get() -> Option<Self> {
         CPU.get_ptr_mut(0).map(Self)
+    }
+
+    /// Counts `f` of door slot `slot`.
+    #[inline(always)]
+    fn count_door(self, slot: u8, f: impl FnOnce(&mut DoorCounters)) {
+        // SAFETY: as in `count`.
+        f(unsafe { (*self.0).door_mut(slot) });
     }
 
     #[inline(always)]
@@ -333,6 +340,7 @@ fn knock_door(door: &DoorSpec, index: u8, ctx: &DoorLoop<'_>) {
     let expired = current.is_some_and(|a| a.epoch == door.epoch && a.expired(door.timeout_ns, now));
     if expired {
         cpu.count(Counter::Timeouts);
+        cpu.count_door(index, |d| d.timeouts += 1);
     }
     match step(door, current, pkt.knock, now) {
         Outcome::Ignore => {}
@@ -341,7 +349,9 @@ fn knock_door(door: &DoorSpec, index: u8, ctx: &DoorLoop<'_>) {
             // A live attempt that did not advance by one was broken, then restarted.
             if current.is_some_and(|c| !expired && c.epoch == door.epoch && attempt.stage != c.stage + 1) {
                 cpu.count(Counter::Resets);
+                cpu.count_door(index, |d| d.resets += 1);
             }
+            cpu.count_door(index, |d| d.reached(attempt.stage));
             let target = if attempt.stage <= 1 { Table::First } else { Table::Progress };
             match found {
                 // Same table: update the slot in place.
@@ -352,6 +362,13 @@ fn knock_door(door: &DoorSpec, index: u8, ctx: &DoorLoop<'_>) {
                     }
                     let set = pick(target, progress, first);
                     let i = set.victim();
+                    if set.occupied(i) {
+                        cpu.count(if target == Table::First {
+                            Counter::FirstKnockEvictions
+                        } else {
+                            Counter::ProgressEvictions
+                        });
+                    }
                     set.store(i, &key, &attempt);
                 }
             }
@@ -364,6 +381,10 @@ fn knock_door(door: &DoorSpec, index: u8, ctx: &DoorLoop<'_>) {
         Outcome::Open => {
             cpu.count(Counter::Steps);
             cpu.count(Counter::Opens);
+            cpu.count_door(index, |d| {
+                d.reached(door.len);
+                d.opens += 1;
+            });
             let started_ns = match found {
                 Some((t, i, a)) => {
                     pick(t, progress, first).clear(i);
@@ -378,6 +399,7 @@ fn knock_door(door: &DoorSpec, index: u8, ctx: &DoorLoop<'_>) {
         Outcome::Reset => {
             if !expired {
                 cpu.count(Counter::Resets);
+                cpu.count_door(index, |d| d.resets += 1);
             }
             if let Some((t, i, _)) = found {
                 pick(t, progress, first).clear(i);

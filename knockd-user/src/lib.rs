@@ -2,6 +2,7 @@
 //! The `knockd` binary is a thin shell around it; tests drive the same code.
 
 pub mod attach;
+pub mod check;
 pub mod command;
 pub mod config;
 pub mod daemon;

@@ -52,6 +52,10 @@ struct Args {
     /// Print the parsed configuration in knockgate's TOML form and exit.
     #[arg(long)]
     dump_config: bool,
+    /// Read and check the configuration, print one line per door, exit (0: it is valid; 1: the
+    /// `file:line` error). Nothing is attached.
+    #[arg(long)]
+    check: bool,
     /// Remove knockgate from the interface: run the journaled pending stop commands, detach
     /// the XDP program, remove its pins, exit.
     #[arg(long)]
@@ -95,6 +99,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)))
         .with_writer(std::io::stderr)
+        // systemd and `docker logs` capture stderr: colour codes only for a terminal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match start(&args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -113,6 +119,13 @@ fn start(args: &Args) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
     if args.dump_config {
         print!("{}", knockd_user::toml_form::dump(&config)?);
+        return Ok(());
+    }
+    if args.check {
+        for door in &config.doors {
+            println!("{}", knockd_user::check::summary(door));
+        }
+        println!("{}: the configuration is valid ({} door(s))", args.config.display(), config.doors.len());
         return Ok(());
     }
     // Absolute, so that a reload after -d (which changes to /) reads the same file.
