@@ -242,6 +242,19 @@ impl Set {
         self.tags[i] = 0;
     }
 
+    /// The attempts this set holds whose checks hold under `secret`: (source, door slot,
+    /// attempt). For user space (status and metrics); the XDP program uses `find`.
+    pub fn live(&self, secret: u64) -> impl Iterator<Item = (AddrKey, u8, Attempt)> + '_ {
+        self.slots.iter().filter(|s| s.check != 0).filter_map(move |s| {
+            let mut src = AddrKey { addr: [0; 16], family: s.family, _pad0: 0, _pad1: 0 };
+            for (bytes, word) in src.addr.chunks_exact_mut(4).zip(s.addr) {
+                bytes.copy_from_slice(&word.to_ne_bytes());
+            }
+            let key = SlotKey::new(secret, &src, s.door);
+            (key.check(s.stage, s.epoch, s.started_ns) == s.check).then(|| (src, s.door, Attempt::new(s.stage, s.started_ns, s.epoch)))
+        })
+    }
+
     /// Whether slot `i` holds an attempt (possibly a stale one): storing there evicts it.
     #[must_use]
     #[inline(always)]
@@ -304,6 +317,23 @@ mod tests {
         set.clear(i);
         assert_eq!(set.find(&k), None);
         assert_eq!(set.tags, [0; WAYS]);
+    }
+
+    #[test]
+    fn live_lists_only_slots_whose_check_holds() {
+        let mut set = Set::EMPTY;
+        set.store(0, &key(2, 0), &Attempt::new(1, 10, 7));
+        set.store(1, &key(3, 4), &Attempt::new(2, 20, 8));
+        // A slot written under another secret (or torn) is not listed.
+        set.store(2, &SlotKey::new(SECRET ^ 1, &AddrKey::v4([198, 18, 0, 4]), 0), &Attempt::new(1, 30, 7));
+        let live: Vec<_> = set.live(SECRET).collect();
+        assert_eq!(
+            live,
+            [
+                (AddrKey::v4([198, 18, 0, 2]), 0, Attempt::new(1, 10, 7)),
+                (AddrKey::v4([198, 18, 0, 3]), 4, Attempt::new(2, 20, 8))
+            ]
+        );
     }
 
     #[test]
