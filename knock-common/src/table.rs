@@ -251,7 +251,8 @@ impl Set {
                 bytes.copy_from_slice(&word.to_ne_bytes());
             }
             let key = SlotKey::new(secret, &src, s.door);
-            (key.check(s.stage, s.epoch, s.started_ns) == s.check).then(|| (src, s.door, Attempt::new(s.stage, s.started_ns, s.epoch)))
+            (key.check(s.stage, s.epoch, s.started_ns) == s.check)
+                .then(|| (src, s.door, Attempt::new(s.stage, s.started_ns, s.epoch)))
         })
     }
 

@@ -18,8 +18,22 @@ use knock_common::{AllowKey, maps};
 use crate::{
     kernel::{KernelError, KnockProgram},
     netlink,
-    pin::PinDir,
+    pin::{PINNED_MAPS, PinDir},
 };
+
+/// The map data behind any kind of map.
+fn map_data(map: &aya::maps::Map) -> Option<&MapData> {
+    use aya::maps::Map;
+    match map {
+        Map::Array(d)
+        | Map::PerCpuArray(d)
+        | Map::ProgramArray(d)
+        | Map::HashMap(d)
+        | Map::LruHashMap(d)
+        | Map::RingBuf(d) => Some(d),
+        _ => None,
+    }
+}
 
 /// How `attach` found the interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,11 +54,7 @@ pub struct Carried {
 }
 
 impl KnockProgram {
-    fn pin_dir(&self) -> Result<&PinDir, KernelError> {
-        self.pins.as_ref().ok_or_else(|| KernelError::NotALink("(no pinned state: load with load_pinned)".to_owned()))
-    }
-
-    /// `BpfDir/IFACE`, where this program's state is pinned.
+    /// `BpfDir/IFACE` of the interface whose directory the maps were loaded from.
     #[must_use]
     pub fn pin_root(&self) -> Option<&Path> {
         self.pins.as_ref().map(PinDir::root)
@@ -55,12 +65,12 @@ impl KnockProgram {
         Ok(self.xdp()?.info()?.id())
     }
 
-    /// Attaches to `iface` through the pinned link: a live pinned link gets this program
-    /// swapped in (the interface is never without a program), a dead one is replaced, and
-    /// with none a new link is made and pinned. Refuses when the interface has a program
-    /// that is not the pinned link's.
-    pub fn attach(&mut self, iface: &str) -> Result<Attached, KernelError> {
-        let link_path = self.pin_dir()?.link();
+    /// Attaches to `iface` through the link pinned in `pins` (the interface's directory): a
+    /// live pinned link gets this program swapped in (the interface is never without a
+    /// program), a dead one is replaced, and with none a new link is made and pinned. Refuses
+    /// when the interface has a program that is not the pinned link's.
+    pub fn attach(&mut self, iface: &str, pins: &PinDir) -> Result<Attached, KernelError> {
+        let link_path = pins.link();
         let ifindex = netlink::ifindex(iface).ok_or_else(|| KernelError::NoInterface(iface.to_owned()))?;
         let on_iface = netlink::xdp_programs(ifindex)
             .map_err(|error| KernelError::Netlink { iface: iface.to_owned(), error })?
@@ -73,7 +83,7 @@ impl KnockProgram {
                 let link = XdpLink::try_from(fd)?;
                 let id = self.xdp_mut()?.attach_to_link(link)?;
                 let link = self.xdp_mut()?.take_link(id)?;
-                self.link = Some(FdLink::try_from(link)?);
+                self.keep_link(iface, pins, FdLink::try_from(link)?);
                 return Ok(Attached::Swapped { old_program });
             }
             // Dead: its interface is gone. Unpinning releases it.
@@ -84,12 +94,18 @@ impl KnockProgram {
         if let Some(&other) = on_iface.first() {
             return Err(KernelError::Foreign { iface: iface.to_owned(), program: netlink::describe_program(other) });
         }
-        self.attach_new(iface, &link_path)?;
+        self.attach_new(iface, pins)?;
         Ok(outcome)
     }
 
+    fn keep_link(&mut self, iface: &str, pins: &PinDir, fd: FdLink) {
+        self.links.retain(|(i, _, _)| i != iface);
+        self.links.push((iface.to_owned(), pins.clone(), fd));
+    }
+
     /// A new link on `iface` (driver mode where the driver has it, else generic), pinned.
-    fn attach_new(&mut self, iface: &str, link_path: &Path) -> Result<(), KernelError> {
+    fn attach_new(&mut self, iface: &str, pins: &PinDir) -> Result<(), KernelError> {
+        let link_path = pins.link();
         let xdp = self.xdp_mut()?;
         let id = match xdp.attach(iface, XdpMode::Default) {
             Ok(id) => id,
@@ -100,8 +116,8 @@ impl KnockProgram {
         };
         let link = xdp.take_link(id)?;
         let fd = FdLink::try_from(link).map_err(|_| KernelError::NotALink(iface.to_owned()))?;
-        let pinned = fd.pin(link_path).map_err(|error| KernelError::Pin { path: link_path.to_path_buf(), error })?;
-        self.link = Some(FdLink::from(pinned));
+        let pinned = fd.pin(&link_path).map_err(|error| KernelError::Pin { path: link_path.clone(), error })?;
+        self.keep_link(iface, pins, FdLink::from(pinned));
         Ok(())
     }
 
@@ -116,12 +132,51 @@ impl KnockProgram {
             .map(|ids| ids.contains(&id)))
     }
 
-    /// Removes the pins (link and maps) and lets go of the link: the program leaves the
-    /// interface. For `--unload`, and for an exit when no door has a gate.
+    /// Pins this program's maps in `pins` too (another interface's directory, so that each
+    /// interface's directory holds the whole state it runs on). Maps of another instance
+    /// pinned there must have been carried over and removed first.
+    pub fn share_maps(&self, pins: &PinDir) -> Result<(), KernelError> {
+        let dir = pins.maps();
+        std::fs::create_dir_all(&dir)
+            .map_err(|error| KernelError::PinDir(crate::pin::PinError::Io { path: dir.clone(), error }))?;
+        for name in PINNED_MAPS {
+            let path = dir.join(name);
+            if path.exists() {
+                continue;
+            }
+            let map = self.map(name)?;
+            let data: &MapData = map_data(map).ok_or(KernelError::MissingMap(name))?;
+            data.pin(&path).map_err(|error| KernelError::Pin { path: path.clone(), error })?;
+        }
+        Ok(())
+    }
+
+    /// Whether the maps pinned in `dir` are this program's own (the same kernel objects).
+    pub fn owns_maps_in(&self, dir: &Path) -> Result<bool, KernelError> {
+        let path = dir.join(maps::ALLOW);
+        if !path.exists() {
+            return Ok(false);
+        }
+        let theirs = MapData::from_pin(&path)
+            .and_then(|m| m.info())
+            .map_err(|error| KernelError::Map { name: maps::ALLOW, error })?;
+        let ours = map_data(self.map(maps::ALLOW)?)
+            .ok_or(KernelError::MissingMap(maps::ALLOW))?
+            .info()
+            .map_err(|error| KernelError::Map { name: maps::ALLOW, error })?;
+        Ok(theirs.id() == ours.id())
+    }
+
+    /// Removes every interface's pins (links and maps) and lets go of the links: the program
+    /// leaves every interface. For an exit when no door has a gate.
     pub fn release(&mut self) -> Result<(), KernelError> {
-        let pins = self.pin_dir()?.clone();
-        pins.remove()?;
-        self.link = None;
+        for (_, pins, _) in &self.links {
+            pins.remove()?;
+        }
+        if let Some(pins) = &self.pins {
+            pins.remove()?;
+        }
+        self.links.clear();
         Ok(())
     }
 

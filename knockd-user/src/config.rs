@@ -92,6 +92,20 @@ pub struct Options {
     pub max_commands: Option<u32>,
 }
 
+impl Options {
+    /// `Interface = eth0, eth1`: the interfaces named, in order.
+    #[must_use]
+    pub fn interfaces(&self) -> Vec<String> {
+        self.interface
+            .as_deref()
+            .unwrap_or_default()
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|i| !i.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
 /// `StateDir` when the config names none.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/knockgate";
 /// Most `MaxCommands` accepted.
@@ -765,6 +779,13 @@ mod tests {
         ] {
             assert_eq!(err(text), want, "{text:?}");
         }
+    }
+
+    #[test]
+    fn interface_lists() {
+        let c = parse("[options]\ninterface = eth0, eth1 eth2\n[d]\nsequence = 1\n").unwrap();
+        assert_eq!(c.options.interfaces(), ["eth0", "eth1", "eth2"]);
+        assert!(Options::default().interfaces().is_empty());
     }
 
     #[test]

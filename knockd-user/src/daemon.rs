@@ -19,6 +19,7 @@ use crate::{
     kernel::KnockProgram,
     log::KnockLog,
     one_time,
+    pin::PinDir,
     spec::event_addr,
     state::StateDir,
 };
@@ -40,7 +41,8 @@ pub struct Daemon {
     pub config_path: PathBuf,
     /// `-g`: used when the config has no `LogFile` (the config wins, as in knockd).
     pub logfile_flag: Option<PathBuf>,
-    pub interface: String,
+    /// The interfaces served, each with its pinned state's directory.
+    pub interfaces: Vec<(String, PinDir)>,
     pub ipv4_only: bool,
     /// The interface's addresses already written to `LOCAL_ADDRS` at start-up.
     pub addrs: Vec<IpAddr>,
@@ -49,8 +51,8 @@ pub struct Daemon {
     pub pidfile: Option<PathBuf>,
     /// Runs the doors' commands.
     pub keeper: Keeper,
-    /// Held for the daemon's life: no second process works on this interface meanwhile.
-    pub _state: StateDir,
+    /// Held for the daemon's life: no second process works on these interfaces meanwhile.
+    pub _states: Vec<StateDir>,
 }
 
 /// An attempt whose timeout the daemon logs when it happens.
@@ -104,12 +106,12 @@ impl Daemon {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sighup = signal(SignalKind::hangup())?;
         // Only now: a SIGTERM sent as soon as this line appears must find the handler.
-        self.log.line(&format!("starting up, listening on {}", self.interface));
+        self.log.line(&format!("starting up, listening on {}", self.names().join(", ")));
         let mut refresh = tokio::time::interval(ADDR_REFRESH);
         let mut timeouts = tokio::time::interval(TIMEOUT_CHECK);
         let mut link_check = tokio::time::interval(LINK_CHECK);
-        // Whether the interface was there at the last check (a change is logged once).
-        let mut present = true;
+        // Whether each interface was there at the last check (a change is logged once).
+        let mut present = vec![true; self.interfaces.len()];
         let mut watched: HashMap<(IpAddr, u8), Watched> = HashMap::new();
         let mut addrs = std::mem::take(&mut self.addrs);
         loop {
@@ -133,19 +135,20 @@ impl Daemon {
                     }
                 }
                 _ = refresh.tick() => {
-                    match interface_addrs(&self.interface, self.ipv4_only) {
-                        Ok(now) if now != addrs => {
-                            tracing::info!("addresses of {}: {now:?}", self.interface);
-                            match self.program.set_local_addrs(&now) {
-                                Ok(()) => addrs = now,
-                                Err(e) => tracing::error!("updating local addresses: {e}"),
-                            }
+                    let now = self.local_addrs();
+                    if now != addrs {
+                        tracing::info!("addresses of {}: {now:?}", self.names().join(", "));
+                        match self.program.set_local_addrs(&now) {
+                            Ok(()) => addrs = now,
+                            Err(e) => tracing::error!("updating local addresses: {e}"),
                         }
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!("reading addresses of {}: {e}", self.interface),
                     }
                 }
-                _ = link_check.tick() => present = self.check_link(present),
+                _ = link_check.tick() => {
+                    for (i, was) in present.iter_mut().enumerate() {
+                        *was = self.check_link(i, *was);
+                    }
+                }
                 _ = sighup.recv() => {
                     if let Err(e) = self.reload() {
                         tracing::error!("reload: {e:#}");
@@ -164,11 +167,12 @@ impl Daemon {
             Err(e) => tracing::warn!("reading counters: {e}"),
         }
         if self.doors.active().any(|(_, s)| matches!(s.door.gate, Gate::Open { .. })) {
-            self.log.line(&format!(
-                "the gate stays shut: the XDP program stays on {iface}, pinned in {}; `knockd --unload -i {iface}` removes it",
-                self.program.pin_root().map_or_else(String::new, |p| p.display().to_string()),
-                iface = self.interface
-            ));
+            for (iface, pins) in &self.interfaces {
+                self.log.line(&format!(
+                    "the gate stays shut: the XDP program stays on {iface}, pinned in {}; `knockd --unload -i {iface}` removes it",
+                    pins.root().display()
+                ));
+            }
         } else {
             self.program.release()?;
         }
@@ -181,32 +185,52 @@ impl Daemon {
         Ok(())
     }
 
-    /// Keeps the program on the interface: attaches again when the interface is back (made
+    fn names(&self) -> Vec<&str> {
+        self.interfaces.iter().map(|(i, _)| i.as_str()).collect()
+    }
+
+    /// The addresses of every interface served, each once (an interface that cannot be read
+    /// now adds none).
+    fn local_addrs(&self) -> Vec<IpAddr> {
+        let mut all = Vec::new();
+        for (iface, _) in &self.interfaces {
+            match interface_addrs(iface, self.ipv4_only) {
+                Ok(a) => all.extend(a),
+                Err(e) => tracing::warn!("reading addresses of {iface}: {e}"),
+            }
+        }
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+
+    /// Keeps the program on interface `i`: attaches again when the interface is back (made
     /// anew, or its driver reloaded). Returns whether the interface is there.
-    fn check_link(&mut self, was_present: bool) -> bool {
-        match self.program.attached_to(&self.interface) {
+    fn check_link(&mut self, i: usize, was_present: bool) -> bool {
+        let Some((iface, pins)) = self.interfaces.get(i).cloned() else { return false };
+        match self.program.attached_to(&iface) {
             Ok(Some(true)) => true,
             Ok(None) => {
                 if was_present {
-                    self.log.line(&format!("interface {} is gone; waiting for it to come back", self.interface));
+                    self.log.line(&format!("interface {iface} is gone; waiting for it to come back"));
                 }
                 false
             }
-            Ok(Some(false)) => match self.program.attach(&self.interface) {
+            Ok(Some(false)) => match self.program.attach(&iface, &pins) {
                 Ok(how) => {
                     let how = if how == Attached::New { "attached" } else { "attached again" };
-                    self.log.line(&format!("interface {} is back: {how}", self.interface));
+                    self.log.line(&format!("interface {iface} is back: {how}"));
                     true
                 }
                 Err(e) => {
                     if was_present {
-                        tracing::error!("attaching to {} again: {e}", self.interface);
+                        tracing::error!("attaching to {iface} again: {e}");
                     }
                     false
                 }
             },
             Err(e) => {
-                tracing::warn!("checking the XDP program on {}: {e}", self.interface);
+                tracing::warn!("checking the XDP program on {iface}: {e}");
                 was_present
             }
         }
@@ -319,12 +343,12 @@ impl Daemon {
         self.log.line("re-reading config file");
         match Config::load(&self.config_path) {
             Ok(config) => {
-                if let Some(i) = &config.options.interface
-                    && *i != self.interface
-                {
+                let named = config.options.interfaces();
+                if !named.is_empty() && named.iter().map(String::as_str).collect::<Vec<_>>() != self.names() {
                     tracing::warn!(
-                        "Interface = {i} in the reloaded config is ignored: knockd stays on {}",
-                        self.interface
+                        "Interface = {} in the reloaded config is ignored: knockd stays on {}",
+                        named.join(", "),
+                        self.names().join(", ")
                     );
                 }
                 let kept = self.doors.install(config.doors);

@@ -172,8 +172,8 @@ pub struct KnockProgram {
     pub(crate) pins: Option<PinDir>,
     /// Whether `load_pinned` found this build's maps pinned and reused them.
     reused: bool,
-    /// The XDP link, pinned at `pins.link()` (`attach`).
-    pub(crate) link: Option<FdLink>,
+    /// The XDP links, one per interface, each pinned in the interface's directory (`attach`).
+    pub(crate) links: Vec<(String, PinDir, FdLink)>,
 }
 
 /// Attempts per set of the attempt tables.
@@ -291,7 +291,7 @@ impl KnockProgram {
             ports: BTreeMap::new(),
             pins: pins.cloned(),
             reused: false,
-            link: None,
+            links: Vec::new(),
         })
     }
 

@@ -22,9 +22,10 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(name = "knockd", version, about)]
 struct Args {
-    /// Network interface to listen on (overrides `Interface` in the config) [default: eth0]
+    /// Network interface to listen on; repeat it for several (overrides `Interface` in the
+    /// config) [default: eth0]
     #[arg(short = 'i', long)]
-    interface: Option<String>,
+    interface: Vec<String>,
     /// Configuration file.
     #[arg(short = 'c', long, default_value = "/etc/knockd.conf")]
     config: PathBuf,
@@ -71,8 +72,15 @@ struct Args {
 }
 
 impl Args {
-    fn interface(&self, options: &Options) -> String {
-        self.interface.clone().or_else(|| options.interface.clone()).unwrap_or_else(|| DEFAULT_INTERFACE.to_owned())
+    /// The interfaces to serve, in order: `-i`, else `Interface = eth0, eth1`, else eth0.
+    fn interfaces(&self, options: &Options) -> Vec<String> {
+        let mut list = if self.interface.is_empty() { options.interfaces() } else { self.interface.clone() };
+        if list.is_empty() {
+            list.push(DEFAULT_INTERFACE.to_owned());
+        }
+        let mut seen = std::collections::HashSet::new();
+        list.retain(|i| seen.insert(i.clone()));
+        list
     }
 
     fn bpf_dir(&self, options: &Options) -> PathBuf {
@@ -130,22 +138,30 @@ fn start(args: &Args) -> anyhow::Result<()> {
     }
     // Absolute, so that a reload after -d (which changes to /) reads the same file.
     let config_path = std::path::absolute(&args.config).unwrap_or_else(|_| args.config.clone());
-    let interface = args.interface(&config.options);
+    let interfaces = args.interfaces(&config.options);
     let log_path = config.options.log_file.clone().or(args.logfile.clone());
     let log = Arc::new(KnockLog::open(log_path.as_deref(), config.options.use_syslog));
     if args.lookup {
         tracing::warn!("-l/--lookup is accepted but knockgate does not look up knockers' names");
     }
-    let mut state = StateDir::lock(&args.state_dir(&config.options), &interface)?;
-    let journal = open_journal(&state, &log)?;
-    let bpf_dir = args.bpf_dir(&config.options);
-    let pins = PinDir::new(&bpf_dir, &interface);
-    for note in pins.prepare(&bpf_dir)? {
-        log.line(&note);
+    let state_root = args.state_dir(&config.options);
+    let mut states = Vec::new();
+    for iface in &interfaces {
+        states.push(StateDir::lock(&state_root, iface)?);
     }
+    // The commands' journal lives with the first interface.
+    let journal = open_journal(&states[0], &log)?;
+    let bpf_dir = args.bpf_dir(&config.options);
+    let pins: Vec<PinDir> = interfaces.iter().map(|i| PinDir::new(&bpf_dir, i)).collect();
+    for p in &pins {
+        for note in p.prepare(&bpf_dir)? {
+            log.line(&note);
+        }
+    }
+    let ifaces: Vec<(String, PinDir)> = interfaces.iter().cloned().zip(pins).collect();
 
     let options = config.options.clone();
-    let (mut program, doors, addrs) = bring_up(args, config, &log, &pins, &interface)?;
+    let (mut program, doors, addrs) = bring_up(args, config, &log, &ifaces)?;
     let events = program.take_events()?;
     let limits = program.limits();
     let memory = KnockProgram::map_memory();
@@ -166,8 +182,10 @@ fn start(args: &Args) -> anyhow::Result<()> {
         let path =
             options.pid_file.clone().or(args.pidfile.clone()).unwrap_or_else(|| PathBuf::from("/var/run/knockd.pid"));
         nix::unistd::daemon(false, false).context("daemonizing")?;
-        if let Err(e) = state.note_pid() {
-            tracing::warn!("noting the pid in the state lock: {e}");
+        for state in &mut states {
+            if let Err(e) = state.note_pid() {
+                tracing::warn!("noting the pid in the state lock: {e}");
+            }
         }
         match std::fs::write(&path, format!("{}\n", std::process::id())) {
             Ok(()) => pidfile = Some(path),
@@ -184,26 +202,26 @@ fn start(args: &Args) -> anyhow::Result<()> {
             doors,
             config_path,
             logfile_flag: args.logfile.clone(),
-            interface,
+            interfaces: ifaces,
             ipv4_only: args.only_ipv4,
             addrs,
             log,
             pidfile,
             keeper,
-            _state: state,
+            _states: states,
         };
         daemon.run(events, SHUTDOWN_LIMIT).await
     })
 }
 
 /// Loads the program on the pinned state (adopting what a previous daemon left), applies the
-/// config, and attaches to the interface through the pinned link.
+/// config, and attaches to every interface through its pinned link. The maps are loaded from
+/// the first interface whose directory has this build's, and pinned in every interface's.
 fn bring_up(
     args: &Args,
     config: Config,
     log: &KnockLog,
-    pins: &PinDir,
-    interface: &str,
+    ifaces: &[(String, PinDir)],
 ) -> anyhow::Result<(KnockProgram, Doors, Vec<std::net::IpAddr>)> {
     let Config { options, doors: doors_conf } = config;
     let defaults = Limits::default();
@@ -213,47 +231,59 @@ fn bring_up(
         allow_entries: options.allow_table_size.unwrap_or(defaults.allow_entries),
         ..defaults
     };
-    let mut program = KnockProgram::load_pinned(limits, pins)
+    let home = ifaces.iter().find(|(_, p)| p.map(knock_common::maps::ALLOW).exists()).unwrap_or(&ifaces[0]);
+    let mut program = KnockProgram::load_pinned(limits, &home.1)
         .context("loading the XDP program (needs root: CAP_BPF and CAP_NET_ADMIN)")?;
     let mut doors = Doors::new();
     if program.reused_state() {
         let kept = doors.install_adopting(doors_conf, &program.kernel_doors()?);
         log.line(&format!(
             "adopting the state pinned in {}: {kept} door(s) keep their attempts",
-            pins.root().display()
+            home.1.root().display()
         ));
     } else {
         doors.install(doors_conf);
     }
     program.apply(&doors)?;
-    let addrs = knockd_user::daemon::interface_addrs(interface, args.only_ipv4)
-        .with_context(|| format!("reading the addresses of {interface}"))?;
+    let addrs = all_addrs(ifaces, args.only_ipv4)?;
     program.set_local_addrs(&addrs)?;
+    // State the new program does not run on: other layouts' maps, and other instances' maps
+    // in the other interfaces' directories. Their allowances are carried over.
     let mut carried = Vec::new();
-    for dir in pins.other_maps() {
-        carried.push(
-            program
-                .carry_allowances(&dir)
-                .with_context(|| format!("carrying the allowances over from {}", dir.display()))?,
-        );
-    }
-    match program.attach(interface) {
-        Ok(Attached::New) => log.line(&format!("attached to {interface}; pinned in {}", pins.root().display())),
-        Ok(Attached::Swapped { old_program }) => log.line(&format!(
-            "took over {interface} from the pinned program {old_program} (replaced atomically by {})",
-            program.program_id()?
-        )),
-        Ok(Attached::Reattached) => {
-            log.line(&format!("the pinned link on {interface} was dead (interface re-created): attached anew"));
+    for (iface, pins) in ifaces {
+        let mut dirs = pins.other_maps();
+        if pins.root() != home.1.root()
+            && pins.maps().join(knock_common::maps::ALLOW).exists()
+            && !program.owns_maps_in(&pins.maps())?
+        {
+            dirs.push(pins.maps());
         }
-        Err(e) => {
-            if !program.reused_state() && !pins.link().exists() {
-                // Nothing of ours was there before: leave nothing behind.
-                if let Err(e) = pins.remove() {
-                    tracing::warn!("{e}");
-                }
+        for dir in dirs {
+            let c = program
+                .carry_allowances(&dir)
+                .with_context(|| format!("carrying the allowances of {iface} over from {}", dir.display()))?;
+            carried.push(c);
+        }
+    }
+    for (iface, pins) in ifaces {
+        match program.attach(iface, pins) {
+            Ok(Attached::New) => log.line(&format!("attached to {iface}; pinned in {}", pins.root().display())),
+            Ok(Attached::Swapped { old_program }) => log.line(&format!(
+                "took over {iface} from the pinned program {old_program} (replaced atomically by {})",
+                program.program_id()?
+            )),
+            Ok(Attached::Reattached) => {
+                log.line(&format!("the pinned link on {iface} was dead (interface re-created): attached anew"));
             }
-            return Err(e).with_context(|| format!("attaching XDP to interface {interface}"));
+            Err(e) => {
+                if !program.reused_state() && !pins.link().exists() {
+                    // Nothing of ours was there before: leave nothing behind.
+                    if let Err(e) = pins.remove() {
+                        tracing::warn!("{e}");
+                    }
+                }
+                return Err(e).with_context(|| format!("attaching XDP to interface {iface}"));
+            }
         }
     }
     for c in carried {
@@ -263,7 +293,24 @@ fn bring_up(
             Err(e) => log.line(&format!("error: settling the allowances carried over: {e}")),
         }
     }
+    for (_, pins) in ifaces {
+        program.share_maps(pins)?;
+    }
     Ok((program, doors, addrs))
+}
+
+/// The addresses of every interface served, each once.
+fn all_addrs(ifaces: &[(String, PinDir)], ipv4_only: bool) -> anyhow::Result<Vec<std::net::IpAddr>> {
+    let mut addrs = Vec::new();
+    for (iface, _) in ifaces {
+        addrs.extend(
+            knockd_user::daemon::interface_addrs(iface, ipv4_only)
+                .with_context(|| format!("reading the addresses of {iface}"))?,
+        );
+    }
+    addrs.sort_unstable();
+    addrs.dedup();
+    Ok(addrs)
 }
 
 /// The journal of pending stops, with what could not be read of it logged.
@@ -275,8 +322,8 @@ fn open_journal(state: &StateDir, log: &KnockLog) -> anyhow::Result<Opened> {
     Ok(opened)
 }
 
-/// `--unload`: the journaled stops run, the pins go (and with the link's last reference, the
-/// program leaves the interface).
+/// `--unload`: for each interface named, its journaled stops run and its pins go (and with
+/// the link's last reference, the program leaves the interface).
 fn unload(args: &Args) -> anyhow::Result<()> {
     let options = match Config::load(&args.config) {
         Ok(c) => c.options,
@@ -285,26 +332,27 @@ fn unload(args: &Args) -> anyhow::Result<()> {
             Options::default()
         }
     };
-    let interface = args.interface(&options);
     let log = Arc::new(KnockLog::open(options.log_file.as_deref().or(args.logfile.as_deref()), options.use_syslog));
-    let state = StateDir::lock(&args.state_dir(&options), &interface).context("stop the running knockd first")?;
-    let journal = open_journal(&state, &log)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async {
-        let keeper = Keeper::start(
-            Arc::clone(&log),
-            journal.journal,
-            journal.entries,
-            options.max_commands.unwrap_or(DEFAULT_MAX_COMMANDS),
-        );
-        keeper.shutdown(SHUTDOWN_LIMIT).await;
-    });
-    let pins = PinDir::new(&args.bpf_dir(&options), &interface);
-    if pins.exists() {
-        pins.remove()?;
-        log.line(&format!("unloaded: knockgate removed from {interface} ({} unpinned)", pins.root().display()));
-    } else {
-        log.line(&format!("nothing pinned for {interface} in {}", pins.root().display()));
+    for interface in args.interfaces(&options) {
+        let state = StateDir::lock(&args.state_dir(&options), &interface).context("stop the running knockd first")?;
+        let journal = open_journal(&state, &log)?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(async {
+            let keeper = Keeper::start(
+                Arc::clone(&log),
+                journal.journal,
+                journal.entries,
+                options.max_commands.unwrap_or(DEFAULT_MAX_COMMANDS),
+            );
+            keeper.shutdown(SHUTDOWN_LIMIT).await;
+        });
+        let pins = PinDir::new(&args.bpf_dir(&options), &interface);
+        if pins.exists() {
+            pins.remove()?;
+            log.line(&format!("unloaded: knockgate removed from {interface} ({} unpinned)", pins.root().display()));
+        } else {
+            log.line(&format!("nothing pinned for {interface} in {}", pins.root().display()));
+        }
     }
     Ok(())
 }

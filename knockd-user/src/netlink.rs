@@ -7,7 +7,7 @@ use std::io;
 use netlink_packet_core::{NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::{
     RouteNetlinkMessage,
-    link::{LinkAttribute, LinkMessage, LinkXdp},
+    link::{LinkAttribute, LinkMessage, LinkXdp, XdpAttached},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
@@ -17,9 +17,23 @@ pub fn ifindex(name: &str) -> Option<u32> {
     nix::net::if_::if_nametoindex(name).ok().filter(|&i| i != 0)
 }
 
+/// What an interface's XDP hook holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct XdpState {
+    /// The ids of the programs attached, in any mode.
+    pub programs: Vec<u32>,
+    /// `driver`, `skb` (generic), `hw`, `multi`, or `none`.
+    pub mode: &'static str,
+}
+
 /// The ids of the XDP programs attached to interface `ifindex` (in any mode), or `None`
 /// if the interface does not exist (any more).
 pub fn xdp_programs(ifindex: u32) -> io::Result<Option<Vec<u32>>> {
+    Ok(xdp_state(ifindex)?.map(|s| s.programs))
+}
+
+/// What interface `ifindex`'s XDP hook holds, or `None` if the interface does not exist.
+pub fn xdp_state(ifindex: u32) -> io::Result<Option<XdpState>> {
     let mut socket = Socket::new(NETLINK_ROUTE)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
@@ -46,13 +60,21 @@ pub fn xdp_programs(ifindex: u32) -> io::Result<Option<Vec<u32>>> {
     }
 }
 
-/// Program ids in a link message's `IFLA_XDP` (the single-mode id and the per-mode ones).
-fn attached(link: &LinkMessage) -> Vec<u32> {
-    let mut ids: Vec<u32> = link
-        .attributes
-        .iter()
-        .filter_map(|a| if let LinkAttribute::Xdp(x) = a { Some(x) } else { None })
-        .flatten()
+/// A link message's `IFLA_XDP`: program ids (the single-mode id and the per-mode ones) and
+/// the attach mode.
+fn attached(link: &LinkMessage) -> XdpState {
+    let xdp =
+        || link.attributes.iter().filter_map(|a| if let LinkAttribute::Xdp(x) = a { Some(x) } else { None }).flatten();
+    let mode = xdp()
+        .find_map(|x| match x {
+            LinkXdp::Attached(XdpAttached::Driver) => Some("driver"),
+            LinkXdp::Attached(XdpAttached::SocketBuffer) => Some("skb"),
+            LinkXdp::Attached(XdpAttached::Hardware) => Some("hw"),
+            LinkXdp::Attached(XdpAttached::Multiple) => Some("multi"),
+            _ => None,
+        })
+        .unwrap_or("none");
+    let mut ids: Vec<u32> = xdp()
         .filter_map(|x| match x {
             LinkXdp::ProgId(id) | LinkXdp::DrvProgId(id) | LinkXdp::SkbProgId(id) | LinkXdp::HwProgId(id) => Some(*id),
             _ => None,
@@ -61,7 +83,7 @@ fn attached(link: &LinkMessage) -> Vec<u32> {
         .collect();
     ids.sort_unstable();
     ids.dedup();
-    ids
+    XdpState { programs: ids, mode }
 }
 
 /// The id and name of a loaded program, for messages: `id 42 (name "xdp_pass")`.
