@@ -54,6 +54,12 @@ pub struct Carried {
 }
 
 impl KnockProgram {
+    /// The directory of the interface whose pins the maps were loaded from.
+    #[must_use]
+    pub fn home(&self) -> Option<&PinDir> {
+        self.pins.as_ref()
+    }
+
     /// `BpfDir/IFACE` of the interface whose directory the maps were loaded from.
     #[must_use]
     pub fn pin_root(&self) -> Option<&Path> {

@@ -6,7 +6,7 @@ fn ports(knocks: &[Knock]) -> String {
     knocks.iter().map(|k| format!("{}/{}", k.port, k.proto.name())).collect::<Vec<_>>().join(",")
 }
 
-/// One line describing what `door` matches and does.
+/// What `door` matches and does, in one line (without its name).
 #[must_use]
 pub fn summary(door: &Door) -> String {
     let mut parts =
@@ -37,7 +37,7 @@ pub fn summary(door: &Door) -> String {
         (true, false) => parts.push("command".to_owned()),
         _ => {}
     }
-    format!("{}: {}", door.name, parts.join("; "))
+    parts.join("; ")
 }
 
 #[cfg(test)]
@@ -59,8 +59,8 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "a: sequence 7000/tcp,8000/udp; seq_timeout 5s; tcpflags syn,!ack; gate 22/tcp for 9s; stealth",
-                "b: sequence 1/tcp; seq_timeout 25s; start and stop commands (3s apart)",
+                "sequence 7000/tcp,8000/udp; seq_timeout 5s; tcpflags syn,!ack; gate 22/tcp for 9s; stealth",
+                "sequence 1/tcp; seq_timeout 25s; start and stop commands (3s apart)",
             ]
         );
     }

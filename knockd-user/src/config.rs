@@ -90,6 +90,8 @@ pub struct Options {
     pub state_dir: Option<PathBuf>,
     /// knockgate: most commands running at once; default `keeper::DEFAULT_MAX_COMMANDS`.
     pub max_commands: Option<u32>,
+    /// knockgate: where `/metrics` is served (off when `None`).
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 impl Options {
@@ -367,6 +369,9 @@ impl Parser<'_> {
             "BPFDIR" => opts.bpf_dir = Some(absolute_dir(value).map_err(|m| err(n, m))?),
             "STATEDIR" => opts.state_dir = Some(absolute_dir(value).map_err(|m| err(n, m))?),
             "MAXCOMMANDS" => opts.max_commands = Some(max_commands(value).map_err(|m| err(n, m))?),
+            "METRICSADDRESS" => {
+                opts.metrics_address = Some(crate::metrics::parse_address(value).map_err(|m| err(n, m))?);
+            }
             "USESYSLOG" => {
                 return Err(self.err(n, "UseSyslog takes no value: write the bare word `UseSyslog`"));
             }

@@ -2,7 +2,13 @@
 //! sequences, SIGHUP reloads, address refresh, the interface's comings and goings, and a
 //! SIGINT/SIGTERM shutdown that leaves a gate shut.
 
-use std::{collections::HashMap, net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use aya::maps::{MapData, RingBuf};
 use knock_common::{EventKind, KnockEvent};
@@ -20,6 +26,7 @@ use crate::{
     log::KnockLog,
     one_time,
     pin::PinDir,
+    snapshot::{self, DoorLabel},
     spec::event_addr,
     state::StateDir,
 };
@@ -52,7 +59,9 @@ pub struct Daemon {
     /// Runs the doors' commands.
     pub keeper: Keeper,
     /// Held for the daemon's life: no second process works on these interfaces meanwhile.
-    pub _states: Vec<StateDir>,
+    pub states: Vec<StateDir>,
+    /// Which door holds which kernel slot (for the metrics, and written for `--status`).
+    pub labels: Arc<Mutex<Vec<DoorLabel>>>,
 }
 
 /// An attempt whose timeout the daemon logs when it happens.
@@ -185,6 +194,24 @@ impl Daemon {
         Ok(())
     }
 
+    /// Labels the doors in force anew (after they changed) and writes them for `--status`.
+    fn relabel(&mut self) {
+        let counters = match self.program.door_counters() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("reading the door counters: {e}");
+                Vec::new()
+            }
+        };
+        let Ok(mut labels) = self.labels.lock() else { return };
+        *labels = snapshot::labels(&self.doors, &counters, &labels);
+        for state in &self.states {
+            if let Err(e) = state.write_labels(&labels) {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+
     fn names(&self) -> Vec<&str> {
         self.interfaces.iter().map(|(i, _)| i.as_str()).collect()
     }
@@ -296,6 +323,8 @@ impl Daemon {
                         }
                     }
                     self.program.apply(&self.doors)?;
+                    self.relabel();
+                    self.relabel();
                 }
             }
             None => tracing::warn!("unknown event kind {}", ev.kind),

@@ -15,6 +15,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::{sync::mpsc, task::JoinSet};
 
 use crate::{
@@ -37,9 +38,13 @@ const INBOX: usize = 4096;
 /// and the clock may be set).
 const CLOCK_LOOK: Duration = Duration::from_secs(1);
 
-/// The keeper's counters, shared with the daemon (logs now, metrics later).
-#[derive(Debug, Default)]
+/// The keeper's counters, shared with the metrics.
+#[derive(Debug)]
 pub struct Stats {
+    /// Commands run to completion, by kind (`KINDS`) and result (ok, failed).
+    pub by_kind: [[AtomicU64; 2]; 3],
+    /// How long commands ran, in seconds.
+    pub durations: Histogram,
     /// Commands run to completion (start, stop and plain).
     pub ran: AtomicU64,
     /// Commands that exited non-zero or could not be started.
@@ -52,6 +57,25 @@ pub struct Stats {
     pub running: AtomicU64,
     pub most_running: AtomicU64,
 }
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            by_kind: Default::default(),
+            // 1 ms to about 16 s.
+            durations: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            ran: AtomicU64::default(),
+            failed: AtomicU64::default(),
+            shed: AtomicU64::default(),
+            pending: AtomicU64::default(),
+            running: AtomicU64::default(),
+            most_running: AtomicU64::default(),
+        }
+    }
+}
+
+/// The names of the kinds `Stats::by_kind` counts.
+pub const KINDS: [&str; 3] = ["plain", "start", "stop"];
 
 /// An open to act on, with the door's commands substituted.
 #[derive(Debug, Clone)]
@@ -359,8 +383,11 @@ impl Inner {
                 p.state = State::Starting;
             }
             let log = Arc::clone(&self.log);
+            let stats = Arc::clone(&self.stats);
             self.running.spawn(async move {
+                let began = std::time::Instant::now();
                 let code = run(&log, &job.door, &job.cmd).await;
+                stats.durations.observe(began.elapsed().as_secs_f64());
                 (job, code == Some(0))
             });
             let running = self.running.len() as u64;
@@ -374,6 +401,12 @@ impl Inner {
         if !ok {
             self.stats.failed.fetch_add(1, Ordering::Relaxed);
         }
+        let kind = match job.kind {
+            Kind::Plain => 0,
+            Kind::Start => 1,
+            Kind::Stop => 2,
+        };
+        self.stats.by_kind[kind][usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
         self.stats.running.store(self.running.len() as u64, Ordering::Relaxed);
         let key = (job.door, job.ip);
         match job.kind {

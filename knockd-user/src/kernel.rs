@@ -503,6 +503,15 @@ impl KnockProgram {
         Ok(Counter::ALL.iter().map(|&c| (c, per_cpu.iter().map(|s| s.counters[c as usize]).sum())).collect())
     }
 
+    /// Each door slot's counters, summed over CPUs.
+    pub fn door_counters(&self) -> Result<Vec<knock_common::DoorCounters>, KernelError> {
+        let map: PerCpuArray<_, CpuState> = PerCpuArray::try_from(self.map(maps::CPU)?).map_err(map_err(maps::CPU))?;
+        let per_cpu = map.get(&0, 0).map_err(map_err(maps::CPU))?;
+        Ok((0..MAX_DOORS)
+            .map(|slot| crate::snapshot::sum_door(per_cpu.iter(), u8::try_from(slot).unwrap_or(0)))
+            .collect())
+    }
+
     /// The port slots the kernel's `PORTS` holds something for, and those its `PORT_BITS`
     /// marks, read back from the maps: for tests, which check that the two agree.
     pub fn port_slots(&self) -> Result<(Vec<u32>, Vec<u32>), KernelError> {

@@ -53,10 +53,21 @@ struct Args {
     /// Print the parsed configuration in knockgate's TOML form and exit.
     #[arg(long)]
     dump_config: bool,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (overrides `MetricsAddress`).
+    #[arg(long, value_name = "ADDR")]
+    metrics_address: Option<std::net::SocketAddr>,
     /// Read and check the configuration, print one line per door, exit (0: it is valid; 1: the
     /// `file:line` error). Nothing is attached.
     #[arg(long)]
     check: bool,
+    /// Print what the pinned state of the interface holds (doors, live allowances, attempts
+    /// in progress, table use, counters) and exit. Works while knockd runs and after it
+    /// died; changes nothing.
+    #[arg(long)]
+    status: bool,
+    /// With --status: JSON, one object per interface and line.
+    #[arg(long, requires = "status")]
+    json: bool,
     /// Remove knockgate from the interface: run the journaled pending stop commands, detach
     /// the XDP program, remove its pins, exit.
     #[arg(long)]
@@ -123,6 +134,9 @@ fn start(args: &Args) -> anyhow::Result<()> {
     if args.unload {
         return unload(args);
     }
+    if args.status {
+        return status(args);
+    }
     // Everything that can be wrong with the config is found before anything is attached.
     let config = Config::load(&args.config)?;
     if args.dump_config {
@@ -131,7 +145,7 @@ fn start(args: &Args) -> anyhow::Result<()> {
     }
     if args.check {
         for door in &config.doors {
-            println!("{}", knockd_user::check::summary(door));
+            println!("{}: {}", door.name, knockd_user::check::summary(door));
         }
         println!("{}: the configuration is valid ({} door(s))", args.config.display(), config.doors.len());
         return Ok(());
@@ -161,22 +175,22 @@ fn start(args: &Args) -> anyhow::Result<()> {
     let ifaces: Vec<(String, PinDir)> = interfaces.iter().cloned().zip(pins).collect();
 
     let options = config.options.clone();
+    // Bound before anything is attached: a taken port is an error at start-up.
+    let metrics = match args.metrics_address.or(options.metrics_address) {
+        Some(addr) => {
+            Some((addr, std::net::TcpListener::bind(addr).with_context(|| format!("serving metrics on {addr}"))?))
+        }
+        None => None,
+    };
     let (mut program, doors, addrs) = bring_up(args, config, &log, &ifaces)?;
+    let previous = StateDir::read_labels(&state_root, &interfaces[0]);
+    let labels = knockd_user::snapshot::labels(&doors, &program.door_counters()?, &previous);
+    for state in &states {
+        state.write_labels(&labels)?;
+    }
+    let labels = Arc::new(std::sync::Mutex::new(labels));
     let events = program.take_events()?;
-    let limits = program.limits();
-    let memory = KnockProgram::map_memory();
-    let total: u64 = memory.iter().map(|(_, b)| b).sum();
-    let detail: Vec<String> = memory.iter().map(|(n, b)| format!("{n} {} KiB", b / 1024)).collect();
-    log.line(&format!(
-        "{} door(s); tables: attempts {}, first knocks {}, allowances {}; kernel memory {} KiB ({})",
-        doors.active().count(),
-        limits.progress_entries,
-        limits.first_knock_entries,
-        limits.allow_entries,
-        total / 1024,
-        detail.join(", ")
-    ));
-
+    log_tables(&log, &program, &doors);
     let mut pidfile = None;
     if args.daemon {
         let path =
@@ -197,6 +211,16 @@ fn start(args: &Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
         let keeper = Keeper::start(Arc::clone(&log), journal.journal, journal.entries, max_commands);
+        if let (Some((addr, listener)), Some(home)) = (metrics, program.home()) {
+            let source = knockd_user::metrics::Source {
+                pins: home.clone(),
+                interfaces: ifaces.iter().map(|(i, _)| i.clone()).collect(),
+                labels: Arc::clone(&labels),
+                keeper: Arc::clone(keeper.stats()),
+            };
+            knockd_user::metrics::serve(listener, source).with_context(|| format!("serving metrics on {addr}"))?;
+            log.line(&format!("metrics at http://{addr}/metrics"));
+        }
         let daemon = Daemon {
             program,
             doors,
@@ -208,10 +232,28 @@ fn start(args: &Args) -> anyhow::Result<()> {
             log,
             pidfile,
             keeper,
-            _states: states,
+            states,
+            labels,
         };
         daemon.run(events, SHUTDOWN_LIMIT).await
     })
+}
+
+/// Logs the table sizes and the kernel memory the maps take.
+fn log_tables(log: &KnockLog, program: &KnockProgram, doors: &Doors) {
+    let limits = program.limits();
+    let memory = KnockProgram::map_memory();
+    let total: u64 = memory.iter().map(|(_, b)| b).sum();
+    let detail: Vec<String> = memory.iter().map(|(n, b)| format!("{n} {} KiB", b / 1024)).collect();
+    log.line(&format!(
+        "{} door(s); tables: attempts {}, first knocks {}, allowances {}; kernel memory {} KiB ({})",
+        doors.active().count(),
+        limits.progress_entries,
+        limits.first_knock_entries,
+        limits.allow_entries,
+        total / 1024,
+        detail.join(", ")
+    ));
 }
 
 /// Loads the program on the pinned state (adopting what a previous daemon left), applies the
@@ -322,16 +364,44 @@ fn open_journal(state: &StateDir, log: &KnockLog) -> anyhow::Result<Opened> {
     Ok(opened)
 }
 
-/// `--unload`: for each interface named, its journaled stops run and its pins go (and with
-/// the link's last reference, the program leaves the interface).
-fn unload(args: &Args) -> anyhow::Result<()> {
-    let options = match Config::load(&args.config) {
+/// The directories of a command that works on pinned state without running the daemon
+/// (`--status`, `--unload`): the config's, or the defaults when it cannot be read.
+fn side_options(args: &Args) -> Options {
+    match Config::load(&args.config) {
         Ok(c) => c.options,
         Err(e) => {
             tracing::warn!("{e}: using the default directories");
             Options::default()
         }
-    };
+    }
+}
+
+/// `--status`: reads each interface's pinned state.
+fn status(args: &Args) -> anyhow::Result<()> {
+    #[derive(serde::Serialize)]
+    struct Status<'a> {
+        interface: &'a str,
+        #[serde(flatten)]
+        snapshot: &'a knockd_user::snapshot::Snapshot,
+    }
+    let options = side_options(args);
+    for interface in args.interfaces(&options) {
+        let labels = StateDir::read_labels(&args.state_dir(&options), &interface);
+        let pins = PinDir::new(&args.bpf_dir(&options), &interface);
+        let snapshot = knockd_user::snapshot::read(&pins, &labels)?;
+        if args.json {
+            println!("{}", serde_json::to_string(&Status { interface: &interface, snapshot: &snapshot })?);
+        } else {
+            print!("{}", snapshot.text(&interface));
+        }
+    }
+    Ok(())
+}
+
+/// `--unload`: for each interface named, its journaled stops run and its pins go (and with
+/// the link's last reference, the program leaves the interface).
+fn unload(args: &Args) -> anyhow::Result<()> {
+    let options = side_options(args);
     let log = Arc::new(KnockLog::open(options.log_file.as_deref().or(args.logfile.as_deref()), options.use_syslog));
     for interface in args.interfaces(&options) {
         let state = StateDir::lock(&args.state_dir(&options), &interface).context("stop the running knockd first")?;

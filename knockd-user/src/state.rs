@@ -12,6 +12,8 @@ use std::{
 
 use nix::fcntl::{Flock, FlockArg};
 
+use crate::snapshot::DoorLabel;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("{path}: {error}")]
@@ -68,6 +70,32 @@ impl StateDir {
         self.lock.set_len(0)?;
         self.lock.rewind()?;
         writeln!(self.lock, "{}", std::process::id())
+    }
+
+    /// Where the daemon says which door holds which kernel slot.
+    #[must_use]
+    pub fn doors_file(root: &Path, iface: &str) -> PathBuf {
+        root.join(iface).join("doors.json")
+    }
+
+    /// The door labels the last daemon wrote for `iface` (none if it wrote none).
+    #[must_use]
+    pub fn read_labels(root: &Path, iface: &str) -> Vec<DoorLabel> {
+        std::fs::read(Self::doors_file(root, iface))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Replaces the door labels, atomically.
+    pub fn write_labels(&self, labels: &[DoorLabel]) -> Result<(), StateError> {
+        let path = self.dir.join("doors.json");
+        let tmp = self.dir.join("doors.json.tmp");
+        let text = serde_json::to_vec_pretty(labels)
+            .map_err(|e| StateError::Io { path: path.clone(), error: io::Error::other(e) })?;
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|error| StateError::Io { path, error })
     }
 
     /// The journal of pending stop commands.

@@ -64,6 +64,8 @@ struct FileOptions {
     state_dir: Option<Spanned<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_commands: Option<Spanned<u32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_address: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -128,7 +130,11 @@ fn options(fo: FileOptions, err: &impl Fn(usize, String) -> ConfigError) -> Resu
         bpf_dir: None,
         state_dir: None,
         max_commands: None,
+        metrics_address: None,
     };
+    if let Some(v) = &fo.metrics_address {
+        options.metrics_address = Some(crate::metrics::parse_address(v.get_ref()).map_err(|m| err(v.span().start, m))?);
+    }
     for (value, slot) in [(&fo.bpf_dir, &mut options.bpf_dir), (&fo.state_dir, &mut options.state_dir)] {
         if let Some(v) = value {
             *slot = Some(absolute_dir(v.get_ref()).map_err(|m| err(v.span().start, m))?);
@@ -244,6 +250,7 @@ pub fn dump(config: &Config) -> Result<String, toml::ser::Error> {
             bpf_dir: config.options.bpf_dir.as_ref().map(|p| Spanned::new(0..0, p.display().to_string())),
             state_dir: config.options.state_dir.as_ref().map(|p| Spanned::new(0..0, p.display().to_string())),
             max_commands: config.options.max_commands.map(spanned),
+            metrics_address: config.options.metrics_address.map(|a| Spanned::new(0..0, a.to_string())),
         },
         doors: config
             .doors

@@ -22,6 +22,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("nftables", "nft"),
     // Debian's knockd 0.8: the peer for interop tests (/usr/sbin/knockd, /usr/bin/knock).
     ("knockd", "/usr/sbin/knockd"),
+    // A real Prometheus server scrapes knockd in the metrics test; promtool checks the text.
+    ("prometheus", "/usr/bin/prometheus"),
 ];
 
 pub(crate) fn ensure(need: Need) -> anyhow::Result<()> {
