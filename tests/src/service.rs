@@ -81,3 +81,21 @@ pub fn echo_ok(s: &mut TcpStream) -> bool {
     let mut buf = [0u8; 4];
     s.write_all(b"ping").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"ping"
 }
+
+/// The body of `GET path` from `addr` (`"127.0.0.1:9742"`) in namespace `ns`, or the error.
+pub fn http_get(ns: &str, addr: &str, path: &str) -> std::io::Result<String> {
+    let addr: SocketAddr = addr.parse().expect("socket address");
+    let path = path.to_owned();
+    in_netns(ns, move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply)?;
+        let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+        if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+            return Err(std::io::Error::other(format!("GET {path}: {head}")));
+        }
+        Ok(body.to_owned())
+    })
+}
