@@ -468,9 +468,27 @@ impl KnockProgram {
         Ok((r.return_value, r.duration))
     }
 
+    /// Fills the allowance table with `n` synthetic allowances for port 22/tcp (sources
+    /// `2001:db8:fffe::/48`, never sent to), an hour from now: for scrape benchmarks.
+    pub fn fill_allowances(&mut self, n: u32) -> Result<(), KernelError> {
+        let until = crate::snapshot::monotonic_ns().saturating_add(3_600_000_000_000);
+        let mut map: HashMap<_, AllowKey, u64> =
+            HashMap::try_from(self.map_mut(maps::ALLOW)?).map_err(map_err(maps::ALLOW))?;
+        for i in 0..n {
+            let mut addr = [0u8; 16];
+            addr[..6].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0xff, 0xfe]);
+            addr[12..].copy_from_slice(&i.to_be_bytes());
+            let a = AddrKey::v6(addr);
+            let key = AllowKey { addr: a.addr, family: a.family, proto: knock_common::PROTO_TCP, port: 22 };
+            map.insert(key, until, 0).map_err(map_err(maps::ALLOW))?;
+        }
+        Ok(())
+    }
+
     /// Fills the attempt tables with `n` synthetic attempts at door slot 0 (sources
-    /// `2001:db8:ffff::/48`, never sent to), half past their first knock: for scale benchmarks.
-    pub fn fill_attempts(&mut self, n: u32, epoch: u32) -> Result<(), KernelError> {
+    /// `2001:db8:ffff::/48`, never sent to), half past their first knock, begun at
+    /// `started_ns`: for the scale and scrape benchmarks.
+    pub fn fill_attempts(&mut self, n: u32, epoch: u32, started_ns: u64) -> Result<(), KernelError> {
         for ((name, mask), stage) in self.tables().into_iter().zip([2, 1]) {
             let mut sets = vec![Set::EMPTY; mask as usize + 1];
             for i in (0..n).filter(|i| (i % 2 == 0) == (stage == 2)) {
@@ -480,7 +498,7 @@ impl KnockProgram {
                 let key = SlotKey::new(self.hash_key, &AddrKey::v6(addr), 0);
                 let set = &mut sets[key.set(mask) as usize];
                 let way = set.victim();
-                set.store(way, &key, &Attempt::new(stage, 0, epoch));
+                set.store(way, &key, &Attempt::new(stage, started_ns, epoch));
             }
             let mut map: Array<_, Set> = Array::try_from(self.map_mut(name)?).map_err(map_err(name))?;
             for (i, set) in (0u32..).zip(&sets) {

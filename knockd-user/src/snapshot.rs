@@ -151,7 +151,8 @@ pub fn sum_door<'a>(per_cpu: impl Iterator<Item = &'a CpuState>, slot: u8) -> Do
 }
 
 /// `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns`, in ns.
-fn monotonic_ns() -> u64 {
+#[must_use]
+pub fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
         u64::try_from(t.tv_sec())
             .unwrap_or(0)

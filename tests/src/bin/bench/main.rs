@@ -39,6 +39,8 @@ use tests::{
     pinned::PinnedState,
 };
 
+mod scrape;
+
 struct Opts {
     smoke: bool,
     out: PathBuf,
@@ -83,7 +85,9 @@ fn main() {
         flood(&opts, Peer::Knockgate, paced, false),
         flood(&opts, Peer::Knockd, paced, false),
     ];
-    let latency = [latency(&opts, Peer::Knockgate), latency(&opts, Peer::Knockd)];
+    let latency =
+        [latency(&opts, Peer::Knockgate), latency_with(&opts, Peer::Knockgate, true), latency(&opts, Peer::Knockd)];
+    let scrape = scrape::scrape_time(opts.smoke);
     let gate_latency = gate_latency(&opts);
     let spawn_floor = spawn_floor(&opts);
     let results = json!({
@@ -98,6 +102,7 @@ fn main() {
         "latency": latency,
         "gate_latency": gate_latency,
         "spawn_floor": spawn_floor,
+        "scrape": scrape,
     });
     std::fs::write(opts.out.join("results.json"), serde_json::to_string_pretty(&results).unwrap()).unwrap();
     let report = report(&results);
@@ -372,7 +377,7 @@ fn scale(opts: &Opts) -> Value {
         let (mut p, doors) = program_with(&format!("[adv]\nsequence = {adv}\nseq_timeout = 3600\n"), limits);
         let epoch = doors.active().next().unwrap().1.epoch;
         let fill = Instant::now();
-        p.fill_attempts(n, epoch).unwrap();
+        p.fill_attempts(n, epoch, 0).unwrap();
         let fill_s = fill.elapsed().as_secs_f64();
         // A source in the middle of the table knocks its next step.
         let src = format!("2001:db8:ffff::{:x}:{:x}", (n / 2) >> 16, (n / 2) & 0xffff);
@@ -559,11 +564,22 @@ fn flood(opts: &Opts, peer: Peer, rate: u64, stealth: bool) -> Value {
 const LATENCY_TRIALS: u32 = 1000;
 
 fn latency(opts: &Opts, peer: Peer) -> Value {
+    latency_with(opts, peer, false)
+}
+
+/// As `latency`; with `scraped`, knockgate serves metrics and a client scrapes them back to
+/// back throughout (each scrape reads every kernel table), to show what a scrape costs the
+/// event loop.
+fn latency_with(opts: &Opts, peer: Peer, scraped: bool) -> Value {
     let trials = if opts.smoke { 5 } else { LATENCY_TRIALS };
+    let metrics = if scraped { "\tMetricsAddress = 127.0.0.1:9742\n" } else { "" };
     let rig = Rig::start(
         peer,
-        "[openSSH]\n\tsequence = 7000,8000,9000\n\tseq_timeout = 5\n\ttcpflags = syn\n\tcommand = echo x > {DIR}/fifo\n",
+        &format!(
+            "{metrics}[openSSH]\n\tsequence = 7000,8000,9000\n\tseq_timeout = 5\n\ttcpflags = syn\n\tcommand = echo x > {{DIR}}/fifo\n"
+        ),
     );
+    let scraper = scraped.then(|| scrape::Scraper::start(&rig.net.server, "127.0.0.1:9742"));
     let mut pipe = fifo(&rig.dir.path().join("fifo"));
     let mut timings = Timings::default();
     for i in 0..trials {
@@ -578,6 +594,10 @@ fn latency(opts: &Opts, peer: Peer) -> Value {
     }
     let mut v = timings.json(trials);
     v["daemon"] = json!(peer.name());
+    if let Some(scraper) = scraper {
+        v["daemon"] = json!(format!("{} (scraped back to back)", peer.name()));
+        v["scrapes"] = json!(scraper.finish());
+    }
     v
 }
 
@@ -734,6 +754,9 @@ fn summary(r: &Value) -> String {
     writeln!(s, "gate latency: p50 {:.3} ms, p99 {:.3} ms", f(&g["p50_ms"]), f(&g["p99_ms"])).unwrap();
     let g = &r["spawn_floor"];
     writeln!(s, "spawn floor: p50 {:.3} ms, p99 {:.3} ms", f(&g["p50_ms"]), f(&g["p99_ms"])).unwrap();
+    let g = &r["scrape"];
+    writeln!(s, "metrics scrape: full tables p50 {:.1} ms, max {:.1} ms", f(&g["full_p50_ms"]), f(&g["full_max_ms"]))
+        .unwrap();
     s
 }
 
@@ -861,6 +884,7 @@ fn report(r: &Value) -> String {
     .unwrap();
     writeln!(s, "\n![latency](bench/latency.png)\n").unwrap();
     report_scale(&mut s, r);
+    scrape::report(&mut s, r);
     s
 }
 
