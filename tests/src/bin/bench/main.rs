@@ -85,8 +85,12 @@ fn main() {
         flood(&opts, Peer::Knockgate, paced, false),
         flood(&opts, Peer::Knockd, paced, false),
     ];
-    let latency =
-        [latency(&opts, Peer::Knockgate), latency_with(&opts, Peer::Knockgate, true), latency(&opts, Peer::Knockd)];
+    let latency = [
+        latency(&opts, Peer::Knockgate),
+        latency_with(&opts, Peer::Knockgate, Some(Duration::from_secs(1))),
+        latency_with(&opts, Peer::Knockgate, Some(Duration::ZERO)),
+        latency(&opts, Peer::Knockd),
+    ];
     let scrape = scrape::scrape_time(opts.smoke);
     let gate_latency = gate_latency(&opts);
     let spawn_floor = spawn_floor(&opts);
@@ -564,22 +568,22 @@ fn flood(opts: &Opts, peer: Peer, rate: u64, stealth: bool) -> Value {
 const LATENCY_TRIALS: u32 = 1000;
 
 fn latency(opts: &Opts, peer: Peer) -> Value {
-    latency_with(opts, peer, false)
+    latency_with(opts, peer, None)
 }
 
-/// As `latency`; with `scraped`, knockgate serves metrics and a client scrapes them back to
-/// back throughout (each scrape reads every kernel table), to show what a scrape costs the
-/// event loop.
-fn latency_with(opts: &Opts, peer: Peer, scraped: bool) -> Value {
+/// As `latency`; with `scraped`, knockgate serves metrics and a client scrapes them this far
+/// apart throughout (zero: back to back; each scrape reads every kernel table), to show what
+/// scrapes cost the event loop.
+fn latency_with(opts: &Opts, peer: Peer, scraped: Option<Duration>) -> Value {
     let trials = if opts.smoke { 5 } else { LATENCY_TRIALS };
-    let metrics = if scraped { "\tMetricsAddress = 127.0.0.1:9742\n" } else { "" };
+    let metrics = if scraped.is_some() { "\tMetricsAddress = 127.0.0.1:9742\n" } else { "" };
     let rig = Rig::start(
         peer,
         &format!(
             "{metrics}[openSSH]\n\tsequence = 7000,8000,9000\n\tseq_timeout = 5\n\ttcpflags = syn\n\tcommand = echo x > {{DIR}}/fifo\n"
         ),
     );
-    let scraper = scraped.then(|| scrape::Scraper::start(&rig.net.server, "127.0.0.1:9742"));
+    let scraper = scraped.map(|every| scrape::Scraper::start(&rig.net.server, "127.0.0.1:9742", every));
     let mut pipe = fifo(&rig.dir.path().join("fifo"));
     let mut timings = Timings::default();
     for i in 0..trials {
@@ -594,8 +598,9 @@ fn latency_with(opts: &Opts, peer: Peer, scraped: bool) -> Value {
     }
     let mut v = timings.json(trials);
     v["daemon"] = json!(peer.name());
-    if let Some(scraper) = scraper {
-        v["daemon"] = json!(format!("{} (scraped back to back)", peer.name()));
+    if let (Some(scraper), Some(every)) = (scraper, scraped) {
+        let how = if every.is_zero() { "back to back".to_owned() } else { format!("every {} ms", every.as_millis()) };
+        v["daemon"] = json!(format!("{} (scraped {how})", peer.name()));
         v["scrapes"] = json!(scraper.finish());
     }
     v

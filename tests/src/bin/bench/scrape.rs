@@ -8,7 +8,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use knockd_user::{
@@ -22,7 +22,8 @@ use knockd_user::{
 use serde_json::{Value, json};
 use tests::{pinned::PinnedState, service::http_get};
 
-/// Scrapes `/metrics` at `addr` in namespace `ns` back to back until `finish`.
+/// Scrapes `/metrics` at `addr` in namespace `ns`, `every` apart (zero: back to back), until
+/// `finish`.
 pub(crate) struct Scraper {
     stop: Arc<AtomicBool>,
     count: Arc<AtomicU64>,
@@ -30,7 +31,7 @@ pub(crate) struct Scraper {
 }
 
 impl Scraper {
-    pub(crate) fn start(ns: &str, addr: &str) -> Self {
+    pub(crate) fn start(ns: &str, addr: &str, every: Duration) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let count = Arc::new(AtomicU64::new(0));
         let (s, c, ns, addr) = (Arc::clone(&stop), Arc::clone(&count), ns.to_owned(), addr.to_owned());
@@ -39,6 +40,7 @@ impl Scraper {
                 if http_get(&ns, &addr, "/metrics").is_ok() {
                     c.fetch_add(1, Ordering::Relaxed);
                 }
+                std::thread::sleep(every);
             }
         });
         Self { stop, count, thread }
@@ -114,8 +116,9 @@ pub(crate) fn report(s: &mut String, r: &Value) {
         "\n## Metrics scrape\n\n\
          A `/metrics` render reads every kernel table from its pins (the attempt tables' {} entries, each slot's keyed check \
          validated, and the {} allowances), off the event loop's thread. Median and worst of {} renders: empty tables \
-         {:.1} / {:.1} ms; full tables {:.1} / {:.1} ms (live entries read: {}). The command-latency table above has a row with \
-         a client scraping back to back throughout.\n",
+         {:.1} / {:.1} ms; full tables {:.1} / {:.1} ms (live entries read: {}). The command-latency table above has rows with \
+         a client scraping once a second (an aggressive Prometheus interval) and back to back (a stress: the scrapes then \
+         keep one of the two CPUs busy) throughout.\n",
         g["attempt_entries"],
         g["allow_entries"],
         g["runs"],
