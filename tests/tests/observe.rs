@@ -263,6 +263,18 @@ fn one_daemon_serves_two_interfaces_with_shared_state() {
 }
 
 #[test]
+fn the_readmes_alert_rules_are_valid() {
+    let rules = include_str!("../../examples/alerts.yml");
+    assert!(include_str!("../../README.md").contains(rules), "README and examples/alerts.yml differ");
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/alerts.yml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
 fn logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(bin("knockd"))
