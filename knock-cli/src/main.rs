@@ -37,15 +37,53 @@ struct Args {
     /// Print each hit.
     #[arg(short = 'v', long)]
     verbose: bool,
+    /// Print a manual page or shell completions from these definitions, and exit (for
+    /// packaging).
+    #[arg(long, hide = true, value_enum, value_name = "WHAT")]
+    generate: Option<Generate>,
     /// Host name or address to knock on.
-    host: String,
+    #[arg(required_unless_present = "generate")]
+    host: Option<String>,
     /// Ports to knock, each `port`, `port:tcp` or `port:udp`, or a service name.
-    #[arg(required = true, value_name = "PORT[:PROTO]")]
+    #[arg(required_unless_present = "generate", value_name = "PORT[:PROTO]")]
     ports: Vec<String>,
+}
+
+/// What `--generate` prints.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Generate {
+    Man,
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// `--generate`: the manual page `knock(1)`, or completions, on stdout.
+fn generate(what: Generate) -> std::io::Result<()> {
+    use clap::CommandFactory as _;
+    let mut cmd = Args::command();
+    let out = &mut std::io::stdout();
+    let shell = match what {
+        Generate::Man => return clap_mangen::Man::new(cmd).section("1").render(out),
+        Generate::Bash => clap_complete::Shell::Bash,
+        Generate::Zsh => clap_complete::Shell::Zsh,
+        Generate::Fish => clap_complete::Shell::Fish,
+    };
+    clap_complete::generate(shell, &mut cmd, "knock", out);
+    Ok(())
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(what) = args.generate {
+        return match generate(what) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("knock: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match knock(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -62,7 +100,8 @@ fn knock(args: &Args) -> anyhow::Result<()> {
         .iter()
         .map(|p| parse_port(p).map(|(port, proto)| (port, if args.udp { Proto::Udp } else { proto })))
         .collect::<Result<Vec<_>, _>>()?;
-    let ip = resolve(&args.host, args.ipv4, args.ipv6)?;
+    let host = args.host.as_deref().context("no HOST given")?;
+    let ip = resolve(host, args.ipv4, args.ipv6)?;
     for (i, &(port, proto)) in hits.iter().enumerate() {
         if i > 0 && args.delay > 0 {
             thread::sleep(Duration::from_millis(args.delay));
@@ -132,7 +171,7 @@ mod tests {
     fn knock_0_8_command_lines() {
         let a = args(&["-v", "198.18.0.1", "7000", "8000", "9000"]).unwrap();
         assert!(a.verbose && !a.udp && a.delay == 0);
-        assert_eq!(a.host, "198.18.0.1");
+        assert_eq!(a.host.as_deref(), Some("198.18.0.1"));
         assert_eq!(a.ports, ["7000", "8000", "9000"]);
         let a = args(&["-u", "-d", "200", "-6", "host", "1:tcp"]).unwrap();
         assert!(a.udp && a.ipv6 && !a.ipv4);

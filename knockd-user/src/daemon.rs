@@ -92,6 +92,20 @@ pub fn interface_addrs(iface: &str, ipv4_only: bool) -> Result<Vec<IpAddr>, nix:
     Ok(addrs)
 }
 
+/// Tells systemd, when it asked (`NOTIFY_SOCKET`); otherwise does nothing.
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::warn!("sd_notify: {e}");
+    }
+}
+
+/// Half of systemd's `WatchdogSec`, when it set one (`WATCHDOG_USEC`).
+fn watchdog_interval() -> Option<Duration> {
+    let mut usec = 0;
+    sd_notify::watchdog_enabled(false, &mut usec)
+        .then(|| Duration::from_micros(usec / 2).max(Duration::from_millis(10)))
+}
+
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
 fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
@@ -116,6 +130,10 @@ impl Daemon {
         let mut sighup = signal(SignalKind::hangup())?;
         // Only now: a SIGTERM sent as soon as this line appears must find the handler.
         self.log.line(&format!("starting up, listening on {}", self.names().join(", ")));
+        // systemd (Type=notify): ready once the program is attached, which it is by now; and
+        // a watchdog fed from this loop, so that a loop that hangs gets knockd restarted.
+        notify(&[sd_notify::NotifyState::Ready]);
+        let mut watchdog = watchdog_interval().map(tokio::time::interval);
         let mut refresh = tokio::time::interval(ADDR_REFRESH);
         let mut timeouts = tokio::time::interval(TIMEOUT_CHECK);
         let mut link_check = tokio::time::interval(LINK_CHECK);
@@ -159,14 +177,20 @@ impl Daemon {
                     }
                 }
                 _ = sighup.recv() => {
+                    notify(&[sd_notify::NotifyState::Reloading]);
                     if let Err(e) = self.reload() {
                         tracing::error!("reload: {e:#}");
                     }
+                    notify(&[sd_notify::NotifyState::Ready]);
+                }
+                Some(_) = async { match watchdog.as_mut() { Some(w) => Some(w.tick().await), None => None } } => {
+                    notify(&[sd_notify::NotifyState::Watchdog]);
                 }
                 _ = sigterm.recv() => break,
                 _ = sigint.recv() => break,
             }
         }
+        notify(&[sd_notify::NotifyState::Stopping]);
         self.keeper.shutdown(shutdown_limit).await;
         match self.program.counters() {
             Ok(counters) => {

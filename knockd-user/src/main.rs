@@ -68,6 +68,10 @@ struct Args {
     /// With --status: JSON, one object per interface and line.
     #[arg(long, requires = "status")]
     json: bool,
+    /// Print a manual page or shell completions from these definitions, and exit (for
+    /// packaging: `cargo xtask deb`).
+    #[arg(long, hide = true, value_enum, value_name = "WHAT")]
+    generate: Option<Generate>,
     /// Remove knockgate from the interface: run the journaled pending stop commands, detach
     /// the XDP program, remove its pins, exit.
     #[arg(long)]
@@ -106,8 +110,41 @@ impl Args {
 /// How long shutdown and `--unload` wait for commands (pending stops included) to finish.
 const SHUTDOWN_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// What `--generate` prints.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Generate {
+    Man,
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// `--generate`: the manual page `knockd(8)`, or completions, on stdout.
+fn generate(what: Generate) -> std::io::Result<()> {
+    use clap::CommandFactory as _;
+    let mut cmd = Args::command();
+    let out = &mut std::io::stdout();
+    let shell = match what {
+        Generate::Man => return clap_mangen::Man::new(cmd).section("8").render(out),
+        Generate::Bash => clap_complete::Shell::Bash,
+        Generate::Zsh => clap_complete::Shell::Zsh,
+        Generate::Fish => clap_complete::Shell::Fish,
+    };
+    clap_complete::generate(shell, &mut cmd, "knockd", out);
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(what) = args.generate {
+        return match generate(what) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("knockd: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let level = if args.debug {
         "debug"
     } else if args.verbose {

@@ -36,6 +36,8 @@ enum Cmd {
     },
     /// Benchmark against knockd 0.8: writes BENCHMARKS.md and bench/ (results.json, plots).
     Bench,
+    /// Build the Debian package: `target/debian/knockgate_VERSION_ARCH.deb` (cargo-deb).
+    Deb,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,6 +45,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Run { args } => run(&args),
         Cmd::Test { release } => test(release),
         Cmd::Bench => bench(),
+        Cmd::Deb => deb().map(|path| println!("built {}", path.display())),
     }
 }
 
@@ -170,6 +173,52 @@ fn bench() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Builds the release binaries, their manual pages and completions (generated from the clap
+/// definitions by the binaries themselves, so that they cannot drift from `--help`), and the
+/// package; returns its path.
+fn deb() -> anyhow::Result<PathBuf> {
+    prereq::ensure(prereq::Need::Deb)?;
+    let bins = build_bins(true)?;
+    // cargo-deb reads assets relative to knockd-user/: `../packaging/generated` (git ignores it).
+    let assets = root().join("packaging/generated");
+    let completions = assets.join("completions");
+    std::fs::create_dir_all(&completions).with_context(|| format!("creating {}", completions.display()))?;
+    let generate = |bin: &str, what: &str, to: &Path| -> anyhow::Result<()> {
+        let out = Command::new(bins.join(bin))
+            .args(["--generate", what])
+            .output()
+            .with_context(|| format!("running {bin}"))?;
+        if !out.status.success() {
+            bail!("`{bin} --generate {what}` failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::fs::write(to, out.stdout).with_context(|| format!("writing {}", to.display()))
+    };
+    for (bin, section) in [("knockd", "8"), ("knock", "1")] {
+        let page = assets.join(format!("{bin}.{section}"));
+        generate(bin, "man", &page)?;
+        cmd("gzip", &["-9nf", page.to_str().context("non-UTF-8 path")?])?;
+        generate(bin, "bash", &completions.join(format!("{bin}.bash")))?;
+        generate(bin, "zsh", &completions.join(format!("_{bin}")))?;
+        generate(bin, "fish", &completions.join(format!("{bin}.fish")))?;
+    }
+    let out_dir = target_dir()?.join("debian");
+    let out_arg = out_dir.to_str().context("non-UTF-8 target directory")?.to_owned();
+    cmd(env!("CARGO"), &["deb", "--package", "knockd-user", "--no-build", "--output", &out_arg])?;
+    let version = env!("CARGO_PKG_VERSION");
+    let deb = std::fs::read_dir(&out_dir)
+        .with_context(|| format!("reading {}", out_dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with(&format!("knockgate_{version}"))
+                    && p.extension().is_some_and(|e| e.eq_ignore_ascii_case("deb"))
+            })
+        })
+        .context("cargo deb made no knockgate package")?;
+    Ok(deb)
+}
+
 fn test(release: bool) -> anyhow::Result<()> {
     prereq::ensure(prereq::Need::Test)?;
     cmd(env!("CARGO"), &["fmt", "--all", "--check"])?;
@@ -183,6 +232,8 @@ fn test(release: bool) -> anyhow::Result<()> {
     if release {
         profiles.push(true);
     }
+    // The package, checked by tests/tests/package.rs.
+    let deb = deb()?;
     for release in profiles {
         let bins = build_bins(release)?;
         let mut args = vec!["test", "--package", "tests"];
@@ -194,6 +245,7 @@ fn test(release: bool) -> anyhow::Result<()> {
             .args(&args)
             .current_dir(root())
             .env("KNOCKGATE_BIN_DIR", &bins)
+            .env("KNOCKGATE_DEB", &deb)
             .status()
             .context("running the privileged tests")?;
         if !status.success() {

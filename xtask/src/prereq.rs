@@ -13,6 +13,8 @@ pub(crate) enum Need {
     Run,
     Test,
     Bench,
+    /// `cargo xtask deb`: what building the package needs.
+    Deb,
 }
 
 /// Debian packages the tests use, with a command each provides.
@@ -24,6 +26,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("knockd", "/usr/sbin/knockd"),
     // A real Prometheus server scrapes knockd in the metrics test; promtool checks the text.
     ("prometheus", "/usr/bin/prometheus"),
+    // The package's checks: lintian, and systemd-analyze for the unit.
+    ("lintian", "lintian"),
+    ("systemd", "systemd-analyze"),
+    ("man-db", "man"),
 ];
 
 pub(crate) fn ensure(need: Need) -> anyhow::Result<()> {
@@ -74,6 +80,9 @@ pub(crate) fn ensure(need: Need) -> anyhow::Result<()> {
         if !has_tool("cargo-fuzz") {
             todo.push("cargo install cargo-fuzz".to_owned());
         }
+    }
+    if matches!(need, Need::Test | Need::Deb) && !has_tool("cargo-deb") {
+        todo.push("cargo install cargo-deb --locked".to_owned());
     }
     run_or_explain(&todo, &apt)
 }
