@@ -5,7 +5,7 @@
 
 use std::{
     os::unix::net::UnixDatagram,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
@@ -238,4 +238,62 @@ fn sd_notify_ready_once_attached_then_the_watchdog_from_the_loop() {
     let stopping = notifications(&socket, Duration::from_secs(10), |g| g.iter().any(|m| m.contains("STOPPING=1")));
     assert!(stopping.iter().any(|m| m.contains("STOPPING=1")), "{stopping:?}");
     assert!(child.0.take().unwrap().wait().unwrap().success());
+}
+
+/// The capabilities `knockd.service` leaves (its `CapabilityBoundingSet=`).
+fn unit_capabilities() -> Vec<String> {
+    let unit = include_str!("../../packaging/knockd.service");
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("CapabilityBoundingSet= in the unit");
+    line.split_whitespace().map(|c| c.trim_start_matches("CAP_").to_ascii_lowercase()).collect()
+}
+
+#[test]
+fn knockd_works_with_only_the_units_capabilities() {
+    // systemd is not PID 1 here: setpriv drops every capability the unit does not leave.
+    let caps: Vec<String> = unit_capabilities().iter().map(|c| format!("+{c}")).collect();
+    let bounding = format!("-all,{}", caps.join(","));
+    let net = NetPair::new();
+    let state = PinnedState::new();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("knockd.log");
+    let conf = dir.path().join("knockd.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[options]\n\tlogfile = {}\n[ssh]\n\tsequence = 7000,8000\n\tgate = 2222/tcp\n\tstart_command = /usr/sbin/nft list tables\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    let setpriv = format!("setpriv --bounding-set={bounding} --inh-caps=-all");
+    let state_args = state.args();
+    let mut args: Vec<&str> = setpriv.split(' ').collect();
+    let knockd = bin("knockd");
+    args.push(knockd.to_str().unwrap());
+    args.extend(["-i", &net.server_if, "-c", conf.to_str().unwrap()]);
+    args.extend(state_args.iter().map(String::as_str));
+    let mut daemon = tests::daemon::Daemon::start(&net.server, Path::new("/usr/bin/env"), &args, &log);
+    let inject =
+        tests::inject::Injector::new(&net.client, &net.client_if, tests::inject::mac_of(&net.server, &net.server_if));
+    for port in [7000, 8000] {
+        inject.send(&tests::frame::FrameBuilder::tcp("198.18.0.2", "198.18.0.1", port, tests::frame::SYN).build());
+    }
+    assert!(
+        tests::daemon::wait_for(Duration::from_secs(5), || daemon
+            .log_text()
+            .contains("ssh: running command: /usr/sbin/nft list tables")),
+        "{}",
+        daemon.log_text()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !daemon.log_text().contains("non-zero status"),
+        "the command ran with the unit's capabilities: {}",
+        daemon.log_text()
+    );
+    assert_eq!(tests::pinned::xdp_ids(&net.server, &net.server_if).len(), 1);
+    daemon.stop();
 }
