@@ -212,7 +212,7 @@ impl Peer {
 struct Rig {
     daemon: Daemon,
     inject: Injector,
-    _state: Option<PinnedState>,
+    state: Option<PinnedState>,
     net: NetPair,
     dir: tempfile::TempDir,
 }
@@ -235,7 +235,7 @@ impl Rig {
         args.extend(state_args.iter().map(String::as_str));
         let daemon = Daemon::start(&net.server, &peer.binary(), &args, &log);
         let inject = Injector::new(&net.client, &net.client_if, mac_of(&net.server, &net.server_if));
-        Self { daemon, inject, _state: state, net, dir }
+        Self { daemon, inject, state, net, dir }
     }
 
     fn syn(&self, src: &str, port: u16) {
@@ -583,6 +583,12 @@ fn latency_with(opts: &Opts, peer: Peer, scraped: Option<Duration>) -> Value {
             "{metrics}[openSSH]\n\tsequence = 7000,8000,9000\n\tseq_timeout = 5\n\ttcpflags = syn\n\tcommand = echo x > {{DIR}}/fifo\n"
         ),
     );
+    if scraped.is_some()
+        && let Some(state) = &rig.state
+    {
+        // Scrapes read the daemon's tables full, as on a host under a flood.
+        scrape::fill(&state.bpf_dir, &rig.net.server_if, opts.smoke);
+    }
     let scraper = scraped.map(|every| scrape::Scraper::start(&rig.net.server, "127.0.0.1:9742", every));
     let mut pipe = fifo(&rig.dir.path().join("fifo"));
     let mut timings = Timings::default();

@@ -54,6 +54,19 @@ impl Scraper {
     }
 }
 
+/// Fills a running daemon's tables (pinned in `bpf_dir/iface`) with live synthetic attempts
+/// and allowances, through a second load of the program on the same pins (which reuses the
+/// maps and their hash key).
+pub(crate) fn fill(bpf_dir: &std::path::Path, iface: &str, smoke: bool) {
+    let pins = PinDir::new(bpf_dir, iface);
+    let limits = Limits::default();
+    let mut p = KnockProgram::load_pinned(limits, &pins).unwrap();
+    let epoch = p.kernel_doors().unwrap().first().map_or(0, |d| d.epoch);
+    let n = if smoke { 1000 } else { 2 * limits.first_knock_entries };
+    p.fill_attempts(n, epoch, knockd_user::snapshot::monotonic_ns()).unwrap();
+    p.fill_allowances(if smoke { 1000 } else { limits.allow_entries }).unwrap();
+}
+
 /// Milliseconds a `/metrics` render takes (every kernel table read from its pins), with the
 /// default table sizes empty and full.
 pub(crate) fn scrape_time(smoke: bool) -> Value {
