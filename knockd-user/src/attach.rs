@@ -16,7 +16,7 @@ use aya::{
 use knock_common::{AllowKey, maps};
 
 use crate::{
-    kernel::{KernelError, KnockProgram},
+    kernel::{KernelError, KnockProgram, map_err},
     netlink,
     pin::{PINNED_MAPS, PinDir},
 };
@@ -163,13 +163,11 @@ impl KnockProgram {
         if !path.exists() {
             return Ok(false);
         }
-        let theirs = MapData::from_pin(&path)
-            .and_then(|m| m.info())
-            .map_err(|error| KernelError::Map { name: maps::ALLOW, error })?;
+        let theirs = MapData::from_pin(&path).and_then(|m| m.info()).map_err(map_err(maps::ALLOW))?;
         let ours = map_data(self.map(maps::ALLOW)?)
             .ok_or(KernelError::MissingMap(maps::ALLOW))?
             .info()
-            .map_err(|error| KernelError::Map { name: maps::ALLOW, error })?;
+            .map_err(map_err(maps::ALLOW))?;
         Ok(theirs.id() == ours.id())
     }
 
@@ -192,11 +190,11 @@ impl KnockProgram {
         let old = old_allow(dir)?;
         let mut copied = Vec::new();
         if let Some(old) = &old {
-            let mut new: HashMap<_, AllowKey, u64> = HashMap::try_from(self.map_mut(maps::ALLOW)?)
-                .map_err(|error| KernelError::Map { name: maps::ALLOW, error })?;
+            let mut new: HashMap<_, AllowKey, u64> =
+                HashMap::try_from(self.map_mut(maps::ALLOW)?).map_err(map_err(maps::ALLOW))?;
             for entry in old {
-                let (key, until) = entry.map_err(|error| KernelError::Map { name: maps::ALLOW, error })?;
-                new.insert(key, until, 0).map_err(|error| KernelError::Map { name: maps::ALLOW, error })?;
+                let (key, until) = entry.map_err(map_err(maps::ALLOW))?;
+                new.insert(key, until, 0).map_err(map_err(maps::ALLOW))?;
                 copied.push((key, until));
             }
         }
@@ -208,8 +206,8 @@ impl KnockProgram {
     /// old maps are unpinned. Returns the allowances carried.
     pub fn settle(&mut self, carried: &Carried) -> Result<usize, KernelError> {
         let old = old_allow(&carried.dir)?;
-        let mut new: HashMap<_, AllowKey, u64> = HashMap::try_from(self.map_mut(maps::ALLOW)?)
-            .map_err(|error| KernelError::Map { name: maps::ALLOW, error })?;
+        let mut new: HashMap<_, AllowKey, u64> =
+            HashMap::try_from(self.map_mut(maps::ALLOW)?).map_err(map_err(maps::ALLOW))?;
         for (key, until) in &carried.copied {
             let now_old = old.as_ref().and_then(|m| m.get(key, 0).ok());
             match now_old {
@@ -219,7 +217,7 @@ impl KnockProgram {
                 }
                 // Extended by a knock meanwhile.
                 Some(later) if later > *until => {
-                    new.insert(key, later, 0).map_err(|error| KernelError::Map { name: maps::ALLOW, error })?;
+                    new.insert(key, later, 0).map_err(map_err(maps::ALLOW))?;
                 }
                 Some(_) => {}
             }
@@ -235,14 +233,14 @@ fn old_allow(dir: &Path) -> Result<Option<HashMap<MapData, AllowKey, u64>>, Kern
     if !path.exists() {
         return Ok(None);
     }
-    let data = MapData::from_pin(&path).map_err(|error| KernelError::Map { name: maps::ALLOW, error })?;
-    let info = data.info().map_err(|error| KernelError::Map { name: maps::ALLOW, error })?;
+    let data = MapData::from_pin(&path).map_err(map_err(maps::ALLOW))?;
+    let info = data.info().map_err(map_err(maps::ALLOW))?;
     if info.key_size() as usize != size_of::<AllowKey>() || info.value_size() as usize != size_of::<u64>() {
         tracing::warn!("{}: allowances of another shape are not carried over", path.display());
         return Ok(None);
     }
     let map = aya::maps::Map::LruHashMap(data);
-    Ok(Some(HashMap::try_from(map).map_err(|error| KernelError::Map { name: maps::ALLOW, error })?))
+    Ok(Some(HashMap::try_from(map).map_err(map_err(maps::ALLOW))?))
 }
 
 fn remove_pin(path: &Path) -> Result<(), KernelError> {

@@ -26,7 +26,7 @@ use crate::{
     log::KnockLog,
     one_time,
     pin::PinDir,
-    snapshot::{self, DoorLabel},
+    snapshot::{self, DoorLabel, monotonic_ns},
     spec::event_addr,
     state::StateDir,
 };
@@ -104,16 +104,6 @@ fn watchdog_interval() -> Option<Duration> {
     let mut usec = 0;
     sd_notify::watchdog_enabled(false, &mut usec)
         .then(|| Duration::from_micros(usec / 2).max(Duration::from_millis(10)))
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
-        u64::try_from(t.tv_sec())
-            .unwrap_or(0)
-            .saturating_mul(1_000_000_000)
-            .saturating_add(u64::try_from(t.tv_nsec()).unwrap_or(0))
-    })
 }
 
 impl Daemon {

@@ -112,8 +112,7 @@ impl Journal {
     }
 
     fn append(&mut self, r: &Record) -> Result<(), JournalError> {
-        let line = serde_json::to_string(r).map_err(|e| self.err(io::Error::other(e)))?;
-        self.out.write_all(line.as_bytes()).and_then(|()| self.out.write_all(b"\n")).map_err(|e| self.err(e))?;
+        write_record(&mut self.out, r).map_err(|e| self.err(e))?;
         self.records += 1;
         Ok(())
     }
@@ -139,8 +138,7 @@ impl Journal {
             let mut w = BufWriter::new(file);
             for e in live {
                 let r = Record::Add { door: e.door.clone(), ip: e.ip, due_ms: e.due_ms, stop: e.stop.clone() };
-                let line = serde_json::to_string(&r).map_err(|e| self.err(io::Error::other(e)))?;
-                w.write_all(line.as_bytes()).and_then(|()| w.write_all(b"\n")).map_err(|e| self.err(e))?;
+                write_record(&mut w, &r).map_err(|e| self.err(e))?;
                 records += 1;
             }
             w.flush().map_err(|e| self.err(e))?;
@@ -159,6 +157,13 @@ impl Journal {
     fn err(&self, error: io::Error) -> JournalError {
         JournalError { path: self.path.clone(), error }
     }
+}
+
+/// Writes one record as a line.
+fn write_record(w: &mut impl io::Write, r: &Record) -> io::Result<()> {
+    let line = serde_json::to_string(r).map_err(io::Error::other)?;
+    w.write_all(line.as_bytes())?;
+    w.write_all(b"\n")
 }
 
 /// The entries `text` leaves pending, in the order they were added, and the lines (1-based,

@@ -45,10 +45,6 @@ pub struct Stats {
     pub by_kind: [[AtomicU64; 2]; 3],
     /// How long commands ran, in seconds.
     pub durations: Histogram,
-    /// Commands run to completion (start, stop and plain).
-    pub ran: AtomicU64,
-    /// Commands that exited non-zero or could not be started.
-    pub failed: AtomicU64,
     /// Start commands shed because the queue (or the table of owed stops) was full.
     pub shed: AtomicU64,
     /// Stop commands owed now.
@@ -64,8 +60,6 @@ impl Default for Stats {
             by_kind: Default::default(),
             // 1 ms to about 16 s.
             durations: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
-            ran: AtomicU64::default(),
-            failed: AtomicU64::default(),
             shed: AtomicU64::default(),
             pending: AtomicU64::default(),
             running: AtomicU64::default(),
@@ -397,10 +391,6 @@ impl Inner {
     }
 
     fn finished(&mut self, job: Job, ok: bool) {
-        self.stats.ran.fetch_add(1, Ordering::Relaxed);
-        if !ok {
-            self.stats.failed.fetch_add(1, Ordering::Relaxed);
-        }
         let kind = match job.kind {
             Kind::Plain => 0,
             Kind::Start => 1,

@@ -122,7 +122,7 @@ fn port_doors(knock: &BTreeMap<u32, u32>, gate: &BTreeMap<u32, u32>) -> BTreeMap
     table
 }
 
-fn map_err(name: &'static str) -> impl FnOnce(MapError) -> KernelError {
+pub(crate) fn map_err(name: &'static str) -> impl FnOnce(MapError) -> KernelError {
     move |error| KernelError::Map { name, error }
 }
 

@@ -1,6 +1,10 @@
 //! `knockd`: drop-in for knockd 0.8, with the matching done in XDP.
 
-use std::{path::PathBuf, process::ExitCode, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::Arc,
+};
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -202,14 +206,7 @@ fn start(args: &Args) -> anyhow::Result<()> {
     }
     // The commands' journal lives with the first interface.
     let journal = open_journal(&states[0], &log)?;
-    let bpf_dir = args.bpf_dir(&config.options);
-    let pins: Vec<PinDir> = interfaces.iter().map(|i| PinDir::new(&bpf_dir, i)).collect();
-    for p in &pins {
-        for note in p.prepare(&bpf_dir)? {
-            log.line(&note);
-        }
-    }
-    let ifaces: Vec<(String, PinDir)> = interfaces.iter().cloned().zip(pins).collect();
+    let ifaces = pin_dirs(&args.bpf_dir(&config.options), &interfaces, &log)?;
 
     let options = config.options.clone();
     // Bound before anything is attached: a taken port is an error at start-up.
@@ -274,6 +271,20 @@ fn start(args: &Args) -> anyhow::Result<()> {
         };
         daemon.run(events, SHUTDOWN_LIMIT).await
     })
+}
+
+/// Readies `BpfDir` (once) and each interface's directory in it.
+fn pin_dirs(bpf_dir: &Path, interfaces: &[String], log: &KnockLog) -> anyhow::Result<Vec<(String, PinDir)>> {
+    for note in knockd_user::pin::prepare_bpf_dir(bpf_dir)? {
+        log.line(&note);
+    }
+    let mut ifaces = Vec::new();
+    for iface in interfaces {
+        let pins = PinDir::new(bpf_dir, iface);
+        pins.make()?;
+        ifaces.push((iface.clone(), pins));
+    }
+    Ok(ifaces)
 }
 
 /// Logs the table sizes and the kernel memory the maps take.

@@ -106,33 +106,10 @@ impl PinDir {
         self.root.exists()
     }
 
-    /// Makes the directories, mounting the BPF filesystem first if `bpf_dir` is not on one.
-    /// Returns what the operator should hear of: a mount made, and a BPF filesystem private
-    /// to this mount namespace (as under `ip netns exec`, which mounts a fresh `/sys`), whose
-    /// pins die with the process.
-    pub fn prepare(&self, bpf_dir: &Path) -> Result<Vec<String>, PinError> {
-        let mut notes = Vec::new();
-        // Under /sys/fs/bpf the BPF filesystem goes on /sys/fs/bpf itself (sysfs, mounted
-        // afresh by `ip netns exec`, lets nobody make directories below it).
-        let mount_at = if bpf_dir.starts_with(SYS_BPF) { Path::new(SYS_BPF) } else { bpf_dir };
-        std::fs::create_dir_all(mount_at).map_err(io_err(mount_at))?;
-        if !on_bpffs(mount_at) {
-            nix::mount::mount(Some("bpf"), mount_at, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-                .map_err(|error| PinError::Mount { path: mount_at.to_path_buf(), error })?;
-            notes.push(format!("mounted the BPF filesystem on {}", mount_at.display()));
-            std::fs::create_dir_all(bpf_dir).map_err(io_err(bpf_dir))?;
-        }
-        if private_to_mount_namespace(bpf_dir) {
-            notes.push(format!(
-                "warning: BpfDir {} is on a BPF filesystem private to this mount namespace (as under `ip netns exec`, \
-                 which mounts its own /sys): the pins die with this process, and with them the gate; point BpfDir at a \
-                 BPF filesystem mounted on the host",
-                bpf_dir.display()
-            ));
-        }
+    /// Makes this interface's map directory (`prepare_bpf_dir` readies `BpfDir` itself).
+    pub fn make(&self) -> Result<(), PinError> {
         let maps = self.maps();
-        std::fs::create_dir_all(&maps).map_err(io_err(&maps))?;
-        Ok(notes)
+        std::fs::create_dir_all(&maps).map_err(io_err(&maps))
     }
 
     /// Removes every pin of the interface (the link's last reference goes with it, which
@@ -148,6 +125,33 @@ impl PinDir {
     pub fn remove_maps(dir: &Path) -> Result<(), PinError> {
         std::fs::remove_dir_all(dir).map_err(io_err(dir))
     }
+}
+
+/// Makes `BpfDir`, once for all interfaces, mounting the BPF filesystem first if it is not on one.
+/// Returns what the operator should hear of: a mount made, and a BPF filesystem private
+/// to this mount namespace (as under `ip netns exec`, which mounts a fresh `/sys`), whose
+/// pins die with the process.
+pub fn prepare_bpf_dir(bpf_dir: &Path) -> Result<Vec<String>, PinError> {
+    let mut notes = Vec::new();
+    // Under /sys/fs/bpf the BPF filesystem goes on /sys/fs/bpf itself (sysfs, mounted
+    // afresh by `ip netns exec`, lets nobody make directories below it).
+    let mount_at = if bpf_dir.starts_with(SYS_BPF) { Path::new(SYS_BPF) } else { bpf_dir };
+    std::fs::create_dir_all(mount_at).map_err(io_err(mount_at))?;
+    if !on_bpffs(mount_at) {
+        nix::mount::mount(Some("bpf"), mount_at, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+            .map_err(|error| PinError::Mount { path: mount_at.to_path_buf(), error })?;
+        notes.push(format!("mounted the BPF filesystem on {}", mount_at.display()));
+        std::fs::create_dir_all(bpf_dir).map_err(io_err(bpf_dir))?;
+    }
+    if private_to_mount_namespace(bpf_dir) {
+        notes.push(format!(
+            "warning: BpfDir {} is on a BPF filesystem private to this mount namespace (as under `ip netns exec`, \
+             which mounts its own /sys): the pins die with this process, and with them the gate; point BpfDir at a \
+             BPF filesystem mounted on the host",
+            bpf_dir.display()
+        ));
+    }
+    Ok(notes)
 }
 
 /// Whether `path` is on a BPF filesystem.

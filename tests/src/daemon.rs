@@ -114,3 +114,33 @@ impl Drop for Daemon {
         self.stop();
     }
 }
+
+/// A process a test started, killed by its pid on drop unless the test took it back.
+pub struct ChildGuard(pub Option<Child>);
+
+impl ChildGuard {
+    #[must_use]
+    pub fn new(child: Child) -> Self {
+        Self(Some(child))
+    }
+
+    /// The process id, while it is guarded.
+    #[must_use]
+    pub fn id(&self) -> Option<u32> {
+        self.0.as_ref().map(Child::id)
+    }
+
+    /// Takes the process back, to wait for it.
+    pub fn take(&mut self) -> Option<Child> {
+        self.0.take()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            c.kill().ok();
+            c.wait().ok();
+        }
+    }
+}

@@ -3,12 +3,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests panic on failure")]
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
 use tests::{
-    daemon::{Daemon, bin, wait_for},
+    daemon::{ChildGuard, Daemon, bin, wait_for},
     frame::{FrameBuilder, SYN},
     inject::{Injector, mac_of},
     netns::{NetPair, sh},
@@ -34,16 +34,6 @@ const GATE: &str = "
 \tstop_command = true
 ";
 
-/// A process of the test's, killed by its pid on drop.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.0.kill().ok();
-        self.0.wait().ok();
-    }
-}
-
 #[test]
 fn a_real_prometheus_scrapes_the_opens() {
     let s = Scenario::start(GATE);
@@ -62,7 +52,7 @@ fn a_real_prometheus_scrapes_the_opens() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let _prometheus = Guard(prometheus);
+    let _prometheus = ChildGuard::new(prometheus);
     s.syns("198.18.0.2", &[7000, 8000, 9000]);
     assert!(s.logged("198.18.0.2: ssh: OPEN SESAME"), "{}", s.log());
     let query =

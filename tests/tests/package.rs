@@ -10,7 +10,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tests::{daemon::bin, netns::NetPair, pinned::PinnedState};
+use tests::{
+    daemon::{ChildGuard, bin},
+    netns::NetPair,
+    pinned::PinnedState,
+};
 
 /// Most the unit's `systemd-analyze security` exposure may be.
 const MAX_EXPOSURE: f64 = 4.0;
@@ -165,18 +169,6 @@ fn the_packaged_knockd_runs_from_an_extracted_root() {
     assert_eq!(knock.trim(), format!("knock {}", env!("CARGO_PKG_VERSION")));
 }
 
-/// A knockd of the test's, killed by its pid on drop (unless the test waited for it).
-struct Guard(Option<std::process::Child>);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            c.kill().ok();
-            c.wait().ok();
-        }
-    }
-}
-
 /// Datagrams received on `socket` until `until` holds of them all or `limit` passes.
 fn notifications(socket: &UnixDatagram, limit: Duration, until: impl Fn(&[String]) -> bool) -> Vec<String> {
     let end = Instant::now() + limit;
@@ -222,7 +214,7 @@ fn sd_notify_ready_once_attached_then_the_watchdog_from_the_loop() {
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    let mut child = Guard(Some(child));
+    let mut child = ChildGuard::new(child);
     let got =
         notifications(&socket, Duration::from_secs(20), |g| g.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 3);
     let ready = got.iter().position(|m| m.contains("READY=1"));
@@ -231,13 +223,13 @@ fn sd_notify_ready_once_attached_then_the_watchdog_from_the_loop() {
     let watchdogs = got.iter().skip(ready.unwrap_or(0)).filter(|m| m.contains("WATCHDOG=1")).count();
     assert!(watchdogs >= 3, "the watchdog is fed every 100 ms: {got:?}");
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(child.0.as_ref().map_or(0, std::process::Child::id)).unwrap()),
+        nix::unistd::Pid::from_raw(i32::try_from(child.id().unwrap_or(0)).unwrap()),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
     let stopping = notifications(&socket, Duration::from_secs(10), |g| g.iter().any(|m| m.contains("STOPPING=1")));
     assert!(stopping.iter().any(|m| m.contains("STOPPING=1")), "{stopping:?}");
-    assert!(child.0.take().unwrap().wait().unwrap().success());
+    assert!(child.take().unwrap().wait().unwrap().success());
 }
 
 /// The capabilities `knockd.service` leaves (its `CapabilityBoundingSet=`).

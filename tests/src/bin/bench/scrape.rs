@@ -73,7 +73,8 @@ pub(crate) fn scrape_time(smoke: bool) -> Value {
     let runs = if smoke { 2 } else { 20 };
     let state = PinnedState::new();
     let pins = PinDir::new(&state.bpf_dir, "bench0");
-    pins.prepare(&state.bpf_dir).unwrap();
+    knockd_user::pin::prepare_bpf_dir(&state.bpf_dir).unwrap();
+    pins.make().unwrap();
     let limits = Limits::default();
     let mut p = KnockProgram::load_pinned(limits, &pins).unwrap();
     // A door whose attempts last an hour, so that the filled tables hold live attempts.
