@@ -17,6 +17,10 @@ pub struct CpuState {
     pub counters: [u64; Counter::LEN],
     /// Per door slot.
     pub doors: [DoorCounters; MAX_DOORS as usize],
+    /// Scratch words of the XDP program (`Cpu::opaque`, `Cpu::launder`).
+    pub scratch: [u64; 5],
+    /// The XDP program's hand-over to a loop body (`knockgate_secret`'s `SecretWalk`).
+    pub walk: [u64; 10],
 }
 
 /// One door slot's counters (its door may change with a reload: user space labels them with
@@ -88,10 +92,12 @@ pub enum Counter {
     FirstKnockEvictions,
     /// Attempts past their first knock that took the slot of another (its set was full).
     ProgressEvictions,
+    /// Completed secret sequences refused because that (source, door, window) had opened.
+    Replays,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 14] = [
+    pub const ALL: [Counter; 15] = [
         Counter::KnockPackets,
         Counter::Steps,
         Counter::Resets,
@@ -106,6 +112,7 @@ impl Counter {
         Counter::StealthDrops,
         Counter::FirstKnockEvictions,
         Counter::ProgressEvictions,
+        Counter::Replays,
     ];
 
     /// Number of counters.
@@ -128,6 +135,7 @@ impl Counter {
             Counter::StealthDrops => "stealth_drops",
             Counter::FirstKnockEvictions => "first_knock_evictions",
             Counter::ProgressEvictions => "progress_evictions",
+            Counter::Replays => "replays_refused",
         }
     }
 }

@@ -62,9 +62,18 @@ pub struct DoorSpec {
     pub gate_action: u8,
     /// 1: knock packets for this door are dropped (no RST or ICMP answers them).
     pub stealth: u8,
-    pub _pad: [u8; 5],
+    /// 1: a secret-keyed door (`secret`): `steps` is unused, `len` is the knock length, and
+    /// the ports come from the door's keys in `WINDOWS`.
+    pub secret: u8,
+    /// A secret door's knock protocol, `PROTO_TCP` or `PROTO_UDP`.
+    pub secret_proto: u8,
+    pub _pad: [u8; 3],
+    /// A secret door's key fingerprint (`Secret::id`): the kernel ignores it, but a new key
+    /// makes a new door.
+    pub key_id: u32,
+    pub _pad2: u32,
 }
-const _: () = assert!(core::mem::size_of::<DoorSpec>() == 208);
+const _: () = assert!(core::mem::size_of::<DoorSpec>() == 216);
 
 /// `DoorSpec::gate_action` values.
 pub const GATE_NONE: u8 = 0;
@@ -88,7 +97,11 @@ impl DoorSpec {
         gate_len: 0,
         gate_action: GATE_NONE,
         stealth: 0,
-        _pad: [0; 5],
+        secret: 0,
+        secret_proto: 0,
+        _pad: [0; 3],
+        key_id: 0,
+        _pad2: 0,
     };
 
     /// knockd's `flags_match`: every listed flag set, every `!`-listed flag clear.
@@ -152,7 +165,9 @@ pub struct Settings {
     pub progress_mask: u32,
     /// Sets in `FIRST_KNOCKS`, minus one.
     pub first_mask: u32,
-    pub _pad: [u32; 3],
+    /// Door slots that are secret doors.
+    pub secret_mask: u32,
+    pub _pad: [u32; 2],
     /// Stage events per CPU (knock steps reported to user space).
     pub stage_events: Rate,
     /// Secret key of the attempt tables' hash (`SlotKey`), drawn at load time.

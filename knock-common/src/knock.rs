@@ -22,7 +22,8 @@ pub struct Attempt {
     pub epoch: u32,
     /// Steps matched so far (1 after the first knock).
     pub stage: u8,
-    pub _pad0: u8,
+    /// Secret doors: the low byte of the window the attempt knocks in (0 for other doors).
+    pub win: u8,
     pub _pad1: u16,
 }
 const _: () = assert!(core::mem::size_of::<Attempt>() == 16);
@@ -30,7 +31,7 @@ const _: () = assert!(core::mem::size_of::<Attempt>() == 16);
 impl Attempt {
     #[must_use]
     pub const fn new(stage: u8, started_ns: u64, epoch: u32) -> Self {
-        Self { started_ns, epoch, stage, _pad0: 0, _pad1: 0 }
+        Self { started_ns, epoch, stage, win: 0, _pad1: 0 }
     }
 
     /// Whether the attempt's window has closed at `now_ns` (knockd: `now - start >= timeout`).

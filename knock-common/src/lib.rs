@@ -7,7 +7,7 @@
 //! (`[u8; 16]`, an IPv4 address in the first four bytes and zeros after it).
 #![no_std]
 
-#[cfg(test)]
+#[cfg(any(test, feature = "keys"))]
 extern crate std;
 
 pub mod addr;
@@ -17,6 +17,7 @@ pub mod door;
 pub mod event;
 pub mod gate;
 pub mod knock;
+pub mod secret;
 pub mod table;
 
 pub use addr::{AddrKey, Family, LocalAddrs, MAX_LOCAL_ADDRS};
@@ -26,6 +27,7 @@ pub use door::{DoorSpec, GATE_CLOSE, GATE_NONE, GATE_OPEN, PortDoors, Settings, 
 pub use event::{EventKind, KnockEvent};
 pub use gate::{AllowKey, gate_passes, is_new_connection};
 pub use knock::{Attempt, Knock, Outcome, step};
+pub use secret::{DoorWindows, Prf, SecretStep, UsedKey, WindowKey, secret_step};
 pub use table::{Set, Slot, SlotKey, SourceKey, WAYS, sets_for};
 
 /// Version of the layout and meaning of the maps that outlive the daemon (pinned in bpffs,
@@ -33,7 +35,7 @@ pub use table::{Set, Slot, SlotKey, SourceKey, WAYS, sets_for};
 /// `knockgate_doors` through a pinned table). Bump it with any change to a pinned map's key,
 /// value or size, or to what a value means: a daemon finding another version's maps makes its
 /// own and carries the allowances over, rather than reading them with the wrong layout.
-pub const STATE_VERSION: u32 = 2;
+pub const STATE_VERSION: u32 = 3;
 
 /// Most doors one configuration may hold (the XDP program walks them in a bounded loop).
 pub const MAX_DOORS: u32 = 32;
@@ -87,6 +89,11 @@ pub mod maps {
     pub const DOOR_WALK: &str = "DOOR_WALK";
     /// `LruHashMap<AllowKey, u64>`: (source, gated port) allowed until this `ktime` (ns).
     pub const ALLOW: &str = "ALLOW";
+    /// `Array<DoorWindows>`, `MAX_DOORS` slots: the window keys of each secret door.
+    pub const WINDOWS: &str = "WINDOWS";
+    /// `LruHashMap<UsedKey, u64>`: (source, secret door, window) that has opened, with the
+    /// `ktime` it did. A sequence opens once.
+    pub const USED: &str = "USED";
 }
 
 /// Slots of `PORTS`: one per TCP port, then one per UDP port.
@@ -102,8 +109,13 @@ pub const fn port_slot(proto: u8, port: u16) -> Option<u32> {
     }
 }
 
-/// A bit per `PORTS` slot: the slots that are not all zero (see `maps::PORT_BITS`).
-pub type PortBits = [u64; PORT_BIT_WORDS];
+/// A bit per `PORTS` slot: the slots that are not all zero (see `maps::PORT_BITS`); then one
+/// more word, `SECRET_WORD`.
+pub type PortBits = [u64; PORT_BIT_WORDS + 1];
+/// The word of `PortBits` after the bits: the mask of secret doors. While it is not zero,
+/// every TCP SYN and UDP datagram goes further than the bitmap, since a secret door's later
+/// ports are any ports.
+pub const SECRET_WORD: usize = PORT_BIT_WORDS;
 /// Words of `PortBits`.
 pub const PORT_BIT_WORDS: usize = PORT_SLOTS as usize / 64;
 const _: () = assert!(PORT_BIT_WORDS.is_power_of_two());
@@ -130,13 +142,14 @@ mod tests {
 
     #[test]
     fn every_slot_has_its_own_bit() {
-        let mut bits: PortBits = [0; PORT_BIT_WORDS];
+        let mut bits: PortBits = [0; PORT_BIT_WORDS + 1];
         for slot in 0..PORT_SLOTS {
             let (word, bit) = port_bit(slot);
             assert_eq!(bits[word] & bit, 0, "slot {slot}");
             set_port_bit(&mut bits, slot);
         }
-        assert!(bits.iter().all(|&w| w == u64::MAX));
+        assert!(bits[..PORT_BIT_WORDS].iter().all(|&w| w == u64::MAX));
+        assert_eq!(bits[SECRET_WORD], 0, "the bits stop before the secret word");
     }
 
     #[test]

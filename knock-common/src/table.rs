@@ -75,6 +75,27 @@ impl SourceKey {
         (self.hash >> 32) as u32 & mask
     }
 
+    /// The keyed hash, to rebuild the key with `with_hash` (8 bytes to carry, not 32).
+    #[must_use]
+    #[inline(always)]
+    pub const fn hash(&self) -> u64 {
+        self.hash
+    }
+
+    /// The key of `src` whose keyed hash (`hash`) is known.
+    #[must_use]
+    #[inline(always)]
+    pub fn with_hash(src: &AddrKey, hash: u64) -> Self {
+        let a = &src.addr;
+        let words = [
+            u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+            u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+            u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+            u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+        ];
+        Self { words, family: src.family, hash }
+    }
+
     /// This source's key at door slot `door`.
     #[must_use]
     #[inline(always)]
@@ -118,8 +139,9 @@ impl SlotKey {
     /// fields, it is not a chain of multiplies behind the source's hash: a knock step computes
     /// it twice, to validate and to store.
     #[inline(always)]
-    const fn check(&self, stage: u8, epoch: u32, started_ns: u64) -> u64 {
-        let state = stage as u64 | (epoch as u64) << 8 | (self.door as u64) << 40;
+    const fn check(&self, a: &Attempt) -> u64 {
+        let (stage, epoch, started_ns) = (a.stage, a.epoch, a.started_ns);
+        let state = stage as u64 | (epoch as u64) << 8 | (self.door as u64) << 40 | (a.win as u64) << 48;
         // Never 0, the check of an empty slot.
         (self.hash ^ CHECK_SALT ^ state ^ started_ns.wrapping_mul(MUL)) | 1
     }
@@ -135,7 +157,8 @@ pub struct Slot {
     pub family: u8,
     pub door: u8,
     pub stage: u8,
-    pub _pad: u8,
+    /// `Attempt::win`.
+    pub win: u8,
     pub epoch: u32,
     pub started_ns: u64,
     /// `SlotKey::check` of the fields above; 0 marks an empty slot.
@@ -145,7 +168,7 @@ const _: () = assert!(core::mem::size_of::<Slot>() == 40);
 
 impl Slot {
     pub const EMPTY: Self =
-        Self { addr: [0; 4], family: 0, door: 0, stage: 0, _pad: 0, epoch: 0, started_ns: 0, check: 0 };
+        Self { addr: [0; 4], family: 0, door: 0, stage: 0, win: 0, epoch: 0, started_ns: 0, check: 0 };
 
     /// Whether the slot names `key` (a cheap test; `Set::find` then validates it).
     #[inline(always)]
@@ -161,10 +184,10 @@ impl Slot {
             family: key.family,
             door: key.door,
             stage: attempt.stage,
-            _pad: 0,
+            win: attempt.win,
             epoch: attempt.epoch,
             started_ns: attempt.started_ns,
-            check: key.check(attempt.stage, attempt.epoch, attempt.started_ns),
+            check: key.check(attempt),
         };
     }
 
@@ -215,9 +238,9 @@ impl Set {
                 // Each field read once, then validated together against our key: if the slot
                 // changed meanwhile, what was read belongs to another key or state, and the
                 // check cannot match.
-                let (stage, epoch, started_ns, check) = (s.stage, s.epoch, s.started_ns, s.check);
-                if check == key.check(stage, epoch, started_ns) {
-                    return Some((i, Attempt::new(stage, started_ns, epoch)));
+                let a = Attempt { stage: s.stage, win: s.win, epoch: s.epoch, started_ns: s.started_ns, _pad1: 0 };
+                if s.check == key.check(&a) {
+                    return Some((i, a));
                 }
             }
             candidates ^= bit;
@@ -251,8 +274,8 @@ impl Set {
                 bytes.copy_from_slice(&word.to_ne_bytes());
             }
             let key = SlotKey::new(secret, &src, s.door);
-            (key.check(s.stage, s.epoch, s.started_ns) == s.check)
-                .then(|| (src, s.door, Attempt::new(s.stage, s.started_ns, s.epoch)))
+            let a = Attempt { stage: s.stage, win: s.win, epoch: s.epoch, started_ns: s.started_ns, _pad1: 0 };
+            (key.check(&a) == s.check).then_some((src, s.door, a))
         })
     }
 
@@ -373,6 +396,13 @@ mod tests {
         set.tags[0] = other.tag;
         assert_eq!(set.find(&k), None);
         assert_eq!(set.find(&other), None, "a tag alone is no attempt");
+    }
+
+    #[test]
+    fn a_key_rebuilt_from_its_hash_is_the_same() {
+        let src = AddrKey::v4([198, 18, 0, 7]);
+        let k = SourceKey::new(SECRET, &src);
+        assert_eq!(SourceKey::with_hash(&src, k.hash()), k);
     }
 
     #[test]

@@ -165,7 +165,7 @@ fn raw16(ctx: &XdpContext, offset: usize) -> Result<u16, Skip> {
 /// constant offsets. `None` for any other frame, which `parse_v4` then reads in full; for
 /// the frames this accepts, it would return the same.
 #[inline(always)]
-fn plain_v4(ctx: &XdpContext, listed: impl Fn(u8, u16) -> bool) -> Option<Result<Parsed, Skip>> {
+fn plain_v4(ctx: &XdpContext, listed: impl Fn(u8, u16, u8) -> bool) -> Option<Result<Parsed, Skip>> {
     const IP: usize = EthHdr::LEN;
     const L4: usize = IP + Ipv4Hdr::LEN;
     let (start, end) = (ctx.data(), ctx.data_end());
@@ -191,17 +191,19 @@ fn plain_v4(ctx: &XdpContext, listed: impl Fn(u8, u16) -> bool) -> Option<Result
         _ => return None,
     };
     let dport = u16::from_be(dport);
-    if !listed(proto, dport) {
+    if !listed(proto, dport, tcp_flags) {
         return Some(Err(Skip::NotKnock));
     }
     Some(Ok(Parsed::new(IP, false, proto, dport, tcp_flags, frags & IPV4_MORE_FRAGS != 0)))
 }
 
 #[inline(always)]
-pub(crate) fn parse(ctx: &XdpContext, listed: impl Fn(u8, u16) -> bool + Copy) -> Result<Parsed, Skip> {
-    // Only packets to a port some door names or gates go further than this.
-    let listed_only =
-        |parsed: Parsed| if listed(parsed.proto(), parsed.dport()) { Ok(parsed) } else { Err(Skip::NotKnock) };
+pub(crate) fn parse(ctx: &XdpContext, listed: impl Fn(u8, u16, u8) -> bool + Copy) -> Result<Parsed, Skip> {
+    // Only packets to a port some door names or gates (or, with secret doors, every new
+    // packet) go further than this.
+    let listed_only = |parsed: Parsed| {
+        if listed(parsed.proto(), parsed.dport(), parsed.tcp_flags()) { Ok(parsed) } else { Err(Skip::NotKnock) }
+    };
     // The ethertype sits in the last two bytes of the Ethernet header, or of each VLAN tag.
     let mut off = EthHdr::LEN;
     let mut ether_type = raw16(ctx, off - 2)?;

@@ -9,9 +9,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use knock_common::{
-    AddrKey, AllowKey, Attempt, Counter, CpuState, DoorCounters, DoorSpec, EventKind, GATE_CLOSE, GATE_OPEN, Knock,
-    KnockEvent, LocalAddrs, MAX_DOORS, MAX_GATE_PORTS, Outcome, PORT_SLOTS, PortBits, PortDoors, Set, Settings,
-    SourceKey, XDP_DROP, XDP_PASS, gate_passes, is_new_connection, port_bit, port_slot, step,
+    AddrKey, AllowKey, Attempt, Counter, CpuState, DoorCounters, DoorSpec, DoorWindows, EventKind, GATE_CLOSE,
+    GATE_OPEN, Knock, KnockEvent, LocalAddrs, MAX_DOORS, MAX_GATE_PORTS, Outcome, PORT_SLOTS, PortBits, PortDoors, Prf,
+    SECRET_WORD, Set, Settings, SlotKey, SourceKey, UsedKey, WindowKey, XDP_DROP, XDP_PASS, gate_passes,
+    is_new_connection, port_bit, port_slot, secret_step, step,
 };
 
 use crate::parse::{self, Parsed, Skip};
@@ -35,7 +36,7 @@ static PORTS: Array<PortDoors> = Array::with_max_entries(PORT_SLOTS, 0);
 /// (see `maps::PORT_BITS`). The only static in `.bss`, which user space writes whole as the
 /// one value of an array; `mut`, so that it is not `.rodata`, which is frozen at load.
 #[unsafe(no_mangle)]
-static mut PORT_BITS: PortBits = [0; knock_common::PORT_BIT_WORDS];
+static mut PORT_BITS: PortBits = [0; knock_common::PORT_BIT_WORDS + 1];
 
 /// This host's addresses on the interface; knocks must be sent to one (or to a door's target).
 #[map]
@@ -66,13 +67,29 @@ static CPU: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static ALLOW: LruHashMap<AllowKey, u64> = LruHashMap::with_max_entries(65536, 0);
 
+/// Per door slot, the window keys of a secret door (written by the daemon as windows pass).
+#[map]
+static WINDOWS: Array<DoorWindows> = Array::with_max_entries(MAX_DOORS, 0);
+
+/// (source, secret door, window) that has opened, with the `ktime` it did: single use.
+/// Only a completed sequence inserts here, so nobody without the key can push entries out.
+#[map]
+static USED: LruHashMap<UsedKey, u64> = LruHashMap::with_max_entries(65536, 0);
+
+/// `BPF_NOEXIST`: the update fails if the key is there.
+const BPF_NOEXIST: u64 = 1;
+
 /// Configurations of up to this many doors are matched inline by `knockgate`.
 const INLINE_DOORS: u32 = 2;
 const _: () = assert!(INLINE_DOORS == 2, "knock_doors matches doors 0 and 1 inline");
 
-/// Slot 0: `knockgate_doors`, which `knockgate` hands knocks to when there are several doors.
+/// Slot `WALK_PLAIN`: `knockgate_doors`, which `knockgate` hands knocks to when there are
+/// several doors; slot `WALK_SECRET`: `knockgate_secret`, for any new packet while secret
+/// doors exist.
 #[map]
-static DOOR_WALK: ProgramArray = ProgramArray::with_max_entries(1, 0);
+static DOOR_WALK: ProgramArray = ProgramArray::with_max_entries(2, 0);
+const WALK_PLAIN: u32 = 0;
+const WALK_SECRET: u32 = 1;
 
 /// The program attached to the interface. With up to two doors it matches knocks inline;
 /// with more it hands knocks to `knockgate_doors` (every door must see every knock: a knock at
@@ -90,6 +107,36 @@ fn knockgate_doors(ctx: XdpContext) -> u32 {
     run::<true>(&ctx)
 }
 
+/// Reached only by tail call from `knockgate`, while secret doors exist: matches the secret
+/// doors, then hands the packet to `knockgate_doors` for the plain doors, stealth and the gate.
+/// A program of its own: with the plain doors' loop and the verdict in the same program, the
+/// stack of the two would exceed 512 bytes.
+#[xdp]
+fn knockgate_secret(ctx: XdpContext) -> u32 {
+    secret_walk(&ctx)
+}
+
+#[inline(always)]
+fn secret_walk(ctx: &XdpContext) -> u32 {
+    // What `knockgate` parsed is in this CPU's `SecretWalk`: this program's frame stays small,
+    // and with its loop body's fits in 512 bytes.
+    let (Some(cpu), Some(settings)) = (Cpu::get(), SETTINGS.get(0)) else { return XDP_DROP };
+    // SAFETY: the loop reads the hand-over; nothing else runs on this CPU meanwhile.
+    unsafe {
+        bpf_loop(settings.slots.min(MAX_DOORS), secret_door_step as *mut c_void, core::ptr::null_mut(), 0);
+    }
+    // SAFETY: as above.
+    let (doors, gated) = unsafe { ((*cpu.walk()).knock_doors, (*cpu.walk()).gated != 0) };
+    if doors == 0 && !gated {
+        return XDP_PASS;
+    }
+    // SAFETY: `ctx` is this program's context; on success this does not return.
+    unsafe { DOOR_WALK.tail_call(ctx, WALK_PLAIN) };
+    // Only with an empty program array: plain doors are not matched, and the gate drops.
+    cpu.count(Counter::MapErrors);
+    if gated { XDP_DROP } else { XDP_PASS }
+}
+
 #[inline(always)]
 fn run<const ALL_DOORS: bool>(ctx: &XdpContext) -> u32 {
     // The common case, a port that is neither a knock port nor gated, ends in `parse` at
@@ -97,10 +144,9 @@ fn run<const ALL_DOORS: bool>(ctx: &XdpContext) -> u32 {
     match parse::parse(ctx, port_listed) {
         Ok(parsed) => {
             let Some(slot) = port_slot(parsed.proto(), parsed.dport()) else { return XDP_PASS };
-            match PORTS.get(slot) {
-                Some(&doors) if doors.knock | doors.gate != 0 => on_packet::<ALL_DOORS>(ctx, parsed, doors),
-                _ => XDP_PASS,
-            }
+            // A secret door's later step (any port) reaches here with nothing in `PORTS`.
+            let doors = PORTS.get(slot).copied().unwrap_or_default();
+            on_packet::<ALL_DOORS>(ctx, parsed, doors)
         }
         Err(Skip::Malformed) => {
             // It could be aimed at a gated port: never let it bypass the gate.
@@ -117,14 +163,21 @@ fn run<const ALL_DOORS: bool>(ctx: &XdpContext) -> u32 {
     }
 }
 
-/// Whether `PORTS` may hold something for (protocol, port): its bit in `PORT_BITS` is set.
+/// Whether the packet goes past the bitmap: `PORTS` may hold something for (protocol, port)
+/// (its bit in `PORT_BITS` is set), or secret doors exist and it is a TCP SYN or a UDP
+/// datagram (a secret door's later ports are any ports).
 #[inline(always)]
-fn port_listed(proto: u8, port: u16) -> bool {
+fn port_listed(proto: u8, port: u16, tcp_flags: u8) -> bool {
     let Some(slot) = port_slot(proto, port) else { return false };
     let (word, bit) = port_bit(slot);
-    // SAFETY: `port_bit` masks the word index into the array. Volatile: user space writes
-    // the array, which the compiler would otherwise take for all zeros.
-    unsafe { core::ptr::read_volatile((&raw const PORT_BITS).cast::<u64>().add(word)) & bit != 0 }
+    let bits = (&raw const PORT_BITS).cast::<u64>();
+    // SAFETY: `port_bit` masks the word index into the array, and `SECRET_WORD` is its last
+    // word. Volatile: user space writes the array, which the compiler would otherwise take
+    // for all zeros.
+    unsafe {
+        core::ptr::read_volatile(bits.add(word)) & bit != 0
+            || (core::ptr::read_volatile(bits.add(SECRET_WORD)) != 0 && is_new_connection(proto, tcp_flags))
+    }
 }
 
 /// This CPU's `CpuState`.
@@ -171,6 +224,65 @@ impl Cpu {
         }
     }
 
+    /// `v`, as a value the verifier no longer knows: it goes through this CPU's map memory,
+    /// whose contents the verifier does not track. Where a function returns one of several
+    /// constants (a slot index), the paths that follow are then one path to the verifier,
+    /// not one per constant.
+    #[inline(always)]
+    fn opaque(self, v: usize) -> usize {
+        // SAFETY: this CPU's slot, as above; volatile, so that the compiler does not see
+        // through the round trip either.
+        unsafe {
+            core::ptr::write_volatile(&raw mut (*self.0).scratch[0], v as u64);
+            core::ptr::read_volatile(&raw const (*self.0).scratch[0]) as usize
+        }
+    }
+
+    /// `d`, through this CPU's map memory as `opaque` does: what a door's matching decided
+    /// reaches the code that carries it out as values the verifier does not know, so that it
+    /// checks that code once, not once for every path through the matching.
+    #[inline(always)]
+    fn launder(self, d: Decision) -> Decision {
+        let w0 = u64::from(d.kind)
+            | u64::from(d.found) << 8
+            | (d.slot as u64 & 0xff) << 16
+            | u64::from(d.restarted) << 24
+            | u64::from(d.expired) << 25
+            | u64::from(d.attempt.stage) << 32
+            | u64::from(d.attempt.win) << 40;
+        let words = [w0, d.attempt.started_ns, u64::from(d.attempt.epoch), d.found_started_ns, d.window];
+        // SAFETY: this CPU's slot, as above; volatile, so that the compiler keeps the round trip.
+        let [w0, started_ns, epoch, found_started_ns, window] = unsafe {
+            let scratch = &raw mut (*self.0).scratch;
+            core::ptr::write_volatile(scratch, words);
+            core::ptr::read_volatile(scratch)
+        };
+        #[expect(clippy::cast_possible_truncation, reason = "unpacking the fields packed above")]
+        Decision {
+            kind: w0 as u8,
+            found: (w0 >> 8) as u8,
+            slot: (w0 >> 16) as usize & 0xff,
+            restarted: (w0 >> 24) & 1 != 0,
+            expired: (w0 >> 25) & 1 != 0,
+            attempt: Attempt {
+                started_ns,
+                epoch: epoch as u32,
+                stage: (w0 >> 32) as u8,
+                win: (w0 >> 40) as u8,
+                _pad1: 0,
+            },
+            found_started_ns,
+            window,
+        }
+    }
+
+    /// `knockgate_secret`'s hand-over to its loop body.
+    #[inline(always)]
+    fn walk(self) -> *mut SecretWalk {
+        // SAFETY: a field of this CPU's slot, large and aligned enough (asserted at `SecretWalk`).
+        unsafe { (&raw mut (*self.0).walk).cast() }
+    }
+
     /// Whether a stage event may be sent now.
     #[inline(always)]
     fn stage_budget(self, settings: &Settings) -> bool {
@@ -186,37 +298,66 @@ fn on_packet<const ALL_DOORS: bool>(
     parsed: Parsed,
     PortDoors { knock: doors, gate }: PortDoors,
 ) -> u32 {
-    let gated = gate != 0 && is_new_connection(parsed.proto(), parsed.tcp_flags());
-    if doors == 0 && !gated {
-        return XDP_PASS;
-    }
+    let new = is_new_connection(parsed.proto(), parsed.tcp_flags());
+    let gated = gate != 0 && new;
     let (Some(cpu), Some(settings)) = (Cpu::get(), SETTINGS.get(0)) else {
         // Unreachable (slot 0 of arrays), but never let it bypass a gate.
         return if gated { XDP_DROP } else { XDP_PASS };
     };
-    let mut walk = true;
-    // Every door sees every knock: a knock at any door's port resets another door's attempt
-    // (knockd's rule). Up to `INLINE_DOORS` doors are matched inline, more by `knockgate_doors`.
-    if !ALL_DOORS && settings.slots > INLINE_DOORS && doors != 0 && !parsed.fragment() {
-        // SAFETY: `ctx` is this program's context; on success this does not return.
-        unsafe { DOOR_WALK.tail_call(ctx, 0) };
-        // Only with an empty program array, never after a successful load: the knock is
-        // not matched, but stealth and the gate still apply.
-        cpu.count(Counter::MapErrors);
-        walk = false;
+    // A knock port: every door sees the packet (a knock at any door's port resets another
+    // door's attempt, knockd's rule). Any other new packet: the secret doors do, whose
+    // attempts it steps or resets.
+    let probe = doors == 0 && new && settings.secret_mask != 0;
+    if doors == 0 && !probe && !gated {
+        return XDP_PASS;
     }
+    // `knockgate_doors` walks only the plain doors, and only for their knock ports.
+    let mut walk = !parsed.fragment() && (doors != 0 || (probe && !ALL_DOORS));
     let Ok((src, dst)) = parse::addresses(ctx, parsed) else {
         // Already read once during parsing; unreachable, but never let it bypass a gate.
         return if gated { XDP_DROP } else { XDP_PASS };
     };
     let now = cpu.now_ns(settings);
+    let knock = Knock { proto: parsed.proto(), port: parsed.dport(), tcp_flags: parsed.tcp_flags() };
+    // Up to `INLINE_DOORS` plain doors are matched inline; more doors by `knockgate_doors`, and
+    // secret doors by `knockgate_secret` (each a loop whose body the verifier checks once: two
+    // doors inline with both kinds of matching are more paths than it will explore).
+    if !ALL_DOORS && walk && (settings.slots > INLINE_DOORS || settings.secret_mask != 0) {
+        let to = if settings.secret_mask != 0 {
+            let source = SourceKey::new(settings.hash_key, &src);
+            // SAFETY: this CPU's slot; `knockgate_secret` reads it back for this packet.
+            unsafe {
+                // Field by field: a whole struct would be built on the stack first.
+                let w = cpu.walk();
+                (*w).pkt.src = src;
+                (*w).pkt.dst = dst;
+                (*w).pkt.knock = knock;
+                (*w).now = now;
+                (*w).knock_doors = doors;
+                (*w).progress_set = source.set(settings.progress_mask);
+                (*w).first_set = source.set(settings.first_mask);
+                (*w).to_local = u32::from(LOCAL_ADDRS.get(0).is_some_and(|l| l.contains(&dst)));
+                (*w).gated = u32::from(gated);
+            }
+            WALK_SECRET
+        } else {
+            WALK_PLAIN
+        };
+        // SAFETY: `ctx` is this program's context; on success this does not return.
+        unsafe { DOOR_WALK.tail_call(ctx, to) };
+        // Only with an empty program array, never after a successful load: the knock is
+        // not matched, but stealth and the gate still apply.
+        cpu.count(Counter::MapErrors);
+        walk = false;
+    }
     let mut verdict = XDP_PASS;
-    if doors != 0 && !parsed.fragment() {
-        if walk {
+    if walk {
+        if doors != 0 {
             cpu.count(Counter::KnockPackets);
-            let knock = Knock { proto: parsed.proto(), port: parsed.dport(), tcp_flags: parsed.tcp_flags() };
-            knock_doors::<ALL_DOORS>(&Packet { src, dst, knock }, doors, settings, now, cpu);
         }
+        knock_doors::<ALL_DOORS>(&Packet { src, dst, knock }, doors, settings, now, cpu);
+    }
+    if doors != 0 && !parsed.fragment() {
         if doors & settings.stealth_mask != 0 {
             cpu.count(Counter::StealthDrops);
             verdict = XDP_DROP;
@@ -243,48 +384,99 @@ struct Packet {
     knock: Knock,
 }
 
-/// Matches a knock against every door: the doors whose sequence names the port may advance,
-/// the others' attempts by this source are reset.
+/// Matches a knock against every plain door: the doors whose sequence names the port may
+/// advance, the others' attempts by this source are reset.
 #[inline(always)]
 fn knock_doors<const ALL_DOORS: bool>(pkt: &Packet, doors: u32, settings: &Settings, now: u64, cpu: Cpu) {
-    // All of a source's attempts share one set of each table: hashed and looked up once.
-    let source = SourceKey::new(settings.hash_key, &pkt.src);
-    // Checked one at a time: LLVM would otherwise OR the two pointers into one null test,
-    // pointer arithmetic the verifier refuses.
-    let Some(progress) = PROGRESS.get_ptr_mut(source.set(settings.progress_mask)) else {
-        // Masks larger than the tables: a daemon bug. Count it; nothing advances or opens.
-        cpu.count(Counter::MapErrors);
-        return;
-    };
-    let Some(first) = FIRST_KNOCKS.get_ptr_mut(source.set(settings.first_mask)) else {
-        cpu.count(Counter::MapErrors);
-        return;
-    };
-    let mut ctx = DoorLoop {
-        pkt,
-        settings,
-        to_local: LOCAL_ADDRS.get(0).is_some_and(|l| l.contains(&pkt.dst)),
-        now,
-        cpu,
-        source,
-        knock_doors: doors,
-        progress,
-        first,
-    };
+    let Some(mut ctx) = DoorLoop::new(pkt, doors, settings, now, cpu) else { return };
     if !ALL_DOORS {
-        // At most `INLINE_DOORS` doors (more went to `knockgate_doors`).
-        door(0, &ctx);
+        // At most `INLINE_DOORS` plain doors (more, or secret ones, went to another program).
+        door::<PLAIN>(0, &ctx);
         if settings.slots > 1 {
-            door(1, &ctx);
+            door::<PLAIN>(1, &ctx);
         }
         return;
     }
     // bpf_loop (kernel 5.17+) has the verifier check the body once instead of once per door.
-    // SAFETY: `door_step` matches the callback ABI and `ctx` outlives the call.
+    // SAFETY: the callback matches the callback ABI and `ctx` outlives the call.
     unsafe {
-        bpf_loop(settings.slots.min(MAX_DOORS), door_step as *mut c_void, core::ptr::from_mut(&mut ctx).cast(), 0);
+        bpf_loop(
+            settings.slots.min(MAX_DOORS),
+            door_step::<PLAIN> as *mut c_void,
+            core::ptr::from_mut(&mut ctx).cast(),
+            0,
+        );
     }
 }
+
+impl<'a> DoorLoop<'a> {
+    /// What every door's matching of `pkt` shares; `None` if the attempt tables are not there.
+    #[inline(always)]
+    fn new(pkt: &'a Packet, doors: u32, settings: &'a Settings, now: u64, cpu: Cpu) -> Option<Self> {
+        // All of a source's attempts share one set of each table: hashed and looked up once.
+        let source = SourceKey::new(settings.hash_key, &pkt.src);
+        // Checked one at a time: LLVM would otherwise OR the two pointers into one null test,
+        // pointer arithmetic the verifier refuses.
+        let Some(progress) = PROGRESS.get_ptr_mut(source.set(settings.progress_mask)) else {
+            // Masks larger than the tables: a daemon bug. Count it; nothing advances or opens.
+            cpu.count(Counter::MapErrors);
+            return None;
+        };
+        let Some(first) = FIRST_KNOCKS.get_ptr_mut(source.set(settings.first_mask)) else {
+            cpu.count(Counter::MapErrors);
+            return None;
+        };
+        Some(Self {
+            pkt,
+            settings,
+            to_local: LOCAL_ADDRS.get(0).is_some_and(|l| l.contains(&pkt.dst)),
+            now,
+            cpu,
+            source_hash: source.hash(),
+            knock_doors: doors,
+            progress,
+            first,
+        })
+    }
+}
+
+/// `knockgate_secret`'s loop state, in `CpuState::walk`.
+struct SecretWalk {
+    pkt: Packet,
+    now: u64,
+    knock_doors: u32,
+    progress_set: u32,
+    first_set: u32,
+    to_local: u32,
+    /// A new connection to a gated port.
+    gated: u32,
+}
+const _: () = assert!(size_of::<SecretWalk>() <= 8 * 10 && align_of::<SecretWalk>() <= 8);
+
+/// One secret door of `knockgate_secret`'s loop; returns 0 to continue.
+extern "C" fn secret_door_step(index: u32, _ctx: *mut c_void) -> i64 {
+    let (Some(cpu), Some(settings)) = (Cpu::get(), SETTINGS.get(0)) else { return 1 };
+    // SAFETY: written by `secret_walk` on this CPU just before the loop.
+    let walk = unsafe { &*cpu.walk() };
+    let Some(progress) = PROGRESS.get_ptr_mut(walk.progress_set) else { return 1 };
+    let Some(first) = FIRST_KNOCKS.get_ptr_mut(walk.first_set) else { return 1 };
+    let ctx = DoorLoop {
+        pkt: &walk.pkt,
+        settings,
+        to_local: walk.to_local != 0,
+        now: walk.now,
+        cpu,
+        source_hash: SourceKey::new(settings.hash_key, &walk.pkt.src).hash(),
+        knock_doors: walk.knock_doors,
+        progress,
+        first,
+    };
+    door::<SECRET>(index, &ctx)
+}
+
+/// `door`'s `KIND`s: the doors a body matches.
+const PLAIN: u8 = 0;
+const SECRET: u8 = 1;
 
 /// State shared with the `bpf_loop` body.
 struct DoorLoop<'a> {
@@ -293,7 +485,8 @@ struct DoorLoop<'a> {
     to_local: bool,
     now: u64,
     cpu: Cpu,
-    source: SourceKey,
+    /// The source's keyed hash (`SourceKey::hash`): 8 bytes of a frame, not the key's 32.
+    source_hash: u64,
     /// The doors whose sequence names the knocked port (`PortDoors::knock`).
     knock_doors: u32,
     /// This source's set in `PROGRESS` and in `FIRST_KNOCKS`.
@@ -301,29 +494,40 @@ struct DoorLoop<'a> {
     first: *mut Set,
 }
 
-/// One door of the loop; returns 0 to continue.
-extern "C" fn door_step(index: u32, ctx: *mut c_void) -> i64 {
-    // SAFETY: bpf_loop passes back the pointer `knock_doors` gave it.
-    door(index, unsafe { &*(ctx as *const DoorLoop<'_>) })
+impl DoorLoop<'_> {
+    /// This source's key at door slot `index`.
+    #[inline(always)]
+    fn key(&self, index: u8) -> SlotKey {
+        SourceKey::with_hash(&self.pkt.src, self.source_hash).door(index)
+    }
 }
 
-/// One door's part in a knock; returns 0 to go on.
+/// One door of a loop; returns 0 to continue.
+extern "C" fn door_step<const KIND: u8>(index: u32, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer `knock_doors` gave it.
+    door::<KIND>(index, unsafe { &*(ctx as *const DoorLoop<'_>) })
+}
+
+/// One door's part in a knock, if it is of `KIND`; returns 0 to go on.
 #[inline(always)]
-fn door(index: u32, ctx: &DoorLoop<'_>) -> i64 {
+fn door<const KIND: u8>(index: u32, ctx: &DoorLoop<'_>) -> i64 {
     let Some(door) = DOORS.get(index) else { return 1 };
+    if (door.secret != 0) != (KIND == SECRET) {
+        return 0;
+    }
     let addressed =
         if door.target_family == 0 { ctx.to_local } else { ctx.pkt.dst.same_addr(door.target_family, &door.target) };
     if addressed {
         #[expect(clippy::cast_possible_truncation, reason = "door slots number MAX_DOORS, fewer than 256")]
-        knock_door(door, index as u8, ctx);
+        knock_door::<KIND>(door, index as u8, ctx);
     }
     0
 }
 
 #[inline(always)]
-fn knock_door(door: &DoorSpec, index: u8, ctx: &DoorLoop<'_>) {
+fn knock_door<const KIND: u8>(door: &DoorSpec, index: u8, ctx: &DoorLoop<'_>) {
     let DoorLoop { pkt, settings, now, cpu, .. } = *ctx;
-    let key = ctx.source.door(index);
+    let key = ctx.key(index);
     // SAFETY: map value pointers from successful lookups, valid for this program run. Other
     // CPUs may write the same sets: `Set` validates every slot it reads (see its docs).
     let (progress, first) = unsafe { (&mut *ctx.progress, &mut *ctx.first) };
@@ -338,30 +542,102 @@ fn knock_door(door: &DoorSpec, index: u8, ctx: &DoorLoop<'_>) {
     }
     let current = found.map(|(_, _, a)| a);
     let expired = current.is_some_and(|a| a.epoch == door.epoch && a.expired(door.timeout_ns, now));
-    if expired {
-        cpu.count(Counter::Timeouts);
-        cpu.count_door(index, |d| d.timeouts += 1);
+    let (outcome, window) = if KIND == PLAIN {
+        (step(door, current, pkt.knock, now), 0)
+    } else {
+        let Some(windows) = WINDOWS.get(u32::from(index)) else { return };
+        let s = secret_step(&GlobalPrf, door, windows, current, pkt.knock, &pkt.src, now);
+        (s.outcome, s.window)
+    };
+    let (kind, attempt) = match outcome {
+        Outcome::Ignore => (Decision::IGNORE, Attempt::new(0, 0, 0)),
+        Outcome::Progress(a) => (Decision::PROGRESS, a),
+        Outcome::Open => (Decision::OPEN, Attempt::new(door.len, 0, door.epoch)),
+        Outcome::Reset => (Decision::RESET, Attempt::new(0, 0, 0)),
+    };
+    let d = cpu.launder(Decision {
+        kind,
+        found: match found {
+            None => 0,
+            Some((Table::First, ..)) => 1,
+            Some((Table::Progress, ..)) => 2,
+        },
+        slot: found.map_or(0, |(_, i, _)| i),
+        // A live attempt that did not advance by one was broken, then restarted.
+        restarted: current.is_some_and(|c| !expired && c.epoch == door.epoch && attempt.stage != c.stage + 1),
+        expired,
+        attempt,
+        found_started_ns: found.map_or(now, |(_, _, a)| a.started_ns),
+        window,
+    });
+    carry_out::<KIND>(door, index, ctx, &d);
+}
+
+/// What matching decided for one door and one packet (`knock_door`), for `carry_out`.
+#[derive(Clone, Copy)]
+struct Decision {
+    /// `IGNORE`, `PROGRESS`, `OPEN` or `RESET`.
+    kind: u8,
+    /// Where the source's attempt was: 0 nowhere, 1 `FIRST_KNOCKS`, 2 `PROGRESS`.
+    found: u8,
+    slot: usize,
+    restarted: bool,
+    expired: bool,
+    /// `PROGRESS`: the attempt to store.
+    attempt: Attempt,
+    /// When the attempt found started (now if none).
+    found_started_ns: u64,
+    /// Secret doors: the window of the attempt.
+    window: u64,
+}
+
+impl Decision {
+    const IGNORE: u8 = 0;
+    const PROGRESS: u8 = 1;
+    const OPEN: u8 = 2;
+    const RESET: u8 = 3;
+
+    #[inline(always)]
+    fn found(&self) -> Option<(Table, usize)> {
+        match self.found {
+            1 => Some((Table::First, self.slot)),
+            2 => Some((Table::Progress, self.slot)),
+            _ => None,
+        }
     }
-    match step(door, current, pkt.knock, now) {
-        Outcome::Ignore => {}
-        Outcome::Progress(attempt) => {
+}
+
+/// Carries out a door's `Decision`: counters, the attempt tables, the gate, events.
+#[inline(always)]
+fn carry_out<const KIND: u8>(door: &DoorSpec, index: u8, ctx: &DoorLoop<'_>, d: &Decision) {
+    let DoorLoop { pkt, settings, now, cpu, .. } = *ctx;
+    let key = ctx.key(index);
+    // SAFETY: as in `knock_door`.
+    let (progress, first) = unsafe { (&mut *ctx.progress, &mut *ctx.first) };
+    let found = d.found();
+    if d.expired {
+        cpu.count(Counter::Timeouts);
+        cpu.count_door(index, |c| c.timeouts += 1);
+    }
+    match d.kind {
+        Decision::PROGRESS => {
+            let attempt = d.attempt;
             cpu.count(Counter::Steps);
-            // A live attempt that did not advance by one was broken, then restarted.
-            if current.is_some_and(|c| !expired && c.epoch == door.epoch && attempt.stage != c.stage + 1) {
+            if d.restarted {
                 cpu.count(Counter::Resets);
-                cpu.count_door(index, |d| d.resets += 1);
+                cpu.count_door(index, |c| c.resets += 1);
             }
-            cpu.count_door(index, |d| d.reached(attempt.stage));
+            cpu.count_door(index, |c| c.reached(attempt.stage));
             let target = if attempt.stage <= 1 { Table::First } else { Table::Progress };
             match found {
                 // Same table: update the slot in place.
-                Some((t, i, _)) if t == target => pick(t, progress, first).store(i, &key, &attempt),
+                Some((t, i)) if t == target => pick(t, progress, first).store(i, &key, &attempt),
                 _ => {
-                    if let Some((t, i, _)) = found {
+                    if let Some((t, i)) = found {
                         pick(t, progress, first).clear(i);
                     }
                     let set = pick(target, progress, first);
-                    let i = set.victim();
+                    let i = cpu.opaque(set.victim());
                     if set.occupied(i) {
                         cpu.count(if target == Table::First {
                             Counter::FirstKnockEvictions
@@ -378,34 +654,65 @@ fn knock_door(door: &DoorSpec, index: u8, ctx: &DoorLoop<'_>) {
                 cpu.count(Counter::StagesSuppressed);
             }
         }
-        Outcome::Open => {
+        Decision::OPEN => {
+            if let Some((t, i)) = found {
+                pick(t, progress, first).clear(i);
+            }
+            if KIND == SECRET && !first_use(pkt, index, door.epoch, d.window, now) {
+                // This source has opened with this window's sequence already: a replay.
+                cpu.count(Counter::Replays);
+                return;
+            }
             cpu.count(Counter::Steps);
             cpu.count(Counter::Opens);
-            cpu.count_door(index, |d| {
-                d.reached(door.len);
-                d.opens += 1;
+            cpu.count_door(index, |c| {
+                c.reached(door.len);
+                c.opens += 1;
             });
-            let started_ns = match found {
-                Some((t, i, a)) => {
-                    pick(t, progress, first).clear(i);
-                    a.started_ns
-                }
-                None => now,
-            };
             // The gate opens before user space even hears of the knock.
             gate(door, pkt, now, cpu);
-            emit(pkt, EventKind::Open, index, &Attempt::new(door.len, started_ns, door.epoch), cpu);
+            emit(pkt, EventKind::Open, index, &Attempt::new(door.len, d.found_started_ns, door.epoch), cpu);
         }
-        Outcome::Reset => {
-            if !expired {
+        Decision::RESET => {
+            if !d.expired {
                 cpu.count(Counter::Resets);
-                cpu.count_door(index, |d| d.resets += 1);
+                cpu.count_door(index, |c| c.resets += 1);
             }
-            if let Some((t, i, _)) = found {
+            if let Some((t, i)) = found {
                 pick(t, progress, first).clear(i);
             }
         }
+        _ => {}
     }
+}
+
+/// The secret doors' PRF, through `knockgate_siphash`.
+struct GlobalPrf;
+
+impl Prf for GlobalPrf {
+    #[inline(always)]
+    fn block(&self, key: &WindowKey, src: &AddrKey, block: u8) -> u64 {
+        let [m0, m1, m2] = knock_common::secret::message(src, block);
+        knockgate_siphash(key.sip[0], key.sip[1], m0, m1, m2)
+    }
+}
+
+/// SipHash-2-4 of a 24-byte message. A global function (BTF linkage), which the verifier
+/// checks once on its own: inline, its few hundred instructions would be checked again on
+/// every path that reaches them. Scalars in, a scalar out, as a global function must.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn knockgate_siphash(k0: u64, k1: u64, m0: u64, m1: u64, m2: u64) -> u64 {
+    knock_common::secret::siphash24(k0, k1, m0, m1, m2)
+}
+
+/// Spends the single use of (source, secret door, window); false if it was spent. An insert
+/// that fails only if the key is there, so two CPUs completing the same sequence at once
+/// cannot both open.
+#[inline(always)]
+fn first_use(pkt: &Packet, door: u8, epoch: u32, window: u64, now: u64) -> bool {
+    let key = UsedKey { addr: pkt.src.addr, family: pkt.src.family, door, _pad: 0, epoch, window };
+    USED.insert(key, now, BPF_NOEXIST).is_ok()
 }
 
 /// Opens (or closes) the door's gated ports for the knocker.

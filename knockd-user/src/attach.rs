@@ -13,7 +13,7 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use knock_common::{AllowKey, maps};
+use knock_common::{AllowKey, UsedKey, maps};
 
 use crate::{
     kernel::{KernelError, KnockProgram, map_err},
@@ -198,7 +198,35 @@ impl KnockProgram {
                 copied.push((key, until));
             }
         }
+        self.carry_used(dir)?;
         Ok(Carried { dir: dir.to_path_buf(), copied })
+    }
+
+    /// Copies the spent single uses of secret sequences from another layout's pinned `USED`
+    /// in `dir`, so that a knock replayed across an upgrade still opens nothing. Entries only
+    /// ever appear, so copying again after the swap (`settle`) catches those made meanwhile.
+    fn carry_used(&mut self, dir: &Path) -> Result<usize, KernelError> {
+        let path = dir.join(maps::USED);
+        if !path.exists() {
+            return Ok(0);
+        }
+        let data = MapData::from_pin(&path).map_err(map_err(maps::USED))?;
+        let info = data.info().map_err(map_err(maps::USED))?;
+        if info.key_size() as usize != size_of::<UsedKey>() || info.value_size() as usize != size_of::<u64>() {
+            tracing::warn!("{}: spent secret sequences of another shape are not carried over", path.display());
+            return Ok(0);
+        }
+        let old: HashMap<_, UsedKey, u64> =
+            HashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(map_err(maps::USED))?;
+        let mut new: HashMap<_, UsedKey, u64> =
+            HashMap::try_from(self.map_mut(maps::USED)?).map_err(map_err(maps::USED))?;
+        let mut n = 0;
+        for entry in old.iter() {
+            let (key, at) = entry.map_err(map_err(maps::USED))?;
+            new.insert(key, at, 0).map_err(map_err(maps::USED))?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// After the swap: what the old program did to the allowances between the copy and the
@@ -222,6 +250,7 @@ impl KnockProgram {
                 Some(_) => {}
             }
         }
+        self.carry_used(&carried.dir)?;
         PinDir::remove_maps(&carried.dir)?;
         Ok(carried.copied.len())
     }

@@ -11,6 +11,8 @@ use std::{
 
 use knock_common::{MAX_DOORS, MAX_GATE_PORTS, MAX_STEPS, PROTO_TCP, PROTO_UDP, TcpFlags};
 
+use crate::secret_door::{Draft, SecretDoor};
+
 /// knockd's `SEQ_TIMEOUT`.
 pub const DEFAULT_SEQ_TIMEOUT: Duration = Duration::from_secs(25);
 /// knockd's `CMD_TIMEOUT`.
@@ -145,6 +147,9 @@ pub struct Door {
     pub gate: Gate,
     /// knockgate: drop this door's knock packets (no RST/ICMP answers a knock).
     pub stealth: bool,
+    /// knockgate: a secret-keyed door (`secret_file`), whose sequence is derived per window
+    /// and source; `sequence` is then empty.
+    pub secret: Option<SecretDoor>,
 }
 
 /// A door's in-kernel gate.
@@ -195,6 +200,7 @@ impl Door {
             one_time: None,
             gate: Gate::None,
             stealth: false,
+            secret: None,
         }
     }
 
@@ -210,6 +216,7 @@ impl Door {
             && self.target == other.target
             && self.gate == other.gate
             && self.stealth == other.stealth
+            && self.secret == other.secret
     }
 
     /// The start command for a knocker of this family; `None` when there is nothing to run.
@@ -261,7 +268,7 @@ impl Config {
 
     /// Parses knockd.conf text.
     pub fn parse_knockd(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        Parser { path, config: Config::default(), section: Section::None }.run(text)
+        Parser { path, config: Config::default(), section: Section::None, drafts: Vec::new() }.run(text)
     }
 }
 
@@ -276,6 +283,8 @@ struct Parser<'a> {
     path: &'a Path,
     config: Config,
     section: Section,
+    /// Per door, its secret directives so far.
+    drafts: Vec<Draft>,
 }
 
 impl Parser<'_> {
@@ -296,8 +305,17 @@ impl Parser<'_> {
                 self.directive(n, line)?;
             }
         }
+        for (door, draft) in self.config.doors.iter_mut().zip(std::mem::take(&mut self.drafts)) {
+            let line = draft.line();
+            let path = self.path.to_path_buf();
+            let err = |line: usize, message: String| ConfigError { path: path.clone(), line: Some(line), message };
+            door.secret = draft.finish().map_err(|(line, m)| err(line, m))?;
+            if let (Some(_), Some(line)) = (&door.secret, line) {
+                secret_door_fits(door).map_err(|m| err(line, m))?;
+            }
+        }
         for door in &self.config.doors {
-            if door.sequence.is_empty() {
+            if door.sequence.is_empty() && door.secret.is_none() {
                 return Err(self.err(door.line, format!("section '{}' has an empty knock sequence", door.name)));
             }
             if matches!(&door.gate, Gate::Open { ports, .. } if ports.is_empty()) {
@@ -320,6 +338,7 @@ impl Parser<'_> {
             return Err(self.err(n, format!("too many doors: at most {MAX_DOORS} are supported")));
         }
         self.config.doors.push(Door::new(name.to_owned(), n));
+        self.drafts.push(Draft::default());
         self.section = Section::Door(self.config.doors.len() - 1);
         Ok(())
     }
@@ -345,6 +364,9 @@ impl Parser<'_> {
             )),
             Section::Options => self.option(n, &key, value),
             Section::Door(i) => {
+                if self.drafts[i].directive(n, &key, value).map_err(|m| self.err(n, m))? {
+                    return Ok(());
+                }
                 let mut door = self.config.doors[i].clone();
                 self.door_directive(n, &mut door, &key, value)?;
                 self.config.doors[i] = door;
@@ -447,6 +469,19 @@ impl Parser<'_> {
             self.err(n, format!("{} '{value}' is not a whole number of seconds", key.to_ascii_lowercase()))
         })
     }
+}
+
+/// Whether a door with `secret_file` is otherwise well formed: no fixed sequence, no stealth.
+pub fn secret_door_fits(door: &Door) -> Result<(), String> {
+    if !door.sequence.is_empty() {
+        let what = if door.one_time.is_some() { "one_time_sequences" } else { "sequence" };
+        return Err(format!("door '{}' has both secret_file and {what}", door.name));
+    }
+    if door.stealth {
+        // Its first port changes with every window and may be any port, a real service's too.
+        return Err(format!("door '{}': stealth is not available for a door with secret_file", door.name));
+    }
+    Ok(())
 }
 
 /// Applies a `TCPFlags` value (`syn,!ack`; spaces allowed) to a door. knockd semantics:

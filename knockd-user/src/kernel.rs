@@ -11,8 +11,9 @@ use aya::{
     },
 };
 use knock_common::{
-    AddrKey, AllowKey, Attempt, Counter, CpuState, DoorSpec, LocalAddrs, MAX_DOORS, MAX_LOCAL_ADDRS, PORT_BIT_WORDS,
-    PORT_SLOTS, PortBits, PortDoors, Rate, Set, Settings, SlotKey, WAYS, maps, port_bit, set_port_bit, sets_for,
+    AddrKey, AllowKey, Attempt, Counter, CpuState, DoorSpec, DoorWindows, LocalAddrs, MAX_DOORS, MAX_LOCAL_ADDRS,
+    PORT_BIT_WORDS, PORT_SLOTS, PortBits, PortDoors, Rate, SECRET_WORD, Set, Settings, SlotKey, UsedKey, WAYS, maps,
+    port_bit, set_port_bit, sets_for,
 };
 
 use crate::{
@@ -20,13 +21,15 @@ use crate::{
     config::{Gate, Knock},
     doors::Doors,
     pin::{PINNED_MAPS, PinDir},
+    secret_door::Clock,
     spec::{addr_key, gate_table, port_table},
 };
 
 /// Name of the XDP function in the object.
 pub const PROGRAM: &str = "knockgate";
-/// The program `knockgate` tail-calls for ports that several sequences name.
-const DOOR_WALK_PROGRAM: &str = "knockgate_doors";
+/// The programs `knockgate` tail-calls, by their slot in `DOOR_WALK`: for ports that several
+/// sequences name, and for new packets while secret doors exist.
+const WALK_PROGRAMS: [&str; 2] = ["knockgate_doors", "knockgate_secret"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -94,13 +97,16 @@ fn sync_ports(
     Ok(())
 }
 
-/// Makes `PORT_BITS` hold a bit for each slot of the given tables that is not all zero.
+/// Makes `PORT_BITS` hold a bit for each slot of the given tables that is not all zero, and
+/// the mask of secret doors.
 fn write_port_bits<'a>(
     ebpf: &mut Ebpf,
     tables: impl IntoIterator<Item = &'a BTreeMap<u32, PortDoors>>,
+    secret_mask: u32,
 ) -> Result<(), KernelError> {
     let name = maps::PORT_BITS;
-    let mut bits: Box<PortBits> = Box::new([0; PORT_BIT_WORDS]);
+    let mut bits: Box<PortBits> = Box::new([0; PORT_BIT_WORDS + 1]);
+    bits[SECRET_WORD] = u64::from(secret_mask);
     for table in tables {
         for (&slot, doors) in table {
             if *doors != PortDoors::default() {
@@ -168,6 +174,8 @@ pub struct KnockProgram {
     hash_key: u64,
     /// What `PORTS` holds now, so updates write only the slots that change.
     ports: BTreeMap<u32, PortDoors>,
+    /// The secret doors `PORT_BITS` holds now.
+    secret_mask: u32,
     /// The pinned state this program uses, if any (`load_pinned`).
     pub(crate) pins: Option<PinDir>,
     /// Whether `load_pinned` found this build's maps pinned and reused them.
@@ -195,7 +203,9 @@ fn pinned_shape(name: &str) -> (usize, usize, Option<u32>) {
         maps::PROGRESS | maps::FIRST_KNOCKS => (array, size_of::<Set>(), None),
         maps::CPU => (array, size_of::<CpuState>(), Some(1)),
         maps::ALLOW => (size_of::<AllowKey>(), size_of::<u64>(), None),
-        maps::DOOR_WALK => (array, array, Some(1)),
+        maps::WINDOWS => (array, size_of::<DoorWindows>(), Some(MAX_DOORS)),
+        maps::USED => (size_of::<UsedKey>(), size_of::<u64>(), None),
+        maps::DOOR_WALK => (array, array, Some(2)),
         _ => (0, 0, None),
     }
 }
@@ -276,12 +286,17 @@ impl KnockProgram {
         let mut ebpf = loader.load(KNOCK_EBPF)?;
         let prog: &mut Xdp = ebpf.program_mut(PROGRAM).ok_or(KernelError::MissingProgram)?.try_into()?;
         prog.load()?;
-        let walk: &mut Xdp = ebpf.program_mut(DOOR_WALK_PROGRAM).ok_or(KernelError::MissingProgram)?.try_into()?;
-        walk.load()?;
-        let walk = walk.fd()?.try_clone().map_err(|e| KernelError::Program(ProgramError::from(e)))?;
+        let mut table_fds = Vec::new();
+        for name in WALK_PROGRAMS {
+            let walk: &mut Xdp = ebpf.program_mut(name).ok_or(KernelError::MissingProgram)?.try_into()?;
+            walk.load()?;
+            table_fds.push(walk.fd()?.try_clone().map_err(|e| KernelError::Program(ProgramError::from(e)))?);
+        }
         let mut table =
             ProgramArray::try_from(map_of(&mut ebpf, maps::DOOR_WALK)?).map_err(map_err(maps::DOOR_WALK))?;
-        table.set(0, &walk, 0).map_err(map_err(maps::DOOR_WALK))?;
+        for (slot, fd) in (0u32..).zip(&table_fds) {
+            table.set(slot, fd, 0).map_err(map_err(maps::DOOR_WALK))?;
+        }
         let mut key = [0u8; 8];
         std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut key)).map_err(KernelError::Random)?;
         Ok(Self {
@@ -289,6 +304,7 @@ impl KnockProgram {
             limits,
             hash_key: u64::from_ne_bytes(key),
             ports: BTreeMap::new(),
+            secret_mask: 0,
             pins: pins.cloned(),
             reused: false,
             links: Vec::new(),
@@ -305,6 +321,7 @@ impl KnockProgram {
         if pinned.hash_key != 0 {
             self.hash_key = pinned.hash_key;
         }
+        self.secret_mask = pinned.secret_mask;
         let ports: Array<_, PortDoors> = Array::try_from(self.map(maps::PORTS)?).map_err(map_err(maps::PORTS))?;
         let mut have = BTreeMap::new();
         for (slot, doors) in (0u32..).zip(ports.iter()) {
@@ -347,11 +364,33 @@ impl KnockProgram {
         self.ebpf.map(name).ok_or(KernelError::MissingMap(name))
     }
 
-    /// Writes the doors in force into the maps.
+    /// Writes the doors in force into the maps, with the secret doors' keys of this moment.
     pub fn apply(&mut self, doors: &Doors) -> Result<(), KernelError> {
+        self.apply_at(doors, &Clock::now())
+    }
+
+    /// As `apply`, with the secret doors' windows of `clock`.
+    pub fn apply_at(&mut self, doors: &Doors, clock: &Clock) -> Result<(), KernelError> {
         let specs = doors.specs();
         let active = || doors.active().map(|(i, s)| (i, &s.door));
-        let ports = port_table(active());
+        let ports = port_table(active(), clock);
+        let secret_mask = doors
+            .active()
+            .filter(|(_, s)| s.door.secret.is_some())
+            .fold(0u32, |m, (i, _)| m | 1u32.checked_shl(u32::from(i)).unwrap_or(0));
+        // The keys first: a first port listed before its key is live would only be ignored.
+        {
+            let mut map: Array<_, DoorWindows> =
+                Array::try_from(self.map_mut(maps::WINDOWS)?).map_err(map_err(maps::WINDOWS))?;
+            for i in 0..MAX_DOORS {
+                let windows = doors
+                    .active()
+                    .find(|(slot, _)| u32::from(*slot) == i)
+                    .and_then(|(_, s)| s.door.secret.as_ref())
+                    .map_or_else(DoorWindows::default, |secret| secret.windows(clock));
+                map.set(i, windows, 0).map_err(map_err(maps::WINDOWS))?;
+            }
+        }
         let gates = gate_table(active());
         let stealth_mask = doors
             .active()
@@ -364,7 +403,8 @@ impl KnockProgram {
             stealth_mask,
             progress_mask,
             first_mask,
-            _pad: [0; 3],
+            secret_mask,
+            _pad: [0; 2],
             stage_events: Rate::new(self.limits.stage_rate, self.limits.stage_burst),
             hash_key: self.hash_key,
         };
@@ -378,7 +418,8 @@ impl KnockProgram {
         // state `PORTS` passes through, at the end the final one. The bitmap is written whole
         // and a frame may read it half-written, but each write only adds bits or only removes
         // them, so whatever mix a frame reads still covers the `PORTS` in force.
-        write_port_bits(&mut self.ebpf, [&self.ports, &staged, &wanted])?;
+        let old_secret = self.secret_mask;
+        write_port_bits(&mut self.ebpf, [&self.ports, &staged, &wanted], old_secret | secret_mask)?;
         sync_ports(&mut self.ebpf, &mut self.ports, staged)?;
         {
             let mut map: Array<_, DoorSpec> =
@@ -388,7 +429,8 @@ impl KnockProgram {
             }
         }
         sync_ports(&mut self.ebpf, &mut self.ports, wanted)?;
-        write_port_bits(&mut self.ebpf, [&self.ports])?;
+        write_port_bits(&mut self.ebpf, [&self.ports], secret_mask)?;
+        self.secret_mask = secret_mask;
         let mut s: Array<_, Settings> =
             Array::try_from(self.map_mut(maps::SETTINGS)?).map_err(map_err(maps::SETTINGS))?;
         s.set(0, settings, 0).map_err(map_err(maps::SETTINGS))

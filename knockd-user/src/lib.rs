@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod netlink;
 pub mod one_time;
 pub mod pin;
+pub mod secret_door;
 pub mod snapshot;
 pub mod spec;
 pub mod state;

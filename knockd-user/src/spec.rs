@@ -4,7 +4,10 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use knock_common::{AddrKey, DoorSpec, Family, GATE_CLOSE, GATE_OPEN, Step, port_slot};
 
-use crate::config::{Door, Gate};
+use crate::{
+    config::{Door, Gate},
+    secret_door::Clock,
+};
 
 /// The kernel form of one door.
 #[must_use]
@@ -38,16 +41,27 @@ pub fn door_spec(door: &Door, epoch: u32) -> DoorSpec {
         spec.target = key.addr;
         spec.target_family = key.family;
     }
+    if let Some(secret) = &door.secret {
+        spec.secret = 1;
+        spec.secret_proto = secret.params.proto;
+        spec.len = secret.params.length;
+        spec.key_id = secret.key.id();
+    }
     spec
 }
 
-/// The knock masks of `PORTS`: for each (protocol, port) a sequence names, the mask of door slots.
+/// The knock masks of `PORTS`: for each (protocol, port) a sequence names, the mask of door
+/// slots. A secret door names the first ports of the windows it accepts at `clock`.
 #[must_use]
-pub fn port_table<'a>(doors: impl IntoIterator<Item = (u8, &'a Door)>) -> BTreeMap<u32, u32> {
+pub fn port_table<'a>(doors: impl IntoIterator<Item = (u8, &'a Door)>, clock: &Clock) -> BTreeMap<u32, u32> {
     let mut table = BTreeMap::new();
     for (i, door) in doors {
-        for knock in &door.sequence {
-            if let Some(slot) = port_slot(knock.proto.number(), knock.port) {
+        let mut ports: Vec<(u8, u16)> = door.sequence.iter().map(|k| (k.proto.number(), k.port)).collect();
+        if let Some(secret) = &door.secret {
+            ports.extend(secret.windows(clock).keys.iter().map(|k| (secret.params.proto, k.first)));
+        }
+        for (proto, port) in ports {
+            if let Some(slot) = port_slot(proto, port) {
                 *table.entry(slot).or_insert(0) |= 1u32.checked_shl(u32::from(i)).unwrap_or(0);
             }
         }
@@ -117,7 +131,7 @@ mod tests {
         assert_eq!((a.flags_set, a.flags_clear), (TcpFlags::SYN, TcpFlags::ACK));
         assert_eq!(a.target_family, 4);
         assert_eq!(&a.target[..4], &[198, 18, 0, 9]);
-        let t = port_table([(0, &c.doors[0]), (1, &c.doors[1])]);
+        let t = port_table([(0, &c.doors[0]), (1, &c.doors[1])], &Clock::now());
         assert_eq!(t.get(&7000), Some(&0b01));
         assert_eq!(t.get(&(65536 + 8000)), Some(&0b11));
         assert_eq!(t.get(&9000), Some(&0b10));

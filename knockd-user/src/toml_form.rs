@@ -27,9 +27,10 @@ use crate::{
     config::{
         Config, ConfigError, DEFAULT_CMD_TIMEOUT, DEFAULT_GATE_TIMEOUT, DEFAULT_SEQ_TIMEOUT, Door, Gate, Knock,
         OneTime, Options, Proto, V6Command, absolute_dir, apply_tcp_flags, max_commands, parse_gate_ports,
-        parse_sequence, table_size, tcp_flags_text,
+        parse_sequence, secret_door_fits, table_size, tcp_flags_text,
     },
     one_time,
+    secret_door::Draft,
 };
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -106,6 +107,17 @@ struct FileDoor {
     gate_close: Option<Spanned<Vec<String>>>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     stealth: bool,
+    /// A secret-keyed door: the key file (`knock --generate-secret`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret_file: Option<Spanned<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    knock_length: Option<Spanned<u32>>,
+    /// Seconds a secret door's sequence lives.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    window: Option<Spanned<u32>>,
+    /// `"tcp"` or `"udp"`: a secret door's knocks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    protocol: Option<Spanned<String>>,
 }
 
 fn gate_text(ports: &[Knock]) -> Vec<String> {
@@ -194,7 +206,25 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             door.sequence = sequence;
             door.one_time = Some(OneTime { path, offset });
         }
-        if door.sequence.is_empty() {
+        let mut draft = Draft::default();
+        let secret_fields = [
+            ("SECRET_FILE", d.secret_file.as_ref().map(|v| (v.span().start, v.get_ref().clone()))),
+            ("KNOCK_LENGTH", d.knock_length.as_ref().map(|v| (v.span().start, v.get_ref().to_string()))),
+            ("WINDOW", d.window.as_ref().map(|v| (v.span().start, v.get_ref().to_string()))),
+            ("PROTOCOL", d.protocol.as_ref().map(|v| (v.span().start, v.get_ref().clone()))),
+        ];
+        for (key, field) in secret_fields {
+            if let Some((offset, value)) = field {
+                draft.directive(line_of(text, offset), key, &value).map_err(|m| err(offset, m))?;
+            }
+        }
+        let secret_at = d.secret_file.as_ref().map(|v| v.span().start);
+        door.secret = draft.finish().map_err(|(line, m)| ConfigError {
+            path: path.to_path_buf(),
+            line: Some(line),
+            message: m,
+        })?;
+        if door.sequence.is_empty() && door.secret.is_none() {
             return Err(err(at, format!("section '{}' has an empty knock sequence", door.name)));
         }
         door.seq_timeout = d.seq_timeout.map_or(DEFAULT_SEQ_TIMEOUT, |s| Duration::from_secs(u64::from(s)));
@@ -230,6 +260,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             (None, None, None) => Gate::None,
         };
         door.stealth = d.stealth;
+        if let (Some(_), Some(offset)) = (&door.secret, secret_at) {
+            secret_door_fits(&door).map_err(|m| err(offset, m))?;
+        }
         doors.push(door);
     }
     Ok(Config { options, doors })
@@ -298,6 +331,10 @@ pub fn dump(config: &Config) -> Result<String, toml::ser::Error> {
                             _ => None,
                         },
                         stealth: d.stealth,
+                        secret_file: d.secret.as_ref().map(|s| Spanned::new(0..0, s.path.display().to_string())),
+                        knock_length: d.secret.as_ref().map(|s| Spanned::new(0..0, u32::from(s.params.length))),
+                        window: d.secret.as_ref().map(|s| Spanned::new(0..0, s.params.window_secs)),
+                        protocol: d.secret.as_ref().map(|s| Spanned::new(0..0, s.proto().name().to_owned())),
                     },
                 )
             })

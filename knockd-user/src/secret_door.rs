@@ -1,0 +1,235 @@
+//! Secret-keyed doors in user space: their config directives, and the window keys the daemon
+//! installs in the kernel as time passes (the secret itself never goes there; see
+//! `knock_common::secret`).
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use knock_common::{
+    DoorWindows, WindowKey,
+    secret::{
+        DEFAULT_LENGTH, DEFAULT_WINDOW_SECS, MAX_LENGTH, MIN_LENGTH, WINDOWS,
+        derive::{Params, Secret},
+    },
+};
+
+use crate::config::Proto;
+
+/// Longest window a door may have, in seconds (a day).
+pub const MAX_WINDOW_SECS: u32 = 86_400;
+
+/// A door whose sequence is derived from a key (`secret_file`), per window and source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretDoor {
+    pub path: PathBuf,
+    pub key: Secret,
+    pub params: Params,
+}
+
+/// The two clocks a window key ties together: wall-clock time, which says which window it is
+/// (client and server agree on it), and `CLOCK_MONOTONIC` (the kernel's `ktime`), in which
+/// the kernel's deadlines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Clock {
+    pub unix_ns: u128,
+    pub mono_ns: u64,
+}
+
+impl Clock {
+    #[must_use]
+    pub fn now() -> Self {
+        let unix_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        Self { unix_ns, mono_ns: crate::snapshot::monotonic_ns() }
+    }
+
+    /// `CLOCK_MONOTONIC` at wall-clock second `unix_secs` (0 if that is before boot).
+    fn mono_at(&self, unix_secs: u64) -> u64 {
+        let at = u128::from(unix_secs) * 1_000_000_000;
+        let mono = u128::from(self.mono_ns);
+        let t = if at >= self.unix_ns { mono + (at - self.unix_ns) } else { mono.saturating_sub(self.unix_ns - at) };
+        u64::try_from(t).unwrap_or(u64::MAX)
+    }
+
+    fn unix_secs(&self) -> u64 {
+        u64::try_from(self.unix_ns / 1_000_000_000).unwrap_or(u64::MAX)
+    }
+}
+
+impl SecretDoor {
+    /// The window it is at `clock`.
+    #[must_use]
+    pub fn window(&self, clock: &Clock) -> u64 {
+        self.params.window_at(clock.unix_secs())
+    }
+
+    /// The kernel's keys at `clock`: windows w-1, w and w+1, window x accepted until the end
+    /// of window x+1.
+    #[must_use]
+    pub fn windows(&self, clock: &Clock) -> DoorWindows {
+        let w = self.window(clock);
+        let secs = u64::from(self.params.window_secs);
+        let mut out = DoorWindows::default();
+        for x in w.saturating_sub(1)..=w.saturating_add(1) {
+            let key = WindowKey {
+                live: 1,
+                not_after_ns: clock.mono_at(x.saturating_add(2).saturating_mul(secs)),
+                ..self.key.window_key(&self.params, x)
+            };
+            out.keys[usize::try_from(x % WINDOWS as u64).unwrap_or(0)] = key;
+        }
+        out
+    }
+
+    /// How long until the next window starts.
+    #[must_use]
+    pub fn until_next_window(&self, clock: &Clock) -> Duration {
+        let secs = u128::from(self.params.window_secs);
+        let next = (clock.unix_ns / 1_000_000_000 / secs + 1) * secs * 1_000_000_000;
+        Duration::from_nanos(u64::try_from(next - clock.unix_ns).unwrap_or(u64::MAX))
+    }
+
+    #[must_use]
+    pub fn proto(&self) -> Proto {
+        if self.params.proto == knock_common::PROTO_UDP { Proto::Udp } else { Proto::Tcp }
+    }
+}
+
+/// The secret directives of one door as the parser meets them, in any order.
+#[derive(Debug, Default)]
+pub struct Draft {
+    pub file: Option<(PathBuf, Secret, usize)>,
+    pub length: Option<(u8, usize)>,
+    pub window: Option<(u32, usize)>,
+    pub proto: Option<(Proto, usize)>,
+}
+
+impl Draft {
+    /// Takes one directive (`key` upper case); false if it is not a secret door's.
+    pub fn directive(&mut self, line: usize, key: &str, value: &str) -> Result<bool, String> {
+        match key {
+            "SECRET_FILE" => {
+                let path = PathBuf::from(value);
+                if !path.is_absolute() {
+                    return Err(format!("secret_file '{value}' is not an absolute path"));
+                }
+                let key = load_key(&path)?;
+                self.file = Some((path, key, line));
+            }
+            "KNOCK_LENGTH" => self.length = Some((parse_length(value)?, line)),
+            "WINDOW" => self.window = Some((parse_window(value)?, line)),
+            "PROTOCOL" => self.proto = Some((parse_protocol(value)?, line)),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// The door, once its section has been read; `Err((line, message))` for options without
+    /// `secret_file`.
+    pub fn finish(self) -> Result<Option<SecretDoor>, (usize, String)> {
+        let Some((path, key, _)) = self.file else {
+            let stray = [
+                self.length.map(|(_, l)| (l, "knock_length")),
+                self.window.map(|(_, l)| (l, "window")),
+                self.proto.map(|(_, l)| (l, "protocol")),
+            ];
+            return match stray.into_iter().flatten().min() {
+                Some((line, what)) => Err((line, format!("{what} belongs to a door with secret_file"))),
+                None => Ok(None),
+            };
+        };
+        let proto = self.proto.map_or(Proto::Tcp, |(p, _)| p);
+        let params = Params {
+            length: self.length.map_or(DEFAULT_LENGTH, |(l, _)| l),
+            window_secs: self.window.map_or(DEFAULT_WINDOW_SECS, |(w, _)| w),
+            proto: proto.number(),
+        };
+        Ok(Some(SecretDoor { path, key, params }))
+    }
+
+    /// The line of `secret_file`, if the door has one.
+    #[must_use]
+    pub fn line(&self) -> Option<usize> {
+        self.file.as_ref().map(|(_, _, l)| *l)
+    }
+}
+
+/// Reads a key file, which must belong to the user knockd runs as.
+pub fn load_key(path: &Path) -> Result<Secret, String> {
+    Secret::read_file(path, Some(nix::unistd::geteuid().as_raw())).map_err(|e| e.to_string())
+}
+
+pub fn parse_length(value: &str) -> Result<u8, String> {
+    match value.parse::<u8>() {
+        Ok(n) if (MIN_LENGTH..=MAX_LENGTH).contains(&n) => Ok(n),
+        _ => Err(format!("knock_length '{value}' is not a whole number from {MIN_LENGTH} to {MAX_LENGTH}")),
+    }
+}
+
+pub fn parse_window(value: &str) -> Result<u32, String> {
+    match value.parse::<u32>() {
+        Ok(n) if (1..=MAX_WINDOW_SECS).contains(&n) => Ok(n),
+        _ => Err(format!("window '{value}' is not a whole number of seconds from 1 to {MAX_WINDOW_SECS}")),
+    }
+}
+
+pub fn parse_protocol(value: &str) -> Result<Proto, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "tcp" => Ok(Proto::Tcp),
+        "udp" => Ok(Proto::Udp),
+        _ => Err(format!("protocol '{value}' is neither tcp nor udp")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use knock_common::PROTO_TCP;
+
+    use super::*;
+
+    fn door(window_secs: u32) -> SecretDoor {
+        SecretDoor {
+            path: PathBuf::from("/k"),
+            key: Secret::from_bytes(&[3; 32]),
+            params: Params { length: 4, window_secs, proto: PROTO_TCP },
+        }
+    }
+
+    #[test]
+    fn keys_cover_the_windows_around_now_with_kernel_deadlines() {
+        let d = door(30);
+        // 10 s into window 1000 (unix 30,010 s); CLOCK_MONOTONIC reads 500 s.
+        let clock = Clock { unix_ns: 30_010 * 1_000_000_000, mono_ns: 500_000_000_000 };
+        assert_eq!(d.window(&clock), 1000);
+        let w = d.windows(&clock);
+        for x in [999u64, 1000, 1001] {
+            let k = &w.keys[usize::try_from(x % 3).unwrap()];
+            assert_eq!((k.window, k.live), (x, 1));
+            assert_eq!(k.first, d.key.window_key(&d.params, x).first);
+            // Accepted until the end of window x + 1.
+            let end_unix = (x + 2) * 30;
+            assert_eq!(k.not_after_ns, 500_000_000_000 + (end_unix * 1_000_000_000 - 30_010 * 1_000_000_000));
+        }
+        assert_eq!(d.until_next_window(&clock), Duration::from_secs(20));
+        // Moving to the next window replaces only the key of window 999.
+        let later = d.windows(&Clock { unix_ns: 30_030 * 1_000_000_000, mono_ns: 520_000_000_000 });
+        assert_eq!(later.keys[usize::try_from(1000 % 3).unwrap()], w.keys[usize::try_from(1000 % 3).unwrap()]);
+        assert_eq!(later.keys[usize::try_from(1002 % 3).unwrap()].window, 1002);
+    }
+
+    #[test]
+    fn directives_are_checked() {
+        assert_eq!(parse_length("4"), Ok(4));
+        assert!(parse_length("1").unwrap_err().contains("from 2 to 8"));
+        assert!(parse_length("9").is_err());
+        assert!(parse_window("0").unwrap_err().contains("window '0'"));
+        assert_eq!(parse_protocol("UDP"), Ok(Proto::Udp));
+        assert!(parse_protocol("icmp").is_err());
+        let mut d = Draft::default();
+        assert_eq!(d.directive(3, "WINDOW", "10"), Ok(true));
+        assert_eq!(d.directive(4, "SEQUENCE", "1"), Ok(false));
+        assert_eq!(d.finish(), Err((3, "window belongs to a door with secret_file".to_owned())));
+        assert!(Draft::default().directive(1, "SECRET_FILE", "rel/key").unwrap_err().contains("not an absolute path"));
+    }
+}
