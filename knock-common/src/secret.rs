@@ -2,7 +2,7 @@
 //!
 //! For window `w` (`unix_time / window_secs`) user space derives a window key from the door's
 //! secret with HMAC-SHA256 (`derive`, behind the `keys` feature): the first port of the
-//! window, the same for every source, and a 128-bit SipHash key. The later ports of a source's
+//! window, the same for every source, and a 128-bit `SipHash` key. The later ports of a source's
 //! sequence are SipHash-2-4 of its address and a block number under that key, four 16-bit
 //! ports a block (`Prf`). The XDP
 //! program holds window keys only, never the secret: `DoorWindows` in the `WINDOWS` map holds
@@ -32,7 +32,7 @@ pub const DEFAULT_WINDOW_SECS: u32 = 30;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WindowKey {
-    /// SipHash key of the later ports.
+    /// `SipHash` key of the later ports.
     pub sip: [u64; 2],
     /// The window number (`unix_time / window_secs`).
     pub window: u64,
@@ -75,8 +75,9 @@ impl DoorWindows {
 /// of its number, so that the key of a later window in the same slot is not taken for it.
 #[must_use]
 #[inline(always)]
+#[expect(clippy::cast_possible_truncation, reason = "the slot (< 3) and 6 low bits, masked")]
 pub const fn window_tag(window: u64) -> u8 {
-    (window % WINDOWS as u64) as u8 | ((window as u8) & 0x3f) << 2
+    (window % WINDOWS as u64) as u8 | ((window & 0x3f) as u8) << 2
 }
 
 /// Key of the `USED` table: a (source, door, window) whose sequence has opened once.
@@ -176,6 +177,7 @@ pub fn message(src: &AddrKey, block: u8) -> [u64; 3] {
 /// Step `step`'s port (1..8) from its block of PRF output.
 #[must_use]
 #[inline(always)]
+#[expect(clippy::cast_possible_truncation, reason = "16 bits of the block are the port")]
 pub const fn port_in(block: u64, step: u8) -> u16 {
     port_of((block >> ((step.wrapping_sub(1) as u32 & 3) * 16)) as u16)
 }

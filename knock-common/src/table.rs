@@ -238,9 +238,10 @@ impl Set {
                 // Each field read once, then validated together against our key: if the slot
                 // changed meanwhile, what was read belongs to another key or state, and the
                 // check cannot match.
-                let a = Attempt { stage: s.stage, win: s.win, epoch: s.epoch, started_ns: s.started_ns, _pad1: 0 };
-                if s.check == key.check(&a) {
-                    return Some((i, a));
+                let attempt =
+                    Attempt { stage: s.stage, win: s.win, epoch: s.epoch, started_ns: s.started_ns, _pad1: 0 };
+                if s.check == key.check(&attempt) {
+                    return Some((i, attempt));
                 }
             }
             candidates ^= bit;

@@ -26,6 +26,7 @@ use crate::{
     log::KnockLog,
     one_time,
     pin::PinDir,
+    secret_door::Clock,
     snapshot::{self, DoorLabel, monotonic_ns},
     spec::event_addr,
     state::StateDir,
@@ -40,6 +41,9 @@ const MAX_WATCHED: usize = 16_384;
 /// How often the daemon checks that its program is what the interface runs (the interface
 /// may be deleted and made again, or its driver reloaded).
 const LINK_CHECK: Duration = Duration::from_millis(500);
+/// How often the secret doors' windows are checked. The kernel holds the next window's key
+/// already and drops an old one at its deadline by itself, so a late check costs nothing.
+const WINDOW_CHECK: Duration = Duration::from_millis(250);
 
 /// Everything the loop needs.
 pub struct Daemon {
@@ -127,6 +131,9 @@ impl Daemon {
         let mut refresh = tokio::time::interval(ADDR_REFRESH);
         let mut timeouts = tokio::time::interval(TIMEOUT_CHECK);
         let mut link_check = tokio::time::interval(LINK_CHECK);
+        // Secret doors' keys follow the windows (and a stepped wall clock).
+        let mut window_check = tokio::time::interval(WINDOW_CHECK);
+        let mut windows = self.window_stamp();
         // Whether each interface was there at the last check (a change is logged once).
         let mut present = vec![true; self.interfaces.len()];
         let mut watched: HashMap<(IpAddr, u8), Watched> = HashMap::new();
@@ -158,6 +165,15 @@ impl Daemon {
                         match self.program.set_local_addrs(&now) {
                             Ok(()) => addrs = now,
                             Err(e) => tracing::error!("updating local addresses: {e}"),
+                        }
+                    }
+                }
+                _ = window_check.tick() => {
+                    let now = self.window_stamp();
+                    if now != windows {
+                        match self.program.apply(&self.doors) {
+                            Ok(()) => windows = now,
+                            Err(e) => tracing::error!("installing the secret doors' window keys: {e}"),
                         }
                     }
                 }
@@ -206,6 +222,20 @@ impl Daemon {
             tracing::warn!("removing pidfile {}: {e}", p.display());
         }
         Ok(())
+    }
+
+    /// What the secret doors' keys in the kernel depend on: each one's window, and the
+    /// offset of the wall clock from `CLOCK_MONOTONIC` in whole seconds (a stepped clock moves
+    /// the kernel's deadlines). Empty without secret doors.
+    fn window_stamp(&self) -> Vec<u64> {
+        let clock = Clock::now();
+        let mut stamp: Vec<u64> =
+            self.doors.active().filter_map(|(_, s)| s.door.secret.as_ref().map(|d| d.window(&clock))).collect();
+        if !stamp.is_empty() {
+            let offset = clock.unix_ns / 1_000_000_000 - u128::from(clock.mono_ns / 1_000_000_000);
+            stamp.push(u64::try_from(offset).unwrap_or(u64::MAX));
+        }
+        stamp
     }
 
     /// Labels the doors in force anew (after they changed) and writes them for `--status`.

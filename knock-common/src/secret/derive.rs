@@ -40,7 +40,7 @@ impl Secret {
         if let Some((at, _)) = hex.char_indices().find(|(_, c)| !c.is_ascii_hexdigit()) {
             return Err(KeyError::NotHex { at });
         }
-        if hex.len() % 2 != 0 {
+        if !hex.len().is_multiple_of(2) {
             return Err(KeyError::OddLength);
         }
         let bytes: Vec<u8> = (0..hex.len())
@@ -85,7 +85,8 @@ impl Secret {
     pub fn to_hex(&self) -> String {
         use fmt::Write as _;
         self.0.iter().fold(String::new(), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
+            // Writing to a String cannot fail.
+            let _infallible: fmt::Result = write!(s, "{b:02x}");
             s
         })
     }
@@ -108,7 +109,7 @@ impl Secret {
     }
 
     /// Window `window`'s key: `HMAC-SHA256(secret, "knockgate window v1" || proto || length ||
-    /// window_secs (be32) || window (be64))`; bytes 0-1 the first port, 16-31 the SipHash key.
+    /// window_secs (be32) || window (be64))`; bytes 0-1 the first port, 16-31 the `SipHash` key.
     /// Not yet live (`live` 0, no deadline): the daemon sets those when it installs it.
     #[must_use]
     pub fn window_key(&self, p: &Params, window: u64) -> WindowKey {
