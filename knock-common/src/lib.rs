@@ -142,7 +142,8 @@ mod tests {
 
     #[test]
     fn every_slot_has_its_own_bit() {
-        let mut bits: PortBits = [0; PORT_BIT_WORDS + 1];
+        let mut bits: std::boxed::Box<PortBits> =
+            std::vec![0; PORT_BIT_WORDS + 1].into_boxed_slice().try_into().unwrap();
         for slot in 0..PORT_SLOTS {
             let (word, bit) = port_bit(slot);
             assert_eq!(bits[word] & bit, 0, "slot {slot}");

@@ -377,21 +377,22 @@ mod tests {
         let (d, w) = (door(3), windows());
         let me = AddrKey::v4([198, 18, 0, 2]);
         let seq = sequence(&w.keys[0], &me, 3);
-        let cur = Some(Attempt { started_ns: SEC, epoch: 5, stage: 1, win: window_tag(9), _pad1: 0 });
+        let base = Attempt { started_ns: SEC, epoch: 5, stage: 1, win: window_tag(9), _pad1: 0 };
+        let cur = Some(base);
         let udp = Knock { proto: PROTO_UDP, port: 1, tcp_flags: 0 };
         assert_eq!(secret_step(&Inline, &d, &w, cur, udp, &me, SEC).outcome, Outcome::Ignore, "UDP for a TCP door");
         let ack = Knock { tcp_flags: TcpFlags::SYN | TcpFlags::ACK, ..syn(1) };
         assert_eq!(secret_step(&Inline, &d, &w, cur, ack, &me, SEC).outcome, Outcome::Ignore, "SYN-ACK");
         assert_eq!(
             secret_step(&Inline, &d, &w, cur, syn(seq[1]), &me, SEC).outcome,
-            Outcome::Progress(Attempt { stage: 2, ..cur.unwrap() })
+            Outcome::Progress(Attempt { stage: 2, ..base })
         );
         // The window's key has expired: the attempt is dead, the packet resets it.
         assert_eq!(secret_step(&Inline, &d, &w, cur, syn(seq[1]), &me, 100 * SEC).outcome, Outcome::Reset);
         // A first port of a window no longer held starts nothing.
         assert_eq!(secret_step(&Inline, &d, &w, None, syn(1111), &me, 100 * SEC).outcome, Outcome::Ignore);
         // An attempt of another epoch or past its timeout is void.
-        let old = Some(Attempt { epoch: 4, ..cur.unwrap() });
+        let old = Some(Attempt { epoch: 4, ..base });
         assert_eq!(secret_step(&Inline, &d, &w, old, syn(seq[1]), &me, SEC).outcome, Outcome::Reset);
         let late = secret_step(&Inline, &d, &w, cur, syn(seq[1]), &me, 11 * SEC + 1);
         assert_eq!(late.outcome, Outcome::Reset);

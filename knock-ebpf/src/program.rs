@@ -229,6 +229,7 @@ impl Cpu {
     /// constants (a slot index), the paths that follow are then one path to the verifier,
     /// not one per constant.
     #[inline(always)]
+    #[expect(clippy::cast_possible_truncation, reason = "it reads back the usize written")]
     fn opaque(self, v: usize) -> usize {
         // SAFETY: this CPU's slot, as above; volatile, so that the compiler does not see
         // through the round trip either.
@@ -357,11 +358,9 @@ fn on_packet<const ALL_DOORS: bool>(
         }
         knock_doors::<ALL_DOORS>(&Packet { src, dst, knock }, doors, settings, now, cpu);
     }
-    if doors != 0 && !parsed.fragment() {
-        if doors & settings.stealth_mask != 0 {
-            cpu.count(Counter::StealthDrops);
-            verdict = XDP_DROP;
-        }
+    if doors & settings.stealth_mask != 0 && !parsed.fragment() {
+        cpu.count(Counter::StealthDrops);
+        verdict = XDP_DROP;
     }
     if gated {
         let key = AllowKey { addr: src.addr, family: src.family, proto: parsed.proto(), port: parsed.dport() };
@@ -526,7 +525,7 @@ fn door<const KIND: u8>(index: u32, ctx: &DoorLoop<'_>) -> i64 {
 
 #[inline(always)]
 fn knock_door<const KIND: u8>(door: &DoorSpec, index: u8, ctx: &DoorLoop<'_>) {
-    let DoorLoop { pkt, settings, now, cpu, .. } = *ctx;
+    let DoorLoop { pkt, now, cpu, .. } = *ctx;
     let key = ctx.key(index);
     // SAFETY: map value pointers from successful lookups, valid for this program run. Other
     // CPUs may write the same sets: `Set` validates every slot it reads (see its docs).
@@ -702,7 +701,7 @@ impl Prf for GlobalPrf {
 /// every path that reaches them. Scalars in, a scalar out, as a global function must.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn knockgate_siphash(k0: u64, k1: u64, m0: u64, m1: u64, m2: u64) -> u64 {
+pub(crate) extern "C" fn knockgate_siphash(k0: u64, k1: u64, m0: u64, m1: u64, m2: u64) -> u64 {
     knock_common::secret::siphash24(k0, k1, m0, m1, m2)
 }
 

@@ -221,7 +221,7 @@ impl KnockProgram {
         let mut new: HashMap<_, UsedKey, u64> =
             HashMap::try_from(self.map_mut(maps::USED)?).map_err(map_err(maps::USED))?;
         let mut n = 0;
-        for entry in old.iter() {
+        for entry in &old {
             let (key, at) = entry.map_err(map_err(maps::USED))?;
             new.insert(key, at, 0).map_err(map_err(maps::USED))?;
             n += 1;

@@ -168,15 +168,7 @@ impl Daemon {
                         }
                     }
                 }
-                _ = window_check.tick() => {
-                    let now = self.window_stamp();
-                    if now != windows {
-                        match self.program.apply(&self.doors) {
-                            Ok(()) => windows = now,
-                            Err(e) => tracing::error!("installing the secret doors' window keys: {e}"),
-                        }
-                    }
-                }
+                _ = window_check.tick() => self.follow_windows(&mut windows),
                 _ = link_check.tick() => {
                     for (i, was) in present.iter_mut().enumerate() {
                         *was = self.check_link(i, *was);
@@ -222,6 +214,17 @@ impl Daemon {
             tracing::warn!("removing pidfile {}: {e}", p.display());
         }
         Ok(())
+    }
+
+    /// Installs the secret doors' keys anew when `window_stamp` has moved on from `installed`.
+    fn follow_windows(&mut self, installed: &mut Vec<u64>) {
+        let now = self.window_stamp();
+        if now != *installed {
+            match self.program.apply(&self.doors) {
+                Ok(()) => *installed = now,
+                Err(e) => tracing::error!("installing the secret doors' window keys: {e}"),
+            }
+        }
     }
 
     /// What the secret doors' keys in the kernel depend on: each one's window, and the

@@ -105,7 +105,9 @@ fn write_port_bits<'a>(
     secret_mask: u32,
 ) -> Result<(), KernelError> {
     let name = maps::PORT_BITS;
-    let mut bits: Box<PortBits> = Box::new([0; PORT_BIT_WORDS + 1]);
+    // Made on the heap: 16 KiB is much for a stack.
+    let mut bits: Box<PortBits> =
+        vec![0; PORT_BIT_WORDS + 1].into_boxed_slice().try_into().map_err(|_| KernelError::MissingMap(name))?;
     bits[SECRET_WORD] = u64::from(secret_mask);
     for table in tables {
         for (&slot, doors) in table {

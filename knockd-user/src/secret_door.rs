@@ -218,6 +218,74 @@ mod tests {
         assert_eq!(later.keys[usize::try_from(1002 % 3).unwrap()].window, 1002);
     }
 
+    /// A key file in a directory of its own, removed on drop.
+    struct KeyDir(PathBuf);
+
+    impl KeyDir {
+        fn new(name: &str, hex: &str, mode: u32) -> (Self, PathBuf) {
+            use std::os::unix::fs::PermissionsExt as _;
+            let dir = std::env::temp_dir().join(format!("knockgate-secret-door-{}-{name}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let key = dir.join("k");
+            std::fs::write(&key, hex).unwrap();
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+            (Self(dir), key)
+        }
+    }
+
+    impl Drop for KeyDir {
+        fn drop(&mut self) {
+            std::fs::remove_dir_all(&self.0).expect("remove the key directory");
+        }
+    }
+
+    #[test]
+    fn config_files_with_secret_doors() {
+        use crate::config::Config;
+        let (_dir, key) = KeyDir::new("ok", "00112233445566778899aabbccddeeff\n", 0o600);
+        let k = key.display();
+        let parse = |text: &str| Config::parse(Path::new("t.conf"), text).map_err(|e| e.to_string());
+        let c = parse(&format!("[ssh]\nsecret_file = {k}\nwindow = 10\nprotocol = udp\ngate = 22/tcp\n")).unwrap();
+        let s = c.doors[0].secret.as_ref().unwrap();
+        assert_eq!((s.params.length, s.params.window_secs, s.proto()), (DEFAULT_LENGTH, 10, Proto::Udp));
+        assert!(c.doors[0].sequence.is_empty());
+        let t = Config::parse(
+            Path::new("t.toml"),
+            &format!("[[door]]\nname = \"ssh\"\nsecret_file = \"{k}\"\nknock_length = 6\n"),
+        )
+        .unwrap();
+        assert_eq!(t.doors[0].secret.as_ref().unwrap().params.length, 6);
+        assert_eq!(
+            parse(&format!("[ssh]\nsequence = 1,2\nsecret_file = {k}\n")).unwrap_err(),
+            "t.conf:3: door 'ssh' has both secret_file and sequence"
+        );
+        assert_eq!(
+            parse(&format!("[ssh]\nsecret_file = {k}\nstealth = yes\n")).unwrap_err(),
+            "t.conf:2: door 'ssh': stealth is not available for a door with secret_file"
+        );
+        assert_eq!(
+            parse("[ssh]\nknock_length = 4\n").unwrap_err(),
+            "t.conf:2: knock_length belongs to a door with secret_file"
+        );
+        assert_eq!(
+            parse(&format!("[ssh]\nsecret_file = {k}\nknock_length = 9\n")).unwrap_err(),
+            "t.conf:3: knock_length '9' is not a whole number from 2 to 8"
+        );
+        let (_short, short) = KeyDir::new("short", "0011223344556677\n", 0o600);
+        assert_eq!(
+            parse(&format!("[ssh]\nsecret_file = {}\n", short.display())).unwrap_err(),
+            format!("t.conf:2: key file {}: a 64-bit key is too short: at least 128 bits are needed", short.display())
+        );
+        let (_open, open) = KeyDir::new("open", "00112233445566778899aabbccddeeff\n", 0o644);
+        assert_eq!(
+            parse(&format!("[ssh]\nsecret_file = {}\n", open.display())).unwrap_err(),
+            format!(
+                "t.conf:2: key file {}: mode 0644 lets other users at the key: make it 0600 (chmod 600)",
+                open.display()
+            )
+        );
+    }
+
     #[test]
     fn directives_are_checked() {
         assert_eq!(parse_length("4"), Ok(4));

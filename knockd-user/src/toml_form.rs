@@ -377,7 +377,7 @@ mod tests {
             ),
             (
                 "[[door]]\nname = \"d\"\nsequence = [\"1\"]\ncolour = \"red\"\n",
-                "t.toml:4: unknown field `colour`, expected one of `name`, `sequence`, `one_time_sequences`, `seq_timeout`, `command`, `start_command`, `command_6`, `start_command_6`, `cmd_timeout`, `stop_command`, `stop_command_6`, `tcp_flags`, `target`, `gate`, `gate_timeout`, `gate_close`, `stealth`",
+                "t.toml:4: unknown field `colour`, expected one of `name`, `sequence`, `one_time_sequences`, `seq_timeout`, `command`, `start_command`, `command_6`, `start_command_6`, `cmd_timeout`, `stop_command`, `stop_command_6`, `tcp_flags`, `target`, `gate`, `gate_timeout`, `gate_close`, `stealth`, `secret_file`, `knock_length`, `window`, `protocol`",
             ),
             ("\n[[door]]\nname = \"d\"\n", "t.toml:2: section 'd' has an empty knock sequence"),
             (
