@@ -27,6 +27,8 @@ pub const MAX_LENGTH: u8 = 8;
 pub const DEFAULT_LENGTH: u8 = 4;
 /// Seconds a window lasts, by default.
 pub const DEFAULT_WINDOW_SECS: u32 = 30;
+/// Longest window, in seconds (a day).
+pub const MAX_WINDOW_SECS: u32 = 86_400;
 
 /// One window's key, as the kernel holds it.
 #[repr(C)]

@@ -10,15 +10,12 @@ use std::{
 use knock_common::{
     DoorWindows, WindowKey,
     secret::{
-        DEFAULT_LENGTH, DEFAULT_WINDOW_SECS, MAX_LENGTH, MIN_LENGTH, WINDOWS,
+        DEFAULT_LENGTH, DEFAULT_WINDOW_SECS, MAX_LENGTH, MAX_WINDOW_SECS, MIN_LENGTH, WINDOWS,
         derive::{Params, Secret},
     },
 };
 
 use crate::config::Proto;
-
-/// Longest window a door may have, in seconds (a day).
-pub const MAX_WINDOW_SECS: u32 = 86_400;
 
 /// A door whose sequence is derived from a key (`secret_file`), per window and source.
 #[derive(Debug, Clone, PartialEq, Eq)]
