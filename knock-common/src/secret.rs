@@ -18,8 +18,11 @@
 
 use crate::{AddrKey, Attempt, DoorSpec, Knock, Outcome};
 
-/// Window keys held per door: windows w-1, w and w+1.
-pub const WINDOWS: usize = 3;
+/// Window keys held per door: windows w-1, w, w+1 and w+2. The kernel accepts a window from
+/// the start of the window before it to the end of the window after it (`not_before_ns`,
+/// `not_after_ns`), so at any moment exactly w-1, w and w+1, however late the daemon moves on:
+/// w+2's key is there before its time comes.
+pub const WINDOWS: usize = 4;
 
 /// Ports of one secret knock, the first included.
 pub const MIN_LENGTH: u8 = 2;
@@ -38,6 +41,8 @@ pub struct WindowKey {
     pub sip: [u64; 2],
     /// The window number (`unix_time / window_secs`).
     pub window: u64,
+    /// `ktime` (ns) from which the kernel accepts this window.
+    pub not_before_ns: u64,
     /// `ktime` (ns) from which the kernel no longer accepts this window.
     pub not_after_ns: u64,
     /// The first port of every source's sequence in this window.
@@ -46,10 +51,20 @@ pub struct WindowKey {
     pub live: u8,
     pub _pad: [u8; 5],
 }
-const _: () = assert!(core::mem::size_of::<WindowKey>() == 40);
+const _: () = assert!(core::mem::size_of::<WindowKey>() == 48);
+
+impl WindowKey {
+    /// Whether the kernel accepts this window at `now_ns`.
+    #[must_use]
+    #[inline(always)]
+    pub const fn live_at(&self, now_ns: u64) -> bool {
+        self.live != 0 && self.not_before_ns <= now_ns && now_ns < self.not_after_ns
+    }
+}
 
 /// One slot of the `WINDOWS` array (per door slot): window `w`'s key sits at `w % WINDOWS`, so
 /// moving to the next window rewrites one key, and the one it replaces has already expired.
+#[expect(clippy::doc_markdown, reason = "WINDOWS is both the map and the constant")]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DoorWindows {
@@ -61,26 +76,27 @@ impl DoorWindows {
     #[must_use]
     #[inline(always)]
     pub fn key(&self, tag: u8, now_ns: u64) -> Option<&WindowKey> {
-        let k = self.keys.get(usize::from(tag & 3))?;
-        (k.live != 0 && window_tag(k.window) == tag && now_ns < k.not_after_ns).then_some(k)
+        let k = &self.keys[usize::from(tag) & (WINDOWS - 1)];
+        (window_tag(k.window) == tag && k.live_at(now_ns)).then_some(k)
     }
 
     /// The live key whose first port this is (of two that share one, the first in slot order).
     #[must_use]
     #[inline(always)]
     pub fn first(&self, port: u16, now_ns: u64) -> Option<&WindowKey> {
-        self.keys.iter().find(|k| k.first == port && k.live != 0 && now_ns < k.not_after_ns)
+        self.keys.iter().find(|k| k.first == port && k.live_at(now_ns))
     }
 }
 
-/// What an attempt keeps of its window (`Attempt::win`): the slot of its key, and 6 more bits
-/// of its number, so that the key of a later window in the same slot is not taken for it.
+/// What an attempt keeps of its window (`Attempt::win`): the low 8 bits of its number. The
+/// low 2 are its key's slot; the rest tell it from the later windows whose keys take that slot.
 #[must_use]
 #[inline(always)]
-#[expect(clippy::cast_possible_truncation, reason = "the slot (< 3) and 6 low bits, masked")]
+#[expect(clippy::cast_possible_truncation, reason = "the low 8 bits, as documented")]
 pub const fn window_tag(window: u64) -> u8 {
-    (window % WINDOWS as u64) as u8 | ((window & 0x3f) as u8) << 2
+    window as u8
 }
+const _: () = assert!(WINDOWS == 4, "a window's slot is the low 2 bits of its tag");
 
 /// Key of the `USED` table: a (source, door, window) whose sequence has opened once.
 #[repr(C)]
@@ -291,13 +307,25 @@ mod tests {
     }
 
     fn key(window: u64, first: u16, seed: u64) -> WindowKey {
-        WindowKey { sip: [seed, !seed], window, not_after_ns: 100 * SEC, first, live: 1, _pad: [0; 5] }
+        WindowKey {
+            sip: [seed, !seed],
+            window,
+            not_before_ns: 0,
+            not_after_ns: 100 * SEC,
+            first,
+            live: 1,
+            _pad: [0; 5],
+        }
+    }
+
+    fn slot(window: u64) -> usize {
+        usize::try_from(window).unwrap() % WINDOWS
     }
 
     fn windows() -> DoorWindows {
         let mut w = DoorWindows::default();
         for (window, first) in [(9u64, 1111u16), (10, 2222), (11, 3333)] {
-            w.keys[usize::try_from(window).unwrap() % WINDOWS] = key(window, first, window * 77);
+            w.keys[slot(window)] = key(window, first, window * 77);
         }
         w
     }
@@ -347,7 +375,7 @@ mod tests {
     fn the_derived_sequence_opens_for_its_source_only() {
         let (d, w) = (door(4), windows());
         let (me, other) = (AddrKey::v4([198, 18, 0, 2]), AddrKey::v4([198, 18, 0, 3]));
-        let seq = sequence(&w.keys[1], &me, 4);
+        let seq = sequence(&w.keys[slot(10)], &me, 4);
         assert_eq!(seq[0], 2222);
         let out = run(&d, &w, &me, &seq);
         assert_eq!(out[3], Outcome::Open);
@@ -363,7 +391,7 @@ mod tests {
     fn any_wrong_port_resets_and_a_retransmission_does_not() {
         let (d, w) = (door(4), windows());
         let me = AddrKey::v4([198, 18, 0, 2]);
-        let seq = sequence(&w.keys[2], &me, 4);
+        let seq = sequence(&w.keys[slot(11)], &me, 4);
         let wrong = seq[2].wrapping_add(1).max(1);
         let out = run(&d, &w, &me, &[seq[0], seq[1], wrong, seq[2], seq[3]]);
         assert_eq!(out[2], Outcome::Reset);
@@ -378,7 +406,7 @@ mod tests {
     fn other_protocols_flags_and_windows_do_not_count() {
         let (d, w) = (door(3), windows());
         let me = AddrKey::v4([198, 18, 0, 2]);
-        let seq = sequence(&w.keys[0], &me, 3);
+        let seq = sequence(&w.keys[slot(9)], &me, 3);
         let base = Attempt { started_ns: SEC, epoch: 5, stage: 1, win: window_tag(9), _pad1: 0 };
         let cur = Some(base);
         let udp = Knock { proto: PROTO_UDP, port: 1, tcp_flags: 0 };
@@ -404,9 +432,9 @@ mod tests {
     fn window_tags_tell_a_slot_s_windows_apart() {
         let w = windows();
         assert_eq!(w.key(window_tag(10), SEC).map(|k| k.window), Some(10));
-        assert_eq!(w.key(window_tag(13), SEC), None, "window 13 shares 10's slot, not its tag");
-        assert_eq!(w.key(3, SEC), None, "no fourth slot");
-        assert!((0..200u64).all(|x| window_tag(x) & 3 == u8::try_from(x % 3).unwrap()));
+        assert_eq!(w.key(window_tag(14), SEC), None, "window 14 shares 10's slot, not its tag");
+        assert_eq!(w.key(window_tag(12), SEC), None, "slot 0 holds no key");
+        assert!((0..600u64).all(|x| usize::from(window_tag(x)) & (WINDOWS - 1) == slot(x)));
     }
 
     #[test]
@@ -420,7 +448,7 @@ mod tests {
     fn a_step_after_a_block_boundary_finds_its_retransmission() {
         let (d, w) = (door(8), windows());
         let me = AddrKey::v6([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
-        let seq = sequence(&w.keys[1], &me, 8);
+        let seq = sequence(&w.keys[slot(10)], &me, 8);
         let mut knocks: std::vec::Vec<u16> = seq[..5].to_vec();
         knocks.push(seq[4]);
         knocks.extend_from_slice(&seq[5..]);

@@ -61,16 +61,17 @@ impl SecretDoor {
         self.params.window_at(clock.unix_secs())
     }
 
-    /// The kernel's keys at `clock`: windows w-1, w and w+1, window x accepted until the end
-    /// of window x+1.
+    /// The kernel's keys at `clock`: windows w-1 to w+2, window x accepted from the start of
+    /// window x-1 to the end of window x+1.
     #[must_use]
     pub fn windows(&self, clock: &Clock) -> DoorWindows {
         let w = self.window(clock);
         let secs = u64::from(self.params.window_secs);
         let mut out = DoorWindows::default();
-        for x in w.saturating_sub(1)..=w.saturating_add(1) {
+        for x in w.saturating_sub(1)..=w.saturating_add(2) {
             let key = WindowKey {
                 live: 1,
+                not_before_ns: clock.mono_at(x.saturating_sub(1).saturating_mul(secs)),
                 not_after_ns: clock.mono_at(x.saturating_add(2).saturating_mul(secs)),
                 ..self.key.window_key(&self.params, x)
             };
@@ -200,19 +201,28 @@ mod tests {
         let clock = Clock { unix_ns: 30_010 * 1_000_000_000, mono_ns: 500_000_000_000 };
         assert_eq!(d.window(&clock), 1000);
         let w = d.windows(&clock);
-        for x in [999u64, 1000, 1001] {
-            let k = &w.keys[usize::try_from(x % 3).unwrap()];
+        let mono = |unix_secs: i64| u64::try_from(500_000_000_000 + (unix_secs - 30_010) * 1_000_000_000).unwrap();
+        for x in [999u64, 1000, 1001, 1002] {
+            let k = &w.keys[usize::try_from(x % 4).unwrap()];
             assert_eq!((k.window, k.live), (x, 1));
             assert_eq!(k.first, d.key.window_key(&d.params, x).first);
-            // Accepted until the end of window x + 1.
-            let end_unix = (x + 2) * 30;
-            assert_eq!(k.not_after_ns, 500_000_000_000 + (end_unix * 1_000_000_000 - 30_010 * 1_000_000_000));
+            // Accepted from the start of window x - 1 to the end of window x + 1.
+            let x = i64::try_from(x).unwrap();
+            assert_eq!((k.not_before_ns, k.not_after_ns), (mono((x - 1) * 30), mono((x + 2) * 30)));
         }
+        // Now (window 1000): w-1, w and w+1, not w+2.
+        let now = mono(30_010);
+        let live: Vec<u64> = w.keys.iter().filter(|k| k.live_at(now)).map(|k| k.window).collect();
+        assert_eq!(live.len(), 3);
+        assert!(!live.contains(&1002));
+        // 20 s on, with the daemon late (the keys still those of window 1000): 1000, 1001 and 1002.
+        let late: Vec<u64> = w.keys.iter().filter(|k| k.live_at(mono(30_030))).map(|k| k.window).collect();
+        assert_eq!(late, [1000, 1001, 1002]);
         assert_eq!(d.until_next_window(&clock), Duration::from_secs(20));
         // Moving to the next window replaces only the key of window 999.
         let later = d.windows(&Clock { unix_ns: 30_030 * 1_000_000_000, mono_ns: 520_000_000_000 });
-        assert_eq!(later.keys[usize::try_from(1000 % 3).unwrap()], w.keys[usize::try_from(1000 % 3).unwrap()]);
-        assert_eq!(later.keys[usize::try_from(1002 % 3).unwrap()].window, 1002);
+        assert_eq!(later.keys[usize::try_from(1000 % 4).unwrap()], w.keys[usize::try_from(1000 % 4).unwrap()]);
+        assert_eq!(later.keys[usize::try_from(1003 % 4).unwrap()].window, 1003);
     }
 
     /// A key file in a directory of its own, removed on drop.

@@ -124,6 +124,7 @@ impl Secret {
         WindowKey {
             sip: [word(16), word(24)],
             window,
+            not_before_ns: 0,
             not_after_ns: 0,
             first: super::port_of(u16::from_be_bytes([h[0], h[1]])),
             live: 0,
