@@ -64,7 +64,6 @@ impl WindowKey {
 
 /// One slot of the `WINDOWS` array (per door slot): window `w`'s key sits at `w % WINDOWS`, so
 /// moving to the next window rewrites one key, and the one it replaces has already expired.
-#[expect(clippy::doc_markdown, reason = "WINDOWS is both the map and the constant")]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DoorWindows {
