@@ -9,8 +9,19 @@ fn ports(knocks: &[Knock]) -> String {
 /// What `door` matches and does, in one line (without its name).
 #[must_use]
 pub fn summary(door: &Door) -> String {
-    let mut parts =
-        vec![format!("sequence {}", ports(&door.sequence)), format!("seq_timeout {}s", door.seq_timeout.as_secs())];
+    let knock = match &door.secret {
+        None => format!("sequence {}", ports(&door.sequence)),
+        Some(s) => format!(
+            "secret {}: {} {} ports, window {}s, {:.0} bits to guess{}",
+            s.path.display(),
+            s.params.length,
+            s.proto().name(),
+            s.params.window_secs,
+            s.guess_bits(),
+            s.weakness().map_or(String::new(), |w| format!(" (warning: {w})"))
+        ),
+    };
+    let mut parts = vec![knock, format!("seq_timeout {}s", door.seq_timeout.as_secs())];
     let flags = tcp_flags_text(door);
     if !flags.is_empty() {
         parts.push(format!("tcpflags {}", flags.join(",")));

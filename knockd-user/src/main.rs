@@ -180,6 +180,11 @@ fn start(args: &Args) -> anyhow::Result<()> {
     }
     // Everything that can be wrong with the config is found before anything is attached.
     let config = Config::load(&args.config)?;
+    for door in &config.doors {
+        if let Some(w) = door.secret.as_ref().and_then(knockd_user::secret_door::SecretDoor::weakness) {
+            tracing::warn!("door {}: {w}", door.name);
+        }
+    }
     if args.dump_config {
         print!("{}", knockd_user::toml_form::dump(&config)?);
         return Ok(());

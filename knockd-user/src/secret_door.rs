@@ -88,6 +88,24 @@ impl SecretDoor {
         Duration::from_nanos(u64::try_from(next - clock.unix_ns).unwrap_or(u64::MAX))
     }
 
+    /// What a guesser who saw this window's first port must find, in bits.
+    #[must_use]
+    pub fn guess_bits(&self) -> f64 {
+        self.params.guess_bits()
+    }
+
+    /// A warning for a knock short enough to brute-force (under 48 bits), if it is.
+    #[must_use]
+    pub fn weakness(&self) -> Option<String> {
+        (self.params.length < DEFAULT_LENGTH).then(|| {
+            format!(
+                "knock_length {} leaves {:.0} bits to guess once a window's first port is seen: {DEFAULT_LENGTH} or more gives 48",
+                self.params.length,
+                self.guess_bits()
+            )
+        })
+    }
+
     #[must_use]
     pub fn proto(&self) -> Proto {
         if self.params.proto == knock_common::PROTO_UDP { Proto::Udp } else { Proto::Tcp }
@@ -256,6 +274,15 @@ mod tests {
         let s = c.doors[0].secret.as_ref().unwrap();
         assert_eq!((s.params.length, s.params.window_secs, s.proto()), (DEFAULT_LENGTH, 10, Proto::Udp));
         assert!(c.doors[0].sequence.is_empty());
+        assert_eq!(
+            crate::check::summary(&c.doors[0]),
+            format!("secret {k}: 4 udp ports, window 10s, 48 bits to guess; seq_timeout 25s; gate 22/tcp for 30s")
+        );
+        let short = parse(&format!("[ssh]\nsecret_file = {k}\nknock_length = 2\n")).unwrap();
+        assert_eq!(
+            short.doors[0].secret.as_ref().unwrap().weakness().as_deref(),
+            Some("knock_length 2 leaves 16 bits to guess once a window's first port is seen: 4 or more gives 48")
+        );
         let t = Config::parse(
             Path::new("t.toml"),
             &format!("[[door]]\nname = \"ssh\"\nsecret_file = \"{k}\"\nknock_length = 6\n"),

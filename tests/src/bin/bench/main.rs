@@ -24,7 +24,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use knock_common::{XDP_DROP, XDP_PASS};
+use knock_common::{
+    XDP_DROP, XDP_PASS,
+    secret::derive::{Params, Secret},
+};
 use knockd_user::{
     XDP_PASS_EBPF,
     kernel::{KnockProgram, Limits},
@@ -250,6 +253,33 @@ impl Rig {
 
 // ---------------------------------------------------------------- 1. per-packet cost
 
+/// A secret door, and a plain door of two steps, each with `c`'s first knock in, and the
+/// secret door's first port. Their rows repeat the step just matched, which both doors take
+/// for a retransmission (a secret door's later steps differ, so no frame repeats as an
+/// advancing step). The key's directory must outlive nothing but this set-up.
+fn repeat_doors(c: &str, s: &str) -> (KnockProgram, KnockProgram, u16, tempfile::TempDir) {
+    let keys = tempfile::tempdir().unwrap();
+    let secret = Secret::from_bytes(&[7; 32]);
+    let key = keys.path().join("bench.key");
+    std::fs::write(&key, secret.to_hex()).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let (secret_door, _) = program_with(
+        &format!(
+            "[s]\nsecret_file = {}\nwindow = 86400\nseq_timeout = 3600\ntcpflags = syn\ngate = 22/tcp\n",
+            key.display()
+        ),
+        Limits::default(),
+    );
+    let params = Params { length: 4, window_secs: 86_400, proto: knock_common::PROTO_TCP };
+    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let first_port = secret.window_key(&params, params.window_at(unix)).first;
+    secret_door.test_run(&FrameBuilder::tcp(c, s, first_port, SYN).build()).unwrap();
+    let (plain_door, _) =
+        program_with("[p]\nsequence = 7200,7300\nseq_timeout = 3600\ntcpflags = syn\n", Limits::default());
+    plain_door.test_run(&FrameBuilder::tcp(c, s, 7200, SYN).build()).unwrap();
+    (secret_door, plain_door, first_port, keys)
+}
+
 fn per_packet(opts: &Opts) -> Value {
     let (rounds, repeat) = if opts.smoke { (3, 2_000) } else { (31, 100_000) };
     let adv = vec!["7000"; 32].join(",");
@@ -263,6 +293,7 @@ fn per_packet(opts: &Opts) -> Value {
         program_with(&format!("[adv]\nsequence = {adv}\nseq_timeout = 3600\ntcpflags = syn\n"), Limits::default());
     let references = reference_programs();
     let (c, s) = ("198.18.0.2", "198.18.0.1");
+    let (secret_door, plain_door, first_port, _keys) = repeat_doors(c, s);
     let mut arp = FrameBuilder::tcp(c, s, 80, SYN).build();
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
     let cases: Vec<(&str, Vec<u8>, u32, Measured<'_>)> = vec![
@@ -295,6 +326,24 @@ fn per_packet(opts: &Opts) -> Value {
             Measured::Knockgate(&p),
         ),
         ("gated SYN dropped", FrameBuilder::tcp("198.18.0.3", s, 22, SYN).build(), XDP_DROP, Measured::Knockgate(&p)),
+        (
+            "SYN to a non-knock port, a secret door configured",
+            FrameBuilder::tcp("198.18.0.7", s, 443, SYN).build(),
+            XDP_PASS,
+            Measured::Knockgate(&secret_door),
+        ),
+        (
+            "secret door: the step just matched, again (window key, PRF)",
+            FrameBuilder::tcp(c, s, first_port, SYN).build(),
+            XDP_PASS,
+            Measured::Knockgate(&secret_door),
+        ),
+        (
+            "plain door: the step just matched, again",
+            FrameBuilder::tcp(c, s, 7200, SYN).build(),
+            XDP_PASS,
+            Measured::Knockgate(&plain_door),
+        ),
         // What any port-knocking filter costs at least (see knock-ebpf/src/pass.rs).
         (
             "floor: the port of a SYN to a non-knock port read and compared",
@@ -309,6 +358,17 @@ fn per_packet(opts: &Opts) -> Value {
             Measured::Reference("knock_floor"),
         ),
     ];
+    let rows = measure(&cases, &references, rounds, repeat);
+    json!({ "runs": rounds, "repeat": repeat, "rows": rows })
+}
+
+/// Times each case against the empty program, in `rounds` rounds of `repeat` runs: a row each.
+fn measure(
+    cases: &[(&str, Vec<u8>, u32, Measured<'_>)],
+    references: &aya::Ebpf,
+    rounds: u32,
+    repeat: u32,
+) -> Vec<Value> {
     // One CPU for the whole table, so that both programs run on the same core and caches.
     let _pinned = pin_to_current_cpu();
     // Rounds interleave the cases and the two programs, so a slow spell of this shared
@@ -316,9 +376,9 @@ fn per_packet(opts: &Opts) -> Value {
     let mut samples = vec![(Vec::new(), Vec::new(), Vec::new(), Vec::new()); cases.len()];
     for _ in 0..rounds {
         for ((name, frame, want, p), (k, e, r, a)) in cases.iter().zip(&mut samples) {
-            let (_, before) = reference_run(&references, "xdp_pass", frame, repeat);
-            let (verdict, kn) = p.run(&references, frame, repeat);
-            let (_, after) = reference_run(&references, "xdp_pass", frame, repeat);
+            let (_, before) = reference_run(references, "xdp_pass", frame, repeat);
+            let (verdict, kn) = p.run(references, frame, repeat);
+            let (_, after) = reference_run(references, "xdp_pass", frame, repeat);
             assert_eq!(verdict, *want, "{name}");
             let en = f64::midpoint(before, after);
             k.push(kn);
@@ -342,7 +402,7 @@ fn per_packet(opts: &Opts) -> Value {
             })
         })
         .collect();
-    json!({ "runs": rounds, "repeat": repeat, "rows": rows })
+    rows
 }
 
 /// Pins this thread to the CPU it runs on until the guard drops (then the old set of CPUs
@@ -727,6 +787,7 @@ fn summary(r: &Value) -> String {
     };
     let step = |doors: &str| ratio(&|c| c.contains("advances") && c.contains(doors));
     let floor = |what: &str| ratio(&|c| c.starts_with("floor") && c.contains(what));
+    let again = |door: &str| ratio(&|c| c.starts_with(door) && c.contains("just matched"));
     writeln!(
         s,
         "per-packet: non-knock traffic <= {worst_other:.2}x the empty program, a knock step {:.2}x (one door), {:.2}x (two doors); floors {:.2}x (port), {:.2}x (knock)",
@@ -734,6 +795,14 @@ fn summary(r: &Value) -> String {
         step("two doors"),
         floor("port"),
         floor("knock as")
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "per-packet: secret door: a step {:.2}x the empty program, {:.2}x a plain door's same step; a SYN to another port with a secret door {:.2}x",
+        again("secret"),
+        again("secret") / again("plain").max(f64::MIN_POSITIVE),
+        ratio(&|c| c.contains("a secret door configured"))
     )
     .unwrap();
     for fl in r["flood"].as_array().cloned().unwrap_or_default() {
