@@ -127,7 +127,8 @@ fn secret_walk(ctx: &XdpContext) -> u32 {
     }
     // SAFETY: as above.
     let (doors, gated) = unsafe { ((*cpu.walk()).knock_doors, (*cpu.walk()).gated != 0) };
-    if doors == 0 && !gated {
+    // Plain doors, stealth and the gate are `knockgate_doors`' (secret doors are never stealth).
+    if doors & !settings.secret_mask == 0 && !gated {
         return XDP_PASS;
     }
     // SAFETY: `ctx` is this program's context; on success this does not return.
