@@ -120,13 +120,19 @@ fn knockgate_secret(ctx: XdpContext) -> u32 {
 fn secret_walk(ctx: &XdpContext) -> u32 {
     // What `knockgate` parsed is in this CPU's `SecretWalk`: this program's frame stays small,
     // and with its loop body's fits in 512 bytes.
+    // Whether the packet is a new connection to a gated port comes with the packet itself
+    // (`mark_gated`), never from per-CPU memory, which another packet could have written
+    // meanwhile where BPF programs can be preempted (PREEMPT_RT).
+    let gated = take_gated_mark(ctx);
     let (Some(cpu), Some(settings)) = (Cpu::get(), SETTINGS.get(0)) else { return XDP_DROP };
-    // SAFETY: the loop reads the hand-over; nothing else runs on this CPU meanwhile.
+    // SAFETY: the loop reads the hand-over, which `knockgate` wrote on this CPU for this
+    // packet; should another packet's overwrite it, only the matching of that packet runs
+    // twice (its own fields), and what reaches the gate is decided above and below.
     unsafe {
         bpf_loop(settings.slots.min(MAX_DOORS), secret_door_step as *mut c_void, core::ptr::null_mut(), 0);
     }
     // SAFETY: as above.
-    let (doors, gated) = unsafe { ((*cpu.walk()).knock_doors, (*cpu.walk()).gated != 0) };
+    let doors = unsafe { (*cpu.walk()).knock_doors };
     // Plain doors, stealth and the gate are `knockgate_doors`' (secret doors are never stealth).
     if doors & !settings.secret_mask == 0 && !gated {
         return XDP_PASS;
@@ -324,8 +330,11 @@ fn on_packet<const ALL_DOORS: bool>(
     // Up to `INLINE_DOORS` plain doors are matched inline; more doors by `knockgate_doors`, and
     // secret doors by `knockgate_secret` (each a loop whose body the verifier checks once: two
     // doors inline with both kinds of matching are more paths than it will explore).
-    if !ALL_DOORS && walk && (settings.slots > INLINE_DOORS || settings.secret_mask != 0) {
-        let to = if settings.secret_mask != 0 {
+    // A gated packet goes to `knockgate_secret` only marked as gated in its own metadata; a
+    // driver without XDP metadata leaves secret doors unstepped by packets to gated ports.
+    let secret = settings.secret_mask != 0 && (!gated || mark_gated(ctx));
+    if !ALL_DOORS && walk && (settings.slots > INLINE_DOORS || secret) {
+        let to = if secret {
             let source = SourceKey::new(settings.hash_key, &src);
             // SAFETY: this CPU's slot; `knockgate_secret` reads it back for this packet.
             unsafe {
@@ -339,7 +348,6 @@ fn on_packet<const ALL_DOORS: bool>(
                 (*w).progress_set = source.set(settings.progress_mask);
                 (*w).first_set = source.set(settings.first_mask);
                 (*w).to_local = u32::from(LOCAL_ADDRS.get(0).is_some_and(|l| l.contains(&dst)));
-                (*w).gated = u32::from(gated);
             }
             WALK_SECRET
         } else {
@@ -440,6 +448,40 @@ impl<'a> DoorLoop<'a> {
     }
 }
 
+/// The metadata word `mark_gated` puts before a gated packet for `knockgate_secret`.
+const GATED_MARK: u32 = u32::from_be_bytes(*b"kgGt");
+
+/// Marks the packet, in its XDP metadata, as a new connection to a gated port; false if the
+/// driver keeps no metadata.
+#[inline(always)]
+fn mark_gated(ctx: &XdpContext) -> bool {
+    // SAFETY: the context's own helper; the metadata word is bounds-checked before the write.
+    unsafe {
+        if aya_ebpf::helpers::bpf_xdp_adjust_meta(ctx.ctx, -4) != 0 {
+            return false;
+        }
+        let (meta, data) = (ctx.metadata(), ctx.data());
+        if meta + 4 > data {
+            return false;
+        }
+        *(meta as *mut u32) = GATED_MARK;
+    }
+    true
+}
+
+/// Whether `mark_gated` marked this packet; the mark is removed.
+#[inline(always)]
+fn take_gated_mark(ctx: &XdpContext) -> bool {
+    let (meta, data) = (ctx.metadata(), ctx.data());
+    // SAFETY: bounds-checked; metadata only ever holds what this program wrote.
+    let marked = meta + 4 <= data && unsafe { *(meta as *const u32) } == GATED_MARK;
+    if marked {
+        // SAFETY: the context's own helper, giving back the word `mark_gated` took.
+        unsafe { aya_ebpf::helpers::bpf_xdp_adjust_meta(ctx.ctx, 4) };
+    }
+    marked
+}
+
 /// `knockgate_secret`'s loop state, in `CpuState::walk`.
 struct SecretWalk {
     pkt: Packet,
@@ -448,8 +490,6 @@ struct SecretWalk {
     progress_set: u32,
     first_set: u32,
     to_local: u32,
-    /// A new connection to a gated port.
-    gated: u32,
 }
 const _: () = assert!(size_of::<SecretWalk>() <= 8 * 10 && align_of::<SecretWalk>() <= 8);
 

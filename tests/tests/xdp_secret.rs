@@ -6,7 +6,7 @@
 use std::{os::unix::fs::PermissionsExt as _, path::PathBuf};
 
 use knock_common::{
-    Counter, XDP_DROP,
+    Counter, XDP_DROP, XDP_PASS,
     secret::derive::{Params, Secret, VECTORS, Vector},
 };
 use knockd_user::{
@@ -102,6 +102,8 @@ fn the_shared_vectors_open_for_their_source_and_not_for_another() {
         assert_eq!(ssh(&p, other), XDP_DROP);
         knock(&p, v, v.source, v.ports);
         assert!(open_for(&p, v.source), "vector {i}: the vector's ports open the door for its source");
+        assert_eq!(ssh(&p, v.source), XDP_PASS, "vector {i}: through both programs, the gate lets it in");
+        assert_eq!(ssh(&p, other), XDP_DROP, "vector {i}: and only it");
         assert_eq!(counter(&p, Counter::Opens), 1, "vector {i}");
     }
 }
