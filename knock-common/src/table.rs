@@ -55,17 +55,10 @@ impl SourceKey {
     #[must_use]
     #[inline(always)]
     pub fn new(secret: u64, src: &AddrKey) -> Self {
-        let a = &src.addr;
-        let words = [
-            u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
-            u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
-            u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
-            u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
-        ];
+        let Self { words, .. } = Self::with_hash(src, 0);
         let lo = u64::from(words[0]) | u64::from(words[1]) << 32;
         let hi = u64::from(words[2]) | u64::from(words[3]) << 32;
-        let hash = mix(mix(mix(secret, lo), hi), u64::from(src.family));
-        Self { words, family: src.family, hash }
+        Self::with_hash(src, mix(mix(mix(secret, lo), hi), u64::from(src.family)))
     }
 
     /// The set this source's attempts live in, for a table of `mask + 1` sets.
@@ -170,6 +163,12 @@ impl Slot {
     pub const EMPTY: Self =
         Self { addr: [0; 4], family: 0, door: 0, stage: 0, win: 0, epoch: 0, started_ns: 0, check: 0 };
 
+    /// The attempt the slot holds (valid only if its check holds).
+    #[inline(always)]
+    const fn attempt(&self) -> Attempt {
+        Attempt { stage: self.stage, win: self.win, epoch: self.epoch, started_ns: self.started_ns, _pad1: 0 }
+    }
+
     /// Whether the slot names `key` (a cheap test; `Set::find` then validates it).
     #[inline(always)]
     fn names(&self, key: &SlotKey) -> bool {
@@ -238,8 +237,7 @@ impl Set {
                 // Each field read once, then validated together against our key: if the slot
                 // changed meanwhile, what was read belongs to another key or state, and the
                 // check cannot match.
-                let attempt =
-                    Attempt { stage: s.stage, win: s.win, epoch: s.epoch, started_ns: s.started_ns, _pad1: 0 };
+                let attempt = s.attempt();
                 if s.check == key.check(&attempt) {
                     return Some((i, attempt));
                 }
@@ -275,7 +273,7 @@ impl Set {
                 bytes.copy_from_slice(&word.to_ne_bytes());
             }
             let key = SlotKey::new(secret, &src, s.door);
-            let a = Attempt { stage: s.stage, win: s.win, epoch: s.epoch, started_ns: s.started_ns, _pad1: 0 };
+            let a = s.attempt();
             (key.check(&a) == s.check).then_some((src, s.door, a))
         })
     }
