@@ -126,6 +126,11 @@ impl Collector for Kernel {
             ("knockgate_events_lost", "events_lost", "Events lost because the ring buffer was full."),
             ("knockgate_stage_events_suppressed", "stage_events_suppressed", "Stage events not sent (rate limit)."),
             ("knockgate_map_errors", "map_errors", "Failed kernel table updates."),
+            (
+                "knockgate_replays_refused",
+                "replays_refused",
+                "Secret-door knocks completed again by an address that had opened with that window's sequence.",
+            ),
         ] {
             counter(&mut e, metric, help, &[(&[], c(counter_name))])?;
         }
