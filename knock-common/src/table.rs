@@ -248,6 +248,30 @@ impl Set {
         None
     }
 
+    /// The door slots (below 32) at which this set may hold an attempt by `source`: each
+    /// slot's tag names a door for a given source (`SourceKey::door`). A hint, as tags are:
+    /// a door missing here has no attempt by `source` that `find` would return; a door
+    /// present may have one.
+    #[must_use]
+    #[inline(always)]
+    pub fn doors_hint(&self, source: &SourceKey) -> u32 {
+        let base = source.hash.to_le_bytes()[3];
+        let mut doors = 0u32;
+        let mut i = 0;
+        // Arithmetic, not branches: the BPF verifier would follow every combination of them.
+        while i < WAYS {
+            let tag = self.tags[i];
+            // The door whose tag for this source this would be (tags keep 7 bits of it).
+            let door = (tag ^ base) & 0x7f;
+            // 1 if the slot is in use (a tag is never 0), and if the door is below 32.
+            let used = (tag | tag.wrapping_neg()) >> 7;
+            let low = (door >> 5).wrapping_sub(1) >> 7;
+            doors |= u32::from(used & low) << (door & 31);
+            i += 1;
+        }
+        doors
+    }
+
     /// Stores `attempt` for `key` in slot `i`.
     #[inline(always)]
     pub fn store(&mut self, i: usize, key: &SlotKey, attempt: &Attempt) {
@@ -402,6 +426,27 @@ mod tests {
         let src = AddrKey::v4([198, 18, 0, 7]);
         let k = SourceKey::new(SECRET, &src);
         assert_eq!(SourceKey::with_hash(&src, k.hash()), k);
+    }
+
+    #[test]
+    fn the_doors_hint_holds_every_door_with_an_attempt() {
+        let src = AddrKey::v4([198, 18, 0, 2]);
+        let source = SourceKey::new(SECRET, &src);
+        let mut set = Set::EMPTY;
+        assert_eq!(set.doors_hint(&source), 0);
+        set.store(0, &source.door(3), &Attempt::new(1, 0, 0));
+        set.store(5, &source.door(31), &Attempt::new(2, 0, 0));
+        let hint = set.doors_hint(&source);
+        assert_eq!(hint & (1 << 3 | 1 << 31), 1 << 3 | 1 << 31);
+        // Other sources' attempts may add doors (a hint), never hide these.
+        for last in 3..40 {
+            set.store(1, &SourceKey::new(SECRET, &AddrKey::v4([198, 18, 1, last])).door(7), &Attempt::new(1, 0, 0));
+            assert_eq!(set.doors_hint(&source) & (1 << 3 | 1 << 31), 1 << 3 | 1 << 31);
+        }
+        set.clear(0);
+        set.clear(5);
+        set.clear(1);
+        assert_eq!(set.doors_hint(&source), 0);
     }
 
     #[test]

@@ -128,6 +128,7 @@ fn secret_walk(ctx: &XdpContext) -> u32 {
     // SAFETY: the loop reads the hand-over, which `knockgate` wrote on this CPU for this
     // packet; should another packet's overwrite it, only the matching of that packet runs
     // twice (its own fields), and what reaches the gate is decided above and below.
+    // SAFETY: the callback matches the callback ABI; it takes no context.
     unsafe {
         bpf_loop(settings.slots.min(MAX_DOORS), secret_door_step as *mut c_void, core::ptr::null_mut(), 0);
     }
@@ -332,10 +333,17 @@ fn on_packet<const ALL_DOORS: bool>(
     // doors inline with both kinds of matching are more paths than it will explore).
     // A gated packet goes to `knockgate_secret` only marked as gated in its own metadata; a
     // driver without XDP metadata leaves secret doors unstepped by packets to gated ports.
-    let secret = settings.secret_mask != 0 && (!gated || mark_gated(ctx));
+    // ... and only when a secret door may care: the port is a secret door's first port, or
+    // the source may have an attempt at one (the attempt tables' tags say; a hint that can
+    // only err towards going).
+    let secret = !ALL_DOORS
+        && walk
+        && settings.secret_mask != 0
+        && (doors & settings.secret_mask != 0
+            || secret_attempts_hint(&SourceKey::new(settings.hash_key, &src), settings) != 0)
+        && (!gated || mark_gated(ctx));
     if !ALL_DOORS && walk && (settings.slots > INLINE_DOORS || secret) {
         let to = if secret {
-            let source = SourceKey::new(settings.hash_key, &src);
             // SAFETY: this CPU's slot; `knockgate_secret` reads it back for this packet.
             unsafe {
                 // Field by field: a whole struct would be built on the stack first.
@@ -345,8 +353,7 @@ fn on_packet<const ALL_DOORS: bool>(
                 (*w).pkt.knock = knock;
                 (*w).now = now;
                 (*w).knock_doors = doors;
-                (*w).progress_set = source.set(settings.progress_mask);
-                (*w).first_set = source.set(settings.first_mask);
+                (*w).source_hash = SourceKey::new(settings.hash_key, &src).hash();
                 (*w).to_local = u32::from(LOCAL_ADDRS.get(0).is_some_and(|l| l.contains(&dst)));
             }
             WALK_SECRET
@@ -487,26 +494,35 @@ struct SecretWalk {
     pkt: Packet,
     now: u64,
     knock_doors: u32,
-    progress_set: u32,
-    first_set: u32,
+    source_hash: u64,
     to_local: u32,
 }
 const _: () = assert!(size_of::<SecretWalk>() <= 8 * 10 && align_of::<SecretWalk>() <= 8);
 
-/// One secret door of `knockgate_secret`'s loop; returns 0 to continue.
+/// The secret doors at which the source may have an attempt, from the tags of its sets.
+#[inline(always)]
+fn secret_attempts_hint(source: &SourceKey, settings: &Settings) -> u32 {
+    let progress = PROGRESS.get(source.set(settings.progress_mask)).map_or(u32::MAX, |s| s.doors_hint(source));
+    let first = FIRST_KNOCKS.get(source.set(settings.first_mask)).map_or(u32::MAX, |s| s.doors_hint(source));
+    (progress | first) & settings.secret_mask
+}
+
+/// One secret door of `knockgate_secret`'s loop: its part in the packet `knockgate` handed
+/// over; returns 0 to continue.
 extern "C" fn secret_door_step(index: u32, _ctx: *mut c_void) -> i64 {
     let (Some(cpu), Some(settings)) = (Cpu::get(), SETTINGS.get(0)) else { return 1 };
-    // SAFETY: written by `secret_walk` on this CPU just before the loop.
+    // SAFETY: written by `knockgate` on this CPU for this packet.
     let walk = unsafe { &*cpu.walk() };
-    let Some(progress) = PROGRESS.get_ptr_mut(walk.progress_set) else { return 1 };
-    let Some(first) = FIRST_KNOCKS.get_ptr_mut(walk.first_set) else { return 1 };
+    let source = SourceKey::with_hash(&walk.pkt.src, walk.source_hash);
+    let Some(progress) = PROGRESS.get_ptr_mut(source.set(settings.progress_mask)) else { return 1 };
+    let Some(first) = FIRST_KNOCKS.get_ptr_mut(source.set(settings.first_mask)) else { return 1 };
     let ctx = DoorLoop {
         pkt: &walk.pkt,
         settings,
         to_local: walk.to_local != 0,
         now: walk.now,
         cpu,
-        source_hash: SourceKey::new(settings.hash_key, &walk.pkt.src).hash(),
+        source_hash: walk.source_hash,
         knock_doors: walk.knock_doors,
         progress,
         first,
