@@ -18,7 +18,7 @@ pub struct CpuState {
     /// Per door slot.
     pub doors: [DoorCounters; MAX_DOORS as usize],
     /// Scratch words of the XDP program (`Cpu::opaque`, `Cpu::launder`).
-    pub scratch: [u64; 5],
+    pub scratch: [u64; 6],
     /// The XDP program's hand-over to a loop body (`knockgate_secret`'s `SecretWalk`).
     pub walk: [u64; 10],
 }

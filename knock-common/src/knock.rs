@@ -25,13 +25,16 @@ pub struct Attempt {
     /// Secret doors: the low byte of the window the attempt knocks in (0 for other doors).
     pub win: u8,
     pub _pad1: u16,
+    /// Secret doors: the block of PRF output that holds the next step's port, computed once
+    /// per block rather than once per step (0 for other doors).
+    pub block: u64,
 }
-const _: () = assert!(core::mem::size_of::<Attempt>() == 16);
+const _: () = assert!(core::mem::size_of::<Attempt>() == 24);
 
 impl Attempt {
     #[must_use]
     pub const fn new(stage: u8, started_ns: u64, epoch: u32) -> Self {
-        Self { started_ns, epoch, stage, win: 0, _pad1: 0 }
+        Self { started_ns, epoch, stage, win: 0, _pad1: 0, block: 0 }
     }
 
     /// Whether the attempt's window has closed at `now_ns` (knockd: `now - start >= timeout`).

@@ -245,11 +245,18 @@ pub fn secret_step(
         _ => None,
     };
     if let Some((a, key)) = live {
-        let block = prf.block(key, src, block_of(a.stage));
+        // The attempt carries the PRF block of its next step: computed at the first knock,
+        // and again only where the steps cross into the next block.
+        let block = a.block;
         if knock.port == port_in(block, a.stage) {
             let next = a.stage + 1;
-            let outcome =
-                if next >= door.len { Outcome::Open } else { Outcome::Progress(Attempt { stage: next, ..a }) };
+            let outcome = if next >= door.len {
+                Outcome::Open
+            } else {
+                let block =
+                    if block_of(next) == block_of(a.stage) { block } else { prf.block(key, src, block_of(next)) };
+                Outcome::Progress(Attempt { stage: next, block, ..a })
+            };
             return SecretStep { outcome, window: key.window };
         }
         // A retransmission of the step just matched.
@@ -266,8 +273,14 @@ pub fn secret_step(
     }
     // No live attempt, or this packet broke it: it may be a first knock.
     if let Some(key) = windows.first(knock.port, now_ns) {
-        let attempt =
-            Attempt { started_ns: now_ns, epoch: door.epoch, stage: 1, win: window_tag(key.window), _pad1: 0 };
+        let attempt = Attempt {
+            started_ns: now_ns,
+            epoch: door.epoch,
+            stage: 1,
+            win: window_tag(key.window),
+            _pad1: 0,
+            block: prf.block(key, src, 0),
+        };
         return SecretStep { outcome: Outcome::Progress(attempt), window: key.window };
     }
     if current.is_some() { SecretStep { outcome: Outcome::Reset, window: 0 } } else { ignore }
@@ -406,7 +419,15 @@ mod tests {
         let (d, w) = (door(3), windows());
         let me = AddrKey::v4([198, 18, 0, 2]);
         let seq = sequence(&w.keys[slot(9)], &me, 3);
-        let base = Attempt { started_ns: SEC, epoch: 5, stage: 1, win: window_tag(9), _pad1: 0 };
+        let key9 = &w.keys[slot(9)];
+        let base = Attempt {
+            started_ns: SEC,
+            epoch: 5,
+            stage: 1,
+            win: window_tag(9),
+            _pad1: 0,
+            block: Inline.block(key9, &me, 0),
+        };
         let cur = Some(base);
         let udp = Knock { proto: PROTO_UDP, port: 1, tcp_flags: 0 };
         assert_eq!(secret_step(&Inline, &d, &w, cur, udp, &me, SEC).outcome, Outcome::Ignore, "UDP for a TCP door");

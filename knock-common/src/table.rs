@@ -28,6 +28,9 @@ const WAYS_U32: u32 = 8;
 const MUL: u64 = 0x9E37_79B9_7F4A_7C15;
 /// Separates the check from the set-index hash.
 const CHECK_SALT: u64 = 0x243F_6A88_85A3_08D3;
+/// Spreads a secret door's PRF block over the check (an odd constant, unlike `MUL`, so a
+/// block difference cannot cancel a start-time difference).
+const BLOCK_MUL: u64 = 0xC2B2_AE3D_27D4_EB4F;
 
 #[inline(always)]
 const fn mix(h: u64, w: u64) -> u64 {
@@ -136,7 +139,7 @@ impl SlotKey {
         let (stage, epoch, started_ns) = (a.stage, a.epoch, a.started_ns);
         let state = stage as u64 | (epoch as u64) << 8 | (self.door as u64) << 40 | (a.win as u64) << 48;
         // Never 0, the check of an empty slot.
-        (self.hash ^ CHECK_SALT ^ state ^ started_ns.wrapping_mul(MUL)) | 1
+        (self.hash ^ CHECK_SALT ^ state ^ started_ns.wrapping_mul(MUL) ^ a.block.wrapping_mul(BLOCK_MUL)) | 1
     }
 }
 
@@ -154,19 +157,28 @@ pub struct Slot {
     pub win: u8,
     pub epoch: u32,
     pub started_ns: u64,
+    /// `Attempt::block`.
+    pub block: u64,
     /// `SlotKey::check` of the fields above; 0 marks an empty slot.
     pub check: u64,
 }
-const _: () = assert!(core::mem::size_of::<Slot>() == 40);
+const _: () = assert!(core::mem::size_of::<Slot>() == 48);
 
 impl Slot {
     pub const EMPTY: Self =
-        Self { addr: [0; 4], family: 0, door: 0, stage: 0, win: 0, epoch: 0, started_ns: 0, check: 0 };
+        Self { addr: [0; 4], family: 0, door: 0, stage: 0, win: 0, epoch: 0, started_ns: 0, block: 0, check: 0 };
 
     /// The attempt the slot holds (valid only if its check holds).
     #[inline(always)]
     const fn attempt(&self) -> Attempt {
-        Attempt { stage: self.stage, win: self.win, epoch: self.epoch, started_ns: self.started_ns, _pad1: 0 }
+        Attempt {
+            stage: self.stage,
+            win: self.win,
+            epoch: self.epoch,
+            started_ns: self.started_ns,
+            _pad1: 0,
+            block: self.block,
+        }
     }
 
     /// Whether the slot names `key` (a cheap test; `Set::find` then validates it).
@@ -186,6 +198,7 @@ impl Slot {
             win: attempt.win,
             epoch: attempt.epoch,
             started_ns: attempt.started_ns,
+            block: attempt.block,
             check: key.check(attempt),
         };
     }

@@ -259,9 +259,10 @@ impl Cpu {
             | u64::from(d.expired) << 25
             | u64::from(d.attempt.stage) << 32
             | u64::from(d.attempt.win) << 40;
-        let words = [w0, d.attempt.started_ns, u64::from(d.attempt.epoch), d.found_started_ns, d.window];
+        let words =
+            [w0, d.attempt.started_ns, u64::from(d.attempt.epoch), d.found_started_ns, d.window, d.attempt.block];
         // SAFETY: this CPU's slot, as above; volatile, so that the compiler keeps the round trip.
-        let [w0, started_ns, epoch, found_started_ns, window] = unsafe {
+        let [w0, started_ns, epoch, found_started_ns, window, block] = unsafe {
             let scratch = &raw mut (*self.0).scratch;
             core::ptr::write_volatile(scratch, words);
             core::ptr::read_volatile(scratch)
@@ -279,6 +280,7 @@ impl Cpu {
                 stage: (w0 >> 32) as u8,
                 win: (w0 >> 40) as u8,
                 _pad1: 0,
+                block,
             },
             found_started_ns,
             window,

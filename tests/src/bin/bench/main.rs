@@ -253,31 +253,59 @@ impl Rig {
 
 // ---------------------------------------------------------------- 1. per-packet cost
 
-/// A secret door, and a plain door of two steps, each with `c`'s first knock in, and the
-/// secret door's first port. Their rows repeat the step just matched, which both doors take
-/// for a retransmission (a secret door's later steps differ, so no frame repeats as an
-/// advancing step). The key's directory must outlive nothing but this set-up.
-fn repeat_doors(c: &str, s: &str) -> (KnockProgram, KnockProgram, u16, tempfile::TempDir) {
+/// Secret and plain doors set up so that one frame, repeated, takes the same path each time.
+struct RepeatDoors {
+    /// `c`'s first knock is in: the first port again is the step just matched.
+    secret: KnockProgram,
+    plain: KnockProgram,
+    /// `seq_timeout = 0`: every attempt has expired by the next frame, so each is a first knock.
+    secret_first: KnockProgram,
+    plain_first: KnockProgram,
+    /// The secret doors' first port in this window.
+    first_port: u16,
+    _keys: tempfile::TempDir,
+}
+
+/// The secret door's later steps differ, so no frame repeats as an advancing step: the rows
+/// compare the step just matched (a retransmission) and a first knock, which both kinds of
+/// door take.
+fn repeat_doors(c: &str, s: &str) -> RepeatDoors {
     let keys = tempfile::tempdir().unwrap();
     let secret = Secret::from_bytes(&[7; 32]);
     let key = keys.path().join("bench.key");
     std::fs::write(&key, secret.to_hex()).unwrap();
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let (secret_door, _) = program_with(
-        &format!(
-            "[s]\nsecret_file = {}\nwindow = 86400\nseq_timeout = 3600\ntcpflags = syn\ngate = 22/tcp\n",
-            key.display()
-        ),
-        Limits::default(),
-    );
+    let secret_door = |timeout: u32| {
+        program_with(
+            &format!(
+                "[s]\nsecret_file = {}\nwindow = 86400\nseq_timeout = {timeout}\ntcpflags = syn\ngate = 22/tcp\n",
+                key.display()
+            ),
+            Limits::default(),
+        )
+        .0
+    };
+    let plain_door = |timeout: u32| {
+        program_with(
+            &format!("[p]\nsequence = 7200,7300\nseq_timeout = {timeout}\ntcpflags = syn\n"),
+            Limits::default(),
+        )
+        .0
+    };
     let params = Params { length: 4, window_secs: 86_400, proto: knock_common::PROTO_TCP };
     let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let first_port = secret.window_key(&params, params.window_at(unix)).first;
-    secret_door.test_run(&FrameBuilder::tcp(c, s, first_port, SYN).build()).unwrap();
-    let (plain_door, _) =
-        program_with("[p]\nsequence = 7200,7300\nseq_timeout = 3600\ntcpflags = syn\n", Limits::default());
-    plain_door.test_run(&FrameBuilder::tcp(c, s, 7200, SYN).build()).unwrap();
-    (secret_door, plain_door, first_port, keys)
+    let doors = RepeatDoors {
+        secret: secret_door(3600),
+        plain: plain_door(3600),
+        secret_first: secret_door(0),
+        plain_first: plain_door(0),
+        first_port,
+        _keys: keys,
+    };
+    doors.secret.test_run(&FrameBuilder::tcp(c, s, first_port, SYN).build()).unwrap();
+    doors.plain.test_run(&FrameBuilder::tcp(c, s, 7200, SYN).build()).unwrap();
+    doors
 }
 
 fn per_packet(opts: &Opts) -> Value {
@@ -293,7 +321,7 @@ fn per_packet(opts: &Opts) -> Value {
         program_with(&format!("[adv]\nsequence = {adv}\nseq_timeout = 3600\ntcpflags = syn\n"), Limits::default());
     let references = reference_programs();
     let (c, s) = ("198.18.0.2", "198.18.0.1");
-    let (secret_door, plain_door, first_port, _keys) = repeat_doors(c, s);
+    let r = repeat_doors(c, s);
     let mut arp = FrameBuilder::tcp(c, s, 80, SYN).build();
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
     let cases: Vec<(&str, Vec<u8>, u32, Measured<'_>)> = vec![
@@ -330,19 +358,31 @@ fn per_packet(opts: &Opts) -> Value {
             "SYN to a non-knock port, a secret door configured",
             FrameBuilder::tcp("198.18.0.7", s, 443, SYN).build(),
             XDP_PASS,
-            Measured::Knockgate(&secret_door),
+            Measured::Knockgate(&r.secret),
         ),
         (
-            "secret door: the step just matched, again (window key, PRF)",
-            FrameBuilder::tcp(c, s, first_port, SYN).build(),
+            "secret door: the step just matched, again",
+            FrameBuilder::tcp(c, s, r.first_port, SYN).build(),
             XDP_PASS,
-            Measured::Knockgate(&secret_door),
+            Measured::Knockgate(&r.secret),
         ),
         (
             "plain door: the step just matched, again",
             FrameBuilder::tcp(c, s, 7200, SYN).build(),
             XDP_PASS,
-            Measured::Knockgate(&plain_door),
+            Measured::Knockgate(&r.plain),
+        ),
+        (
+            "secret door: a first knock (window key, PRF, attempt stored)",
+            FrameBuilder::tcp(c, s, r.first_port, SYN).build(),
+            XDP_PASS,
+            Measured::Knockgate(&r.secret_first),
+        ),
+        (
+            "plain door: a first knock (attempt stored)",
+            FrameBuilder::tcp(c, s, 7200, SYN).build(),
+            XDP_PASS,
+            Measured::Knockgate(&r.plain_first),
         ),
         // What any port-knocking filter costs at least (see knock-ebpf/src/pass.rs).
         (
@@ -788,6 +828,7 @@ fn summary(r: &Value) -> String {
     let step = |doors: &str| ratio(&|c| c.contains("advances") && c.contains(doors));
     let floor = |what: &str| ratio(&|c| c.starts_with("floor") && c.contains(what));
     let again = |door: &str| ratio(&|c| c.starts_with(door) && c.contains("just matched"));
+    let first = |door: &str| ratio(&|c| c.starts_with(door) && c.contains("a first knock"));
     writeln!(
         s,
         "per-packet: non-knock traffic <= {worst_other:.2}x the empty program, a knock step {:.2}x (one door), {:.2}x (two doors); floors {:.2}x (port), {:.2}x (knock)",
@@ -799,9 +840,11 @@ fn summary(r: &Value) -> String {
     .unwrap();
     writeln!(
         s,
-        "per-packet: secret door: a step {:.2}x the empty program, {:.2}x a plain door's same step; a SYN to another port with a secret door {:.2}x",
+        "per-packet: secret door: a step {:.2}x the empty program, {:.2}x a plain door's same step; a first knock {:.2}x, {:.2}x a plain door's; a SYN to another port with a secret door {:.2}x",
         again("secret"),
         again("secret") / again("plain").max(f64::MIN_POSITIVE),
+        first("secret"),
+        first("secret") / first("plain").max(f64::MIN_POSITIVE),
         ratio(&|c| c.contains("a secret door configured"))
     )
     .unwrap();
