@@ -95,6 +95,9 @@ const WALK_SECRET: u32 = 1;
 /// with more it hands knocks to `knockgate_doors` (every door must see every knock: a knock at
 /// any door's port resets another door's attempt, as in knockd).
 #[xdp]
+// Inline into the entry aya's macro wraps it in: a BPF call costs every frame a call and a
+// return (dear under return-stack mitigations), and LLVM stops inlining a body this large.
+#[inline(always)]
 fn knockgate(ctx: XdpContext) -> u32 {
     run::<false>(&ctx)
 }
@@ -103,6 +106,9 @@ fn knockgate(ctx: XdpContext) -> u32 {
 /// callback costs a call and a return, dear under return-stack mitigations, and a program
 /// holding both the loop and the inline path would exceed the 512-byte stack.
 #[xdp]
+// Inline into the entry aya's macro wraps it in: a BPF call costs every frame a call and a
+// return (dear under return-stack mitigations), and LLVM stops inlining a body this large.
+#[inline(always)]
 fn knockgate_doors(ctx: XdpContext) -> u32 {
     run::<true>(&ctx)
 }
@@ -112,6 +118,9 @@ fn knockgate_doors(ctx: XdpContext) -> u32 {
 /// A program of its own: with the plain doors' loop and the verdict in the same program, the
 /// stack of the two would exceed 512 bytes.
 #[xdp]
+// Inline into the entry aya's macro wraps it in: a BPF call costs every frame a call and a
+// return (dear under return-stack mitigations), and LLVM stops inlining a body this large.
+#[inline(always)]
 fn knockgate_secret(ctx: XdpContext) -> u32 {
     secret_walk(&ctx)
 }
@@ -152,9 +161,21 @@ fn run<const ALL_DOORS: bool>(ctx: &XdpContext) -> u32 {
     match parse::parse(ctx, port_listed) {
         Ok(parsed) => {
             let Some(slot) = port_slot(parsed.proto(), parsed.dport()) else { return XDP_PASS };
-            // A secret door's later step (any port) reaches here with nothing in `PORTS`.
             let doors = PORTS.get(slot).copied().unwrap_or_default();
-            on_packet::<ALL_DOORS>(ctx, parsed, doors)
+            let Some(settings) = SETTINGS.get(0) else {
+                // Unreachable (slot 0 of an array), but never let it bypass a gate.
+                return if doors.gate != 0 { XDP_DROP } else { XDP_PASS };
+            };
+            // Two versions: with no secret door (`knockgate_doors` never handles one), the
+            // path is compiled without the secret doors' work and its registers.
+            if !ALL_DOORS && settings.secret_mask != 0 {
+                // A secret door's later step (any port) reaches here with nothing in `PORTS`.
+                on_packet::<ALL_DOORS, true>(ctx, parsed, doors, settings)
+            } else if doors.knock | doors.gate != 0 {
+                on_packet::<ALL_DOORS, false>(ctx, parsed, doors, settings)
+            } else {
+                XDP_PASS
+            }
         }
         Err(Skip::Malformed) => {
             // It could be aimed at a gated port: never let it bypass the gate.
@@ -304,26 +325,27 @@ impl Cpu {
 
 /// The verdict for a parsed TCP/UDP packet: knock matching, then stealth and the gate.
 #[inline(always)]
-fn on_packet<const ALL_DOORS: bool>(
+fn on_packet<const ALL_DOORS: bool, const SECRETS: bool>(
     ctx: &XdpContext,
     parsed: Parsed,
     PortDoors { knock: doors, gate }: PortDoors,
+    settings: &Settings,
 ) -> u32 {
     let new = is_new_connection(parsed.proto(), parsed.tcp_flags());
     let gated = gate != 0 && new;
-    let (Some(cpu), Some(settings)) = (Cpu::get(), SETTINGS.get(0)) else {
-        // Unreachable (slot 0 of arrays), but never let it bypass a gate.
+    let Some(cpu) = Cpu::get() else {
+        // Unreachable (slot 0 of an array), but never let it bypass a gate.
         return if gated { XDP_DROP } else { XDP_PASS };
     };
     // A knock port: every door sees the packet (a knock at any door's port resets another
     // door's attempt, knockd's rule). Any other new packet: the secret doors do, whose
     // attempts it steps or resets.
-    let probe = doors == 0 && new && settings.secret_mask != 0;
+    let probe = SECRETS && doors == 0 && new;
     if doors == 0 && !probe && !gated {
         return XDP_PASS;
     }
     // `knockgate_doors` walks only the plain doors, and only for their knock ports.
-    let mut walk = !parsed.fragment() && (doors != 0 || (probe && !ALL_DOORS));
+    let mut walk = !parsed.fragment() && (doors != 0 || probe);
     let Ok((src, dst)) = parse::addresses(ctx, parsed) else {
         // Already read once during parsing; unreachable, but never let it bypass a gate.
         return if gated { XDP_DROP } else { XDP_PASS };
@@ -338,9 +360,8 @@ fn on_packet<const ALL_DOORS: bool>(
     // ... and only when a secret door may care: the port is a secret door's first port, or
     // the source may have an attempt at one (the attempt tables' tags say; a hint that can
     // only err towards going).
-    let secret = !ALL_DOORS
+    let secret = SECRETS
         && walk
-        && settings.secret_mask != 0
         && (doors & settings.secret_mask != 0
             || secret_attempts_hint(&SourceKey::new(settings.hash_key, &src), settings) != 0)
         && (!gated || mark_gated(ctx));

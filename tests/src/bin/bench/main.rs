@@ -908,7 +908,14 @@ fn report(r: &Value) -> String {
          must: read a frame's port and compare it with a knock port; and, for a knock, also read and write one \
          per-source entry, with no check that the entry is the source's, no timeout, no flood-proof second table and no \
          event. What knockgate adds above them is its parser (VLAN tags, IPv6 extension headers, fragments), the gate, \
-         and the attempt tables' safeguards.\n",
+         and the attempt tables' safeguards.\n\n\
+         The secret-door rows (`secret_file`, one door) compare with a plain door of two steps measured the same way. \
+         A secret door's later ports differ from step to step, so no repeated frame advances its attempt: the rows time \
+         the step just matched sent again (the attempt found, its window key checked, the port compared), and a first \
+         knock (with `seq_timeout = 0`, every attempt has expired by the next frame), which computes the SipHash block \
+         of the later ports and stores the attempt. A secret door's packets go from `knockgate` to `knockgate_secret` by \
+         tail call. Target: a secret door's step ≤ 2x a plain door's. The SYN to another port comes from a source with \
+         no attempt: with a secret door configured, every SYN and UDP datagram looks at its source's attempt sets.\n",
         r["per_packet"]["runs"], r["per_packet"]["repeat"]
     ).unwrap();
     writeln!(s, "| frame | program ns | empty program ns | added ns | ratio |\n|---|---:|---:|---:|---:|").unwrap();
