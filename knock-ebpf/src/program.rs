@@ -344,28 +344,31 @@ fn on_packet<const ALL_DOORS: bool, const SECRETS: bool>(
     if doors == 0 && !probe && !gated {
         return XDP_PASS;
     }
-    // `knockgate_doors` walks only the plain doors, and only for their knock ports.
-    let mut walk = !parsed.fragment() && (doors != 0 || probe);
+    // Plain doors react to their knock ports only (`knockgate_doors` walks nothing else).
+    let mut walk = !parsed.fragment() && doors != 0;
     let Ok((src, dst)) = parse::addresses(ctx, parsed) else {
         // Already read once during parsing; unreachable, but never let it bypass a gate.
         return if gated { XDP_DROP } else { XDP_PASS };
     };
-    let now = cpu.now_ns(settings);
     let knock = Knock { proto: parsed.proto(), port: parsed.dport(), tcp_flags: parsed.tcp_flags() };
     // Up to `INLINE_DOORS` plain doors are matched inline; more doors by `knockgate_doors`, and
     // secret doors by `knockgate_secret` (each a loop whose body the verifier checks once: two
-    // doors inline with both kinds of matching are more paths than it will explore).
-    // A gated packet goes to `knockgate_secret` only marked as gated in its own metadata; a
-    // driver without XDP metadata leaves secret doors unstepped by packets to gated ports.
-    // ... and only when a secret door may care: the port is a secret door's first port, or
-    // the source may have an attempt at one (the attempt tables' tags say; a hint that can
-    // only err towards going).
+    // doors inline with both kinds of matching are more paths than it will explore). A packet
+    // goes to `knockgate_secret` when a secret door may care: the port is a secret door's first
+    // port, or the source may have an attempt at one (its sets' tags say so; a hint that errs
+    // only towards going). A gated packet goes there only marked as gated in its own metadata;
+    // a driver without XDP metadata leaves secret doors unstepped by packets to gated ports.
     let secret = SECRETS
-        && walk
+        && !parsed.fragment()
         && (doors & settings.secret_mask != 0
-            || secret_attempts_hint(&SourceKey::new(settings.hash_key, &src), settings) != 0)
+            || (new && secret_attempts_hint(&SourceKey::new(settings.hash_key, &src), settings) != 0))
         && (!gated || mark_gated(ctx));
-    if !ALL_DOORS && walk && (settings.slots > INLINE_DOORS || secret) {
+    if !secret && !walk && !gated {
+        // A new packet from a source no secret door has an attempt of.
+        return XDP_PASS;
+    }
+    let now = cpu.now_ns(settings);
+    if !ALL_DOORS && (secret || (walk && settings.slots > INLINE_DOORS)) {
         let to = if secret {
             // SAFETY: this CPU's slot; `knockgate_secret` reads it back for this packet.
             unsafe {
