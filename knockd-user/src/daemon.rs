@@ -26,7 +26,7 @@ use crate::{
     log::KnockLog,
     one_time,
     pin::PinDir,
-    secret_door::Clock,
+    secret_door::{Clock, Installed},
     snapshot::{self, DoorLabel, monotonic_ns},
     spec::event_addr,
     state::StateDir,
@@ -133,7 +133,7 @@ impl Daemon {
         let mut link_check = tokio::time::interval(LINK_CHECK);
         // Secret doors' keys follow the windows (and a stepped wall clock).
         let mut window_check = tokio::time::interval(WINDOW_CHECK);
-        let mut windows = self.window_stamp();
+        let mut windows = self.installed_now();
         // Whether each interface was there at the last check (a change is logged once).
         let mut present = vec![true; self.interfaces.len()];
         let mut watched: HashMap<(IpAddr, u8), Watched> = HashMap::new();
@@ -216,10 +216,10 @@ impl Daemon {
         Ok(())
     }
 
-    /// Installs the secret doors' keys anew when `window_stamp` has moved on from `installed`.
-    fn follow_windows(&mut self, installed: &mut Vec<u64>) {
-        let now = self.window_stamp();
-        if now != *installed {
+    /// Installs the secret doors' keys anew when those in the kernel are out of date.
+    fn follow_windows(&mut self, installed: &mut Installed) {
+        let now = self.installed_now();
+        if installed.stale(&now) {
             match self.program.apply(&self.doors) {
                 Ok(()) => *installed = now,
                 Err(e) => tracing::error!("installing the secret doors' window keys: {e}"),
@@ -227,18 +227,9 @@ impl Daemon {
         }
     }
 
-    /// What the secret doors' keys in the kernel depend on: each one's window, and the
-    /// offset of the wall clock from `CLOCK_MONOTONIC` in whole seconds (a stepped clock moves
-    /// the kernel's deadlines). Empty without secret doors.
-    fn window_stamp(&self) -> Vec<u64> {
-        let clock = Clock::now();
-        let mut stamp: Vec<u64> =
-            self.doors.active().filter_map(|(_, s)| s.door.secret.as_ref().map(|d| d.window(&clock))).collect();
-        if !stamp.is_empty() {
-            let offset = clock.unix_ns / 1_000_000_000 - u128::from(clock.mono_ns / 1_000_000_000);
-            stamp.push(u64::try_from(offset).unwrap_or(u64::MAX));
-        }
-        stamp
+    /// What keys installed now would be made for.
+    fn installed_now(&self) -> Installed {
+        Installed::at(self.doors.active().filter_map(|(_, s)| s.door.secret.as_ref()), &Clock::now())
     }
 
     /// Labels the doors in force anew (after they changed) and writes them for `--status`.

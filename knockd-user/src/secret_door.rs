@@ -112,6 +112,34 @@ impl SecretDoor {
     }
 }
 
+/// What the secret doors' keys in the kernel were made for: each door's window, and the wall
+/// clock's offset from `CLOCK_MONOTONIC` (the kernel's deadlines are written in the latter).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Installed {
+    pub windows: Vec<u64>,
+    pub offset_ns: i128,
+}
+
+impl Installed {
+    /// Wall-clock steps smaller than this leave the kernel's deadlines as they are.
+    const CLOCK_STEP_NS: i128 = 500_000_000;
+
+    #[must_use]
+    pub fn at<'a>(doors: impl IntoIterator<Item = &'a SecretDoor>, clock: &Clock) -> Self {
+        let windows = doors.into_iter().map(|d| d.window(clock)).collect();
+        let unix = i128::try_from(clock.unix_ns).unwrap_or(i128::MAX);
+        Self { windows, offset_ns: unix - i128::from(clock.mono_ns) }
+    }
+
+    /// Whether keys installed for `self` are out of date for `now`: a door has moved on to
+    /// another window, or the wall clock has been stepped.
+    #[must_use]
+    pub fn stale(&self, now: &Self) -> bool {
+        self.windows != now.windows
+            || (!now.windows.is_empty() && (self.offset_ns - now.offset_ns).abs() >= Self::CLOCK_STEP_NS)
+    }
+}
+
 /// The secret directives of one door as the parser meets them, in any order.
 #[derive(Debug, Default)]
 pub struct Draft {
@@ -318,6 +346,21 @@ mod tests {
                 open.display()
             )
         );
+    }
+
+    #[test]
+    fn keys_are_stale_at_a_new_window_or_a_stepped_clock_only() {
+        let d = door(30);
+        let at = |unix_ms: u128, mono_ms: u64| {
+            Installed::at([&d], &Clock { unix_ns: unix_ms * 1_000_000, mono_ns: mono_ms * 1_000_000 })
+        };
+        let installed = at(30_010_000, 500_000);
+        assert!(!installed.stale(&at(30_010_250, 500_250)), "time passing");
+        assert!(!installed.stale(&at(30_019_999, 509_999)), "the same window");
+        assert!(installed.stale(&at(30_030_000, 520_000)), "the next window");
+        assert!(installed.stale(&at(30_012_000, 501_000)), "the wall clock stepped 1 s");
+        assert!(!installed.stale(&at(30_010_100, 500_000)), "100 ms of jitter");
+        assert!(!Installed::default().stale(&Installed::at([], &Clock::now())), "no secret door");
     }
 
     #[test]
