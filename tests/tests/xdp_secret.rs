@@ -6,7 +6,7 @@
 use std::{os::unix::fs::PermissionsExt as _, path::PathBuf};
 
 use knock_common::{
-    Counter, XDP_DROP, XDP_PASS,
+    AddrKey, Counter, XDP_DROP, XDP_PASS,
     secret::derive::{Params, Secret, VECTORS, Vector},
 };
 use knockd_user::{
@@ -171,4 +171,27 @@ fn a_hundred_thousand_random_guesses_from_random_sources_open_nothing() {
     }
     assert_eq!(counter(&p, Counter::Opens), 0);
     assert_eq!(hit(&p, v, "198.18.250.1", 22), XDP_DROP, "the gate is still shut");
+}
+
+#[test]
+fn a_window_s_key_lapses_in_the_kernel_with_no_daemon_to_remove_it() {
+    let v = &VECTORS[0];
+    let key = KeyFile::new(v, "lapse");
+    let params = v.params();
+    let window = u64::from(params.window_secs);
+    let w = params.window_at(v.unix_secs);
+    // Installed 1 s before window w ends: window w-1 is accepted for 1 s more, then never.
+    let installed_at = (w + 1) * window - 1;
+    let (p, _doors) = program(v, &key, installed_at);
+    let early = "198.18.0.5";
+    let for_early = v.secret().sequence(&params, &AddrKey::v4([198, 18, 0, 5]), w - 1);
+    knock(&p, v, early, &for_early);
+    assert!(open_for(&p, early), "window w-1 is accepted in time");
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let old = v.secret().sequence(&params, &v.source_key(), w - 1);
+    knock(&p, v, v.source, &old);
+    assert!(!open_for(&p, v.source), "window w-1's key has lapsed, though nothing removed it");
+    let current = v.secret().sequence(&params, &v.source_key(), w);
+    knock(&p, v, v.source, &current);
+    assert!(open_for(&p, v.source), "window w is still accepted");
 }
