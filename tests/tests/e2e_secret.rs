@@ -168,8 +168,8 @@ fn unix_now() -> u64 {
 }
 
 #[test]
-fn a_recorded_knock_opens_nothing_replayed_elsewhere_again_or_two_windows_later() {
-    let t = Secret::start();
+fn a_recorded_knock_opens_nothing_replayed_elsewhere_again_after_a_restart_or_two_windows_later() {
+    let mut t = Secret::start();
     assert!(!t.gate_open(), "shut before the knock");
     let capture = Capture::start(&t.s.net.client, &t.s.net.client_if, t.s.dir.path());
     let window = unix_now() / WINDOW;
@@ -195,6 +195,15 @@ fn a_recorded_knock_opens_nothing_replayed_elsewhere_again_or_two_windows_later(
     assert_eq!(t.counter(Counter::Opens), 1, "neither replay opens");
     assert!(t.s.not_logged("198.18.0.3: ssh: OPEN SESAME"));
 
+    // A restart keeps the spent uses (the pinned `USED`): the replay is refused again.
+    t.s.daemon.stop();
+    t.s.restart(&[]);
+    for f in &knock {
+        t.s.inject.send(f);
+    }
+    assert!(wait_for(Duration::from_secs(2), || t.counter(Counter::Replays) == 2), "refused after a restart too");
+    assert_eq!(t.counter(Counter::Opens), 1);
+
     // Two windows later: the window's keys are gone, the capture is no knock at all.
     assert!(wait_for(Duration::from_secs(4 * WINDOW), || unix_now() / WINDOW >= window + 2));
     std::thread::sleep(Duration::from_millis(500));
@@ -202,7 +211,7 @@ fn a_recorded_knock_opens_nothing_replayed_elsewhere_again_or_two_windows_later(
         t.s.inject.send(f);
     }
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(t.counter(Counter::Replays), 1, "not even matched");
+    assert_eq!(t.counter(Counter::Replays), 2, "not even matched");
     assert_eq!(t.counter(Counter::Opens), 1);
     assert_eq!(t.s.count("198.18.0.2: ssh: OPEN SESAME"), 1, "{}", t.s.log());
 }
