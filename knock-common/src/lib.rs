@@ -19,6 +19,7 @@ pub mod gate;
 pub mod knock;
 pub mod secret;
 pub mod table;
+pub mod visit;
 
 pub use addr::{AddrKey, Family, LocalAddrs, MAX_LOCAL_ADDRS};
 pub use budget::{Bucket, Rate};
@@ -28,14 +29,14 @@ pub use event::{EventKind, KnockEvent};
 pub use gate::{AllowKey, gate_passes, is_new_connection};
 pub use knock::{Attempt, Knock, Outcome, step};
 pub use secret::{DoorWindows, Prf, SecretStep, UsedKey, WindowKey, secret_step};
-pub use table::{Set, Slot, SlotKey, SourceKey, WAYS, sets_for};
+pub use table::{Mine, Set, Slot, SlotKey, SourceKey, WAYS, sets_for};
 
 /// Version of the layout and meaning of the maps that outlive the daemon (pinned in bpffs,
 /// `maps-vN`), and of the contract between the two programs (`knockgate` tail-calls
 /// `knockgate_doors` through a pinned table). Bump it with any change to a pinned map's key,
 /// value or size, or to what a value means: a daemon finding another version's maps makes its
 /// own and carries the allowances over, rather than reading them with the wrong layout.
-pub const STATE_VERSION: u32 = 3;
+pub const STATE_VERSION: u32 = 4;
 
 /// Most doors one configuration may hold (the XDP program walks them in a bounded loop).
 pub const MAX_DOORS: u32 = 32;

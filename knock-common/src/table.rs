@@ -92,13 +92,21 @@ impl SourceKey {
         Self { words, family: src.family, hash }
     }
 
+    /// The byte `Set::tags` holds for this source's slots: 7 bits of its keyed hash, and the
+    /// high bit, so that it is never 0, the tag of an empty slot. Every door's attempt by one
+    /// source has the same tag: one compare of a set's tags (`Set::mine`) finds the slots that
+    /// may hold this source's attempts, at any door.
+    #[must_use]
+    #[inline(always)]
+    pub const fn tag(&self) -> u8 {
+        self.hash.to_le_bytes()[3] | 0x80
+    }
+
     /// This source's key at door slot `door`.
     #[must_use]
     #[inline(always)]
     pub const fn door(&self, door: u8) -> SlotKey {
-        // Never 0, the tag of an empty slot; a source's doors (fewer than 128) differ.
-        let tag = (self.hash.to_le_bytes()[3] ^ door) | 0x80;
-        SlotKey { words: self.words, family: self.family, door, tag, hash: self.hash }
+        SlotKey { words: self.words, family: self.family, door, tag: self.tag(), hash: self.hash }
     }
 }
 
@@ -108,7 +116,7 @@ pub struct SlotKey {
     words: [u32; 4],
     family: u8,
     door: u8,
-    /// The byte `Set::tags` holds for this key's slot.
+    /// The byte `Set::tags` holds for this key's slot (`SourceKey::tag`).
     tag: u8,
     hash: u64,
 }
@@ -125,6 +133,13 @@ impl SlotKey {
     #[inline(always)]
     pub const fn set(&self, mask: u32) -> u32 {
         (self.hash >> 32) as u32 & mask
+    }
+
+    /// The source's tag (`SourceKey::tag`).
+    #[must_use]
+    #[inline(always)]
+    pub const fn tag(&self) -> u8 {
+        self.tag
     }
 
     /// The source's keyed hash, combined by XOR with the slot's state and start time, the time spread
@@ -213,15 +228,37 @@ impl Slot {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Set {
-    /// Per slot, the tag of the key whose attempt it holds (0: empty). Read as one word, they
-    /// tell which slots are worth comparing: proving a source has no attempt at a door, the
-    /// common case of a knock, costs a few instructions instead of a scan of every slot. A
-    /// hint only: `find` still validates the slots it picks, so a tag left stale by racing
+    /// Per slot, the tag of the source whose attempt it holds (0: empty). Read as one word,
+    /// they tell which slots are worth comparing (`mine`): proving a source has no attempt,
+    /// the common case of a knock, costs a few instructions instead of a scan of every slot,
+    /// and the slots it may have tell the doors it may have attempts at (`doors`). A hint
+    /// only: `find_in` still validates the slots it picks, so a tag left stale by racing
     /// writers can hide an attempt (a lost step, as any race) but never forge one.
     pub tags: [u8; WAYS],
     pub slots: [Slot; WAYS],
 }
 const _: () = assert!(WAYS.is_power_of_two() && WAYS == 8, "tags are read as one u64");
+
+/// Slots of a set that may be one source's (`Set::mine`): the high bit of byte i for slot i.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mine(u64);
+
+impl Mine {
+    /// Whether no slot may be the source's.
+    #[must_use]
+    #[inline(always)]
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+/// The slot whose byte's high bit is `bit` (a single bit of a `Mine`). The bit is 8i+7; the
+/// multiply moves byte (7 - i) of the constant, which is i, to the top (BPF has no
+/// count-trailing-zeros instruction).
+#[inline(always)]
+const fn slot_of(bit: u64) -> usize {
+    ((bit >> 7).wrapping_mul(0x0001_0203_0405_0607) >> 56) as usize & (WAYS - 1)
+}
 
 /// `0x01` in every byte.
 const LOW_BITS: u64 = 0x0101_0101_0101_0101;
@@ -231,28 +268,40 @@ const HIGH_BITS: u64 = LOW_BITS << 7;
 impl Set {
     pub const EMPTY: Self = Self { tags: [0; WAYS], slots: [Slot::EMPTY; WAYS] };
 
+    /// The slots whose tag is `tag` (`SourceKey::tag`): those that may hold that source's
+    /// attempts. Each is the high bit of its byte (and, above such a byte, rarely one more:
+    /// the classic zero-byte test borrows, which only costs a compare).
+    #[must_use]
+    #[inline(always)]
+    pub fn mine(&self, tag: u8) -> Mine {
+        let x = u64::from_le_bytes(self.tags) ^ u64::from(tag).wrapping_mul(LOW_BITS);
+        Mine(x.wrapping_sub(LOW_BITS) & !x & HIGH_BITS)
+    }
+
     /// The slot holding `key`'s attempt, and the attempt, if the set has a valid one.
     #[must_use]
     #[inline(always)]
     pub fn find(&self, key: &SlotKey) -> Option<(usize, Attempt)> {
-        // The high bit of every byte of `candidates` whose tag equals the key's (and, above
-        // such a byte, rarely one more: the classic zero-byte test borrows).
-        let x = u64::from_le_bytes(self.tags) ^ u64::from(key.tag).wrapping_mul(LOW_BITS);
-        let mut candidates = x.wrapping_sub(LOW_BITS) & !x & HIGH_BITS;
+        self.find_in(self.mine(key.tag), key)
+    }
+
+    /// `find`, among the slots `mine` (`Set::mine` of the key's tag, read earlier: slots
+    /// written since are not looked at, which only the knock that wrote them does).
+    #[must_use]
+    #[inline(always)]
+    pub fn find_in(&self, mine: Mine, key: &SlotKey) -> Option<(usize, Attempt)> {
+        let mut candidates = mine.0;
         let mut n = 0;
         while candidates != 0 && n < WAYS {
-            // The lowest candidate's slot: its bit is 8i+7; the multiply moves byte (7 - i) of
-            // the constant, which is i, to the top (no count-trailing-zeros instruction in BPF).
             let bit = candidates & candidates.wrapping_neg();
-            let i = ((bit >> 7).wrapping_mul(0x0001_0203_0405_0607) >> 56) as usize & (WAYS - 1);
-            let s = &self.slots[i];
+            let s = &self.slots[slot_of(bit)];
             if s.names(key) {
                 // Each field read once, then validated together against our key: if the slot
                 // changed meanwhile, what was read belongs to another key or state, and the
                 // check cannot match.
                 let attempt = s.attempt();
                 if s.check == key.check(&attempt) {
-                    return Some((i, attempt));
+                    return Some((slot_of(bit), attempt));
                 }
             }
             candidates ^= bit;
@@ -261,26 +310,21 @@ impl Set {
         None
     }
 
-    /// The door slots (below 32) at which this set may hold an attempt by `source`: each
-    /// slot's tag names a door for a given source (`SourceKey::door`). A hint, as tags are:
-    /// a door missing here has no attempt by `source` that `find` would return; a door
-    /// present may have one.
+    /// The door slots (below 32) of the slots `mine`: every door at which the source whose
+    /// tag gave `mine` has an attempt in this set that `find_in` would return, and perhaps a
+    /// few more (other sources' slots with the same tag, stale slots). A hint: a door that
+    /// is missing has no attempt by that source here.
     #[must_use]
     #[inline(always)]
-    pub fn doors_hint(&self, source: &SourceKey) -> u32 {
-        let base = source.hash.to_le_bytes()[3];
+    pub fn doors(&self, mine: Mine) -> u32 {
+        let mut candidates = mine.0;
         let mut doors = 0u32;
-        let mut i = 0;
-        // Arithmetic, not branches: the BPF verifier would follow every combination of them.
-        while i < WAYS {
-            let tag = self.tags[i];
-            // The door whose tag for this source this would be (tags keep 7 bits of it).
-            let door = (tag ^ base) & 0x7f;
-            // 1 if the slot is in use (a tag is never 0), and if the door is below 32.
-            let used = (tag | tag.wrapping_neg()) >> 7;
-            let low = (door >> 5).wrapping_sub(1) >> 7;
-            doors |= u32::from(used & low) << (door & 31);
-            i += 1;
+        let mut n = 0;
+        while candidates != 0 && n < WAYS {
+            let bit = candidates & candidates.wrapping_neg();
+            doors |= 1 << (self.slots[slot_of(bit)].door & 31);
+            candidates ^= bit;
+            n += 1;
         }
         doors
     }
@@ -442,24 +486,29 @@ mod tests {
     }
 
     #[test]
-    fn the_doors_hint_holds_every_door_with_an_attempt() {
+    fn a_sources_doors_are_those_of_its_slots() {
         let src = AddrKey::v4([198, 18, 0, 2]);
         let source = SourceKey::new(SECRET, &src);
         let mut set = Set::EMPTY;
-        assert_eq!(set.doors_hint(&source), 0);
+        assert!(set.mine(source.tag()).is_empty());
+        assert_eq!(set.doors(set.mine(source.tag())), 0);
         set.store(0, &source.door(3), &Attempt::new(1, 0, 0));
         set.store(5, &source.door(31), &Attempt::new(2, 0, 0));
-        let hint = set.doors_hint(&source);
-        assert_eq!(hint & (1 << 3 | 1 << 31), 1 << 3 | 1 << 31);
+        assert_eq!(set.doors(set.mine(source.tag())), 1 << 3 | 1 << 31);
         // Other sources' attempts may add doors (a hint), never hide these.
-        for last in 3..40 {
+        for last in 3..200 {
             set.store(1, &SourceKey::new(SECRET, &AddrKey::v4([198, 18, 1, last])).door(7), &Attempt::new(1, 0, 0));
-            assert_eq!(set.doors_hint(&source) & (1 << 3 | 1 << 31), 1 << 3 | 1 << 31);
+            assert_eq!(set.doors(set.mine(source.tag())) & (1 << 3 | 1 << 31), 1 << 3 | 1 << 31);
         }
+        // One source's doors share the tag; `find_in` tells them apart.
+        let mine = set.mine(source.tag());
+        assert_eq!(set.find_in(mine, &source.door(3)).map(|(i, _)| i), Some(0));
+        assert_eq!(set.find_in(mine, &source.door(31)).map(|(i, _)| i), Some(5));
+        assert_eq!(set.find_in(mine, &source.door(4)), None);
         set.clear(0);
         set.clear(5);
         set.clear(1);
-        assert_eq!(set.doors_hint(&source), 0);
+        assert_eq!(set.doors(set.mine(source.tag())), 0);
     }
 
     #[test]
@@ -544,7 +593,7 @@ mod tests {
     fn a_source_shares_one_set_but_not_its_slots_across_doors() {
         let (a, b) = (key(2, 0), key(2, 1));
         assert_eq!(a.set(u32::MAX), b.set(u32::MAX));
-        assert_ne!(a.tag, b.tag, "a source's doors have their own tags");
+        assert_eq!(a.tag, b.tag, "a source's doors share its tag");
         let mut set = Set::EMPTY;
         set.store(0, &a, &Attempt::new(1, 0, 0));
         // Door 1's key and tag over door 0's slot: the check covers the door.

@@ -1,5 +1,7 @@
 //! Maps and the XDP entry point.
 
+use core::cell::Cell;
+
 use aya_ebpf::{
     bindings::xdp_action,
     cty::c_void,
@@ -10,9 +12,9 @@ use aya_ebpf::{
 };
 use knock_common::{
     AddrKey, AllowKey, Attempt, Counter, CpuState, DoorCounters, DoorSpec, DoorWindows, EventKind, GATE_CLOSE,
-    GATE_OPEN, Knock, KnockEvent, LocalAddrs, MAX_DOORS, MAX_GATE_PORTS, Outcome, PORT_SLOTS, PortBits, PortDoors, Prf,
-    SECRET_WORD, Set, Settings, SlotKey, SourceKey, UsedKey, WindowKey, XDP_DROP, XDP_PASS, gate_passes,
-    is_new_connection, port_bit, port_slot, secret_step, step,
+    GATE_OPEN, Knock, KnockEvent, LocalAddrs, MAX_DOORS, MAX_GATE_PORTS, Mine, Outcome, PORT_SLOTS, PortBits,
+    PortDoors, Prf, SECRET_WORD, Set, Settings, SlotKey, SourceKey, UsedKey, WindowKey, XDP_DROP, XDP_PASS,
+    gate_passes, is_new_connection, port_bit, port_slot, secret_step, step, visit,
 };
 
 use crate::parse::{self, Parsed, Skip};
@@ -79,21 +81,17 @@ static USED: LruHashMap<UsedKey, u64> = LruHashMap::with_max_entries(65536, 0);
 /// `BPF_NOEXIST`: the update fails if the key is there.
 const BPF_NOEXIST: u64 = 1;
 
-/// Configurations of up to this many doors are matched inline by `knockgate`.
-const INLINE_DOORS: u32 = 2;
-const _: () = assert!(INLINE_DOORS == 2, "knock_doors matches doors 0 and 1 inline");
-
-/// Slot `WALK_PLAIN`: `knockgate_doors`, which `knockgate` hands knocks to when there are
-/// several doors; slot `WALK_SECRET`: `knockgate_secret`, for any new packet while secret
-/// doors exist.
+/// Slot `WALK_PLAIN`: `knockgate_doors`, which `knockgate` hands a knock to when it visits
+/// more than one plain door (`visit`); slot `WALK_SECRET`: `knockgate_secret`, for new
+/// packets a secret door may care about.
 #[map]
 static DOOR_WALK: ProgramArray = ProgramArray::with_max_entries(2, 0);
 const WALK_PLAIN: u32 = 0;
 const WALK_SECRET: u32 = 1;
 
-/// The program attached to the interface. With up to two doors it matches knocks inline;
-/// with more it hands knocks to `knockgate_doors` (every door must see every knock: a knock at
-/// any door's port resets another door's attempt, as in knockd).
+/// The program attached to the interface. A knock visits the doors naming its port and the
+/// doors at which its source has an attempt (`knock_common::visit`): one is matched inline,
+/// more by `knockgate_doors`.
 #[xdp]
 // Inline into the entry aya's macro wraps it in: a BPF call costs every frame a call and a
 // return (dear under return-stack mitigations), and LLVM stops inlining a body this large.
@@ -102,9 +100,9 @@ fn knockgate(ctx: XdpContext) -> u32 {
     run::<false>(&ctx)
 }
 
-/// Reached only by tail call from `knockgate`: walks every door in a `bpf_loop`. Its
-/// callback costs a call and a return, dear under return-stack mitigations, and a program
-/// holding both the loop and the inline path would exceed the 512-byte stack.
+/// Reached only by tail call from `knockgate`: walks the doors a knock visits in a
+/// `bpf_loop`. Its callback costs a call and a return, dear under return-stack mitigations,
+/// and a program holding both the loop and the inline path would exceed the 512-byte stack.
 #[xdp]
 // Inline into the entry aya's macro wraps it in: a BPF call costs every frame a call and a
 // return (dear under return-stack mitigations), and LLVM stops inlining a body this large.
@@ -139,7 +137,8 @@ fn secret_walk(ctx: &XdpContext) -> u32 {
     // twice (its own fields), and what reaches the gate is decided above and below.
     // SAFETY: the callback matches the callback ABI; it takes no context.
     unsafe {
-        bpf_loop(settings.slots.min(MAX_DOORS), secret_door_step as *mut c_void, core::ptr::null_mut(), 0);
+        let visits = (*cpu.walk()).left;
+        bpf_loop(visit::count(visits), secret_door_step as *mut c_void, core::ptr::null_mut(), 0);
     }
     // SAFETY: as above.
     let doors = unsafe { (*cpu.walk()).knock_doors };
@@ -337,9 +336,10 @@ fn on_packet<const ALL_DOORS: bool, const SECRETS: bool>(
         // Unreachable (slot 0 of an array), but never let it bypass a gate.
         return if gated { XDP_DROP } else { XDP_PASS };
     };
-    // A knock port: every door sees the packet (a knock at any door's port resets another
-    // door's attempt, knockd's rule). Any other new packet: the secret doors do, whose
-    // attempts it steps or resets.
+    // A knock port: the doors naming it and the doors where the source has an attempt see the
+    // packet (a knock at any door's port resets another door's attempt, knockd's rule). Any
+    // other new packet: the secret doors where the source has an attempt, which it steps or
+    // resets.
     let probe = SECRETS && doors == 0 && new;
     if doors == 0 && !probe && !gated {
         return XDP_PASS;
@@ -351,43 +351,41 @@ fn on_packet<const ALL_DOORS: bool, const SECRETS: bool>(
         return if gated { XDP_DROP } else { XDP_PASS };
     };
     let knock = Knock { proto: parsed.proto(), port: parsed.dport(), tcp_flags: parsed.tcp_flags() };
-    // Up to `INLINE_DOORS` plain doors are matched inline; more doors by `knockgate_doors`, and
-    // secret doors by `knockgate_secret` (each a loop whose body the verifier checks once: two
-    // doors inline with both kinds of matching are more paths than it will explore). A packet
-    // goes to `knockgate_secret` when a secret door may care: the port is a secret door's first
-    // port, or the source may have an attempt at one (its sets' tags say so; a hint that errs
-    // only towards going). A gated packet goes there only marked as gated in its own metadata;
+    // One plain door is matched inline; more by `knockgate_doors`, and secret doors by
+    // `knockgate_secret` (each a loop whose body the verifier checks once: two doors inline
+    // with both kinds of matching are more paths than it will explore). A packet goes to
+    // `knockgate_secret` when a secret door may care: the port is a secret door's first port,
+    // or the source may have an attempt at one (its sets' tags say so; a hint that errs only
+    // towards going). A gated packet goes there only marked as gated in its own metadata;
     // a driver without XDP metadata leaves secret doors unstepped by packets to gated ports.
-    let secret = SECRETS
-        && !parsed.fragment()
-        && (doors & settings.secret_mask != 0
-            || (new && secret_attempts_hint(&SourceKey::new(settings.hash_key, &src), settings) != 0))
-        && (!gated || mark_gated(ctx));
+    let secret_visits = if SECRETS && !parsed.fragment() {
+        let attempts = if new { attempt_doors(&SourceKey::new(settings.hash_key, &src), settings) } else { 0 };
+        visit::secret_visits(doors, attempts, settings.secret_mask, settings.slots)
+    } else {
+        0
+    };
+    let secret = secret_visits != 0 && (!gated || mark_gated(ctx));
     if !secret && !walk && !gated {
         // A new packet from a source no secret door has an attempt of.
         return XDP_PASS;
     }
     let now = cpu.now_ns(settings);
-    if !ALL_DOORS && (secret || (walk && settings.slots > INLINE_DOORS)) {
-        let to = if secret {
-            // SAFETY: this CPU's slot; `knockgate_secret` reads it back for this packet.
-            unsafe {
-                // Field by field: a whole struct would be built on the stack first.
-                let w = cpu.walk();
-                (*w).pkt.src = src;
-                (*w).pkt.dst = dst;
-                (*w).pkt.knock = knock;
-                (*w).now = now;
-                (*w).knock_doors = doors;
-                (*w).source_hash = SourceKey::new(settings.hash_key, &src).hash();
-                (*w).to_local = u32::from(LOCAL_ADDRS.get(0).is_some_and(|l| l.contains(&dst)));
-            }
-            WALK_SECRET
-        } else {
-            WALK_PLAIN
-        };
+    if !ALL_DOORS && secret {
+        // SAFETY: this CPU's slot; `knockgate_secret` reads it back for this packet.
+        unsafe {
+            // Field by field: a whole struct would be built on the stack first.
+            let w = cpu.walk();
+            (*w).pkt.src = src;
+            (*w).pkt.dst = dst;
+            (*w).pkt.knock = knock;
+            (*w).now = now;
+            (*w).knock_doors = doors;
+            (*w).left = secret_visits;
+            (*w).source_hash = SourceKey::new(settings.hash_key, &src).hash();
+            (*w).to_local = u32::from(LOCAL_ADDRS.get(0).is_some_and(|l| l.contains(&dst)));
+        }
         // SAFETY: `ctx` is this program's context; on success this does not return.
-        unsafe { DOOR_WALK.tail_call(ctx, to) };
+        unsafe { DOOR_WALK.tail_call(ctx, WALK_SECRET) };
         // Only with an empty program array, never after a successful load: the knock is
         // not matched, but stealth and the gate still apply.
         cpu.count(Counter::MapErrors);
@@ -395,10 +393,7 @@ fn on_packet<const ALL_DOORS: bool, const SECRETS: bool>(
     }
     let mut verdict = XDP_PASS;
     if walk {
-        if doors != 0 {
-            cpu.count(Counter::KnockPackets);
-        }
-        knock_doors::<ALL_DOORS>(&Packet { src, dst, knock }, doors, settings, now, cpu);
+        knock_doors::<ALL_DOORS>(ctx, &Packet { src, dst, knock }, doors, settings, now, cpu);
     }
     if doors & settings.stealth_mask != 0 && !parsed.fragment() {
         cpu.count(Counter::StealthDrops);
@@ -425,26 +420,47 @@ struct Packet {
     knock: Knock,
 }
 
-/// Matches a knock against every plain door: the doors whose sequence names the port may
-/// advance, the others' attempts by this source are reset.
+/// Matches a knock against the plain doors it visits (`visit::plain_visits`): the doors
+/// naming the port may advance, the others' attempts by this source are reset. One door
+/// inline; more by tail call to `knockgate_doors`, which walks them in a loop.
 #[inline(always)]
-fn knock_doors<const ALL_DOORS: bool>(pkt: &Packet, doors: u32, settings: &Settings, now: u64, cpu: Cpu) {
-    let Some(mut ctx) = DoorLoop::new(pkt, doors, settings, now, cpu) else { return };
+fn knock_doors<const ALL_DOORS: bool>(
+    xdp: &XdpContext,
+    pkt: &Packet,
+    doors: u32,
+    settings: &Settings,
+    now: u64,
+    cpu: Cpu,
+) {
+    let Some(ctx) = DoorLoop::new(pkt, doors, settings, now, cpu) else { return };
+    let visits = visit::plain_visits(doors, ctx.attempts(), !settings.secret_mask, settings.slots);
+    // One door inline: with two, the verifier follows each path through the first door into
+    // the second and gives up.
+    if !ALL_DOORS && visit::rest(visits) != 0 {
+        // SAFETY: `xdp` is this program's context; on success this does not return.
+        unsafe { DOOR_WALK.tail_call(xdp, WALK_PLAIN) };
+        // Only with an empty program array, never after a successful load: the knock is
+        // not matched, but stealth and the gate still apply.
+        cpu.count(Counter::MapErrors);
+        return;
+    }
+    if doors != 0 {
+        cpu.count(Counter::KnockPackets);
+    }
     if !ALL_DOORS {
-        // At most `INLINE_DOORS` plain doors (more, or secret ones, went to another program).
-        door::<PLAIN>(0, &ctx);
-        if settings.slots > 1 {
-            door::<PLAIN>(1, &ctx);
+        if visits != 0 {
+            door::<PLAIN>(lowest_door(cpu, visits), &ctx);
         }
         return;
     }
+    ctx.left.set(visits);
     // bpf_loop (kernel 5.17+) has the verifier check the body once instead of once per door.
     // SAFETY: the callback matches the callback ABI and `ctx` outlives the call.
     unsafe {
         bpf_loop(
-            settings.slots.min(MAX_DOORS),
+            visit::count(visits),
             door_step::<PLAIN> as *mut c_void,
-            core::ptr::from_mut(&mut ctx).cast(),
+            core::ptr::from_ref(&ctx).cast_mut().cast(),
             0,
         );
     }
@@ -475,9 +491,20 @@ impl<'a> DoorLoop<'a> {
             cpu,
             source_hash: source.hash(),
             knock_doors: doors,
+            // SAFETY: map value pointers from successful lookups, valid for this program run.
+            mine: unsafe { [(*progress).mine(source.tag()), (*first).mine(source.tag())] },
+            left: Cell::new(0),
             progress,
             first,
         })
+    }
+
+    /// The doors at which the source may have an attempt (`Set::doors` of both its sets).
+    #[inline(always)]
+    fn attempts(&self) -> u32 {
+        // SAFETY: as in `new`.
+        let doors = unsafe { (*self.progress).doors(self.mine[0]) | (*self.first).doors(self.mine[1]) };
+        opaque_doors(self.cpu, doors)
     }
 }
 
@@ -520,25 +547,46 @@ struct SecretWalk {
     pkt: Packet,
     now: u64,
     knock_doors: u32,
+    /// The secret doors still to visit (`visit::secret_visits`), lowest first.
+    left: u32,
     source_hash: u64,
     to_local: u32,
 }
 const _: () = assert!(size_of::<SecretWalk>() <= 8 * 10 && align_of::<SecretWalk>() <= 8);
 
-/// The secret doors at which the source may have an attempt, from the tags of its sets.
+/// The doors at which the source may have an attempt, from the tags of its sets; all doors
+/// if a set is missing (unreachable: the daemon sizes the masks to the tables).
 #[inline(always)]
-fn secret_attempts_hint(source: &SourceKey, settings: &Settings) -> u32 {
-    let progress = PROGRESS.get(source.set(settings.progress_mask)).map_or(u32::MAX, |s| s.doors_hint(source));
-    let first = FIRST_KNOCKS.get(source.set(settings.first_mask)).map_or(u32::MAX, |s| s.doors_hint(source));
-    (progress | first) & settings.secret_mask
+fn attempt_doors(source: &SourceKey, settings: &Settings) -> u32 {
+    let doors = |set: Option<&Set>| set.map_or(u32::MAX, |s| s.doors(s.mine(source.tag())));
+    let attempts = doors(PROGRESS.get(source.set(settings.progress_mask)))
+        | doors(FIRST_KNOCKS.get(source.set(settings.first_mask)));
+    Cpu::get().map_or(u32::MAX, |cpu| opaque_doors(cpu, attempts))
 }
 
-/// One secret door of `knockgate_secret`'s loop: its part in the packet `knockgate` handed
-/// over; returns 0 to continue.
-extern "C" fn secret_door_step(index: u32, _ctx: *mut c_void) -> i64 {
+/// `doors` through this CPU's map memory (`Cpu::opaque`): `Set::doors` returns after up to
+/// `WAYS` steps, each leaving a value of its own bounds, and without this the verifier would
+/// follow every combination of them through all that comes after.
+#[inline(always)]
+fn opaque_doors(cpu: Cpu, doors: u32) -> u32 {
+    #[expect(clippy::cast_possible_truncation, reason = "reads back the u32 written")]
+    let doors = cpu.opaque(doors as usize) as u32;
+    doors
+}
+
+/// One secret door of `knockgate_secret`'s loop, the lowest left to visit: its part in the
+/// packet `knockgate` handed over; returns 0 to continue.
+extern "C" fn secret_door_step(_index: u32, _ctx: *mut c_void) -> i64 {
     let (Some(cpu), Some(settings)) = (Cpu::get(), SETTINGS.get(0)) else { return 1 };
-    // SAFETY: written by `knockgate` on this CPU for this packet.
-    let walk = unsafe { &*cpu.walk() };
+    // SAFETY: written by `knockgate` on this CPU for this packet (should another packet's
+    // overwrite it, as `secret_walk` says, a door may be visited twice or not at all: a lost
+    // or repeated step of matching, never a gate decision).
+    let walk = unsafe { &mut *cpu.walk() };
+    let left = walk.left;
+    if left == 0 {
+        return 1;
+    }
+    walk.left = visit::rest(left);
     let source = SourceKey::with_hash(&walk.pkt.src, walk.source_hash);
     let Some(progress) = PROGRESS.get_ptr_mut(source.set(settings.progress_mask)) else { return 1 };
     let Some(first) = FIRST_KNOCKS.get_ptr_mut(source.set(settings.first_mask)) else { return 1 };
@@ -550,10 +598,25 @@ extern "C" fn secret_door_step(index: u32, _ctx: *mut c_void) -> i64 {
         cpu,
         source_hash: walk.source_hash,
         knock_doors: walk.knock_doors,
+        // SAFETY: map value pointers from successful lookups, valid for this program run.
+        mine: unsafe { [(*progress).mine(source.tag()), (*first).mine(source.tag())] },
+        left: Cell::new(0),
         progress,
         first,
     };
-    door::<SECRET>(index, &ctx)
+    door::<SECRET>(lowest_door(cpu, left), &ctx)
+}
+
+/// The lowest door slot in `doors`, which is not empty (`visit::lowest`), through this CPU's
+/// map memory (`Cpu::opaque`): LLVM sees a count of trailing zeros of a non-zero word, knows
+/// it is below 32 and drops any mask, while the verifier cannot follow the arithmetic; and
+/// whatever slot each path computes, the paths after it are one path to the verifier, which
+/// checks the two inline doors once each rather than once per combination of slots.
+#[inline(always)]
+fn lowest_door(cpu: Cpu, doors: u32) -> u32 {
+    #[expect(clippy::cast_possible_truncation, reason = "a door slot, below 32")]
+    let slot = cpu.opaque(visit::lowest(doors) as usize) as u32;
+    slot & (MAX_DOORS - 1)
 }
 
 /// `door`'s `KIND`s: the doors a body matches.
@@ -571,6 +634,11 @@ struct DoorLoop<'a> {
     source_hash: u64,
     /// The doors whose sequence names the knocked port (`PortDoors::knock`).
     knock_doors: u32,
+    /// The slots of `progress` and of `first` that may be this source's (`Set::mine`), read
+    /// once for every door the knock visits.
+    mine: [Mine; 2],
+    /// `knockgate_doors`' loop: the doors still to visit, lowest first.
+    left: Cell<u32>,
     /// This source's set in `PROGRESS` and in `FIRST_KNOCKS`.
     progress: *mut Set,
     first: *mut Set,
@@ -584,10 +652,16 @@ impl DoorLoop<'_> {
     }
 }
 
-/// One door of a loop; returns 0 to continue.
-extern "C" fn door_step<const KIND: u8>(index: u32, ctx: *mut c_void) -> i64 {
+/// One door of a loop, the lowest left to visit; returns 0 to continue.
+extern "C" fn door_step<const KIND: u8>(_index: u32, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer `knock_doors` gave it.
-    door::<KIND>(index, unsafe { &*(ctx as *const DoorLoop<'_>) })
+    let ctx = unsafe { &*(ctx as *const DoorLoop<'_>) };
+    let left = ctx.left.get();
+    if left == 0 {
+        return 1;
+    }
+    ctx.left.set(visit::rest(left));
+    door::<KIND>(lowest_door(ctx.cpu, left), ctx)
 }
 
 /// One door's part in a knock, if it is of `KIND`; returns 0 to go on.
@@ -613,9 +687,9 @@ fn knock_door<const KIND: u8>(door: &DoorSpec, index: u8, ctx: &DoorLoop<'_>) {
     // SAFETY: map value pointers from successful lookups, valid for this program run. Other
     // CPUs may write the same sets: `Set` validates every slot it reads (see its docs).
     let (progress, first) = unsafe { (&mut *ctx.progress, &mut *ctx.first) };
-    let found = match progress.find(&key) {
+    let found = match progress.find_in(ctx.mine[0], &key) {
         Some((i, a)) => Some((Table::Progress, i, a)),
-        None => first.find(&key).map(|(i, a)| (Table::First, i, a)),
+        None => first.find_in(ctx.mine[1], &key).map(|(i, a)| (Table::First, i, a)),
     };
     // A door whose sequence does not name the port can only lose this source's attempt to the
     // knock: with none, it has nothing to do.

@@ -3,7 +3,7 @@
 //! `bpf_loop` (kernel 5.17+); the machine runs 6.18.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests panic on failure")]
 
-use std::net::IpAddr;
+use std::{fmt::Write as _, net::IpAddr};
 
 use knock_common::{Counter, XDP_PASS};
 use knockd_user::kernel::KnockProgram;
@@ -136,6 +136,38 @@ fn a_knock_at_another_doors_port_resets() {
     assert_eq!((stage(&p, CLIENT, 0), stage(&p, CLIENT, 1)), (None, Some(2)));
     syn(&p, CLIENT, 9100);
     assert_eq!(counter(&p, Counter::Opens), 1);
+    assert_eq!(counter(&p, Counter::MapErrors), 0, "the tail call to knockgate_doors was taken");
+}
+
+#[test]
+fn with_32_doors_a_knock_at_door_31_resets_door_0_and_nothing_else() {
+    // A knock visits only the doors naming its port and the doors where its source has an
+    // attempt (`knock_common::visit`); knockd's reset rule must hold across all 32 slots.
+    let mut config = String::new();
+    for i in 0..32 {
+        let port = 10_000 + i * 10;
+        writeln!(config, "[d{i}]\nsequence = {port},{},{}", port + 1, port + 2).unwrap();
+    }
+    let p = program(&config);
+    syn(&p, CLIENT, 10_000);
+    syn(&p, OTHER, 10_000);
+    syn(&p, OTHER, 10_001);
+    assert_eq!(stage(&p, CLIENT, 0), Some(1));
+    // Door 31's second port: door 31 has no attempt to advance, so it ignores the knock,
+    // and it is a door's port, so this source's attempt at door 0 is reset.
+    syn(&p, CLIENT, 10_311);
+    assert_eq!((stage(&p, CLIENT, 0), stage(&p, CLIENT, 31)), (None, None));
+    assert_eq!(stage(&p, OTHER, 0), Some(2), "another source's attempt is untouched");
+    // Door 31's first port starts door 31 and resets door 0 again; then door 31 opens.
+    syn(&p, CLIENT, 10_000);
+    syn(&p, CLIENT, 10_310);
+    assert_eq!((stage(&p, CLIENT, 0), stage(&p, CLIENT, 31)), (None, Some(1)));
+    syn(&p, CLIENT, 10_311);
+    syn(&p, CLIENT, 10_312);
+    assert_eq!(counter(&p, Counter::Opens), 1);
+    assert_eq!(counter(&p, Counter::Resets), 2);
+    syn(&p, OTHER, 10_002);
+    assert_eq!(counter(&p, Counter::Opens), 2, "the other source opens door 0");
     assert_eq!(counter(&p, Counter::MapErrors), 0, "the tail call to knockgate_doors was taken");
 }
 

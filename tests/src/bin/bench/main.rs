@@ -399,7 +399,47 @@ fn per_packet(opts: &Opts) -> Value {
         ),
     ];
     let rows = measure(&cases, &references, rounds, repeat);
-    json!({ "runs": rounds, "repeat": repeat, "rows": rows })
+    json!({ "runs": rounds, "repeat": repeat, "rows": rows, "by_doors": by_doors(&references, rounds, repeat) })
+}
+
+/// Door counts of the cost-against-doors table.
+const DOOR_COUNTS: [u32; 4] = [1, 2, 8, 32];
+
+/// `n` doors of three ports each, the last of them `last` instead; `timeout` for all.
+fn doors_config(n: u32, last: &str, timeout: u32) -> String {
+    let mut config = String::new();
+    for i in 0..n - 1 {
+        let p = 10_000 + i * 10;
+        writeln!(config, "[d{i}]\nsequence = {p},{},{}\nseq_timeout = {timeout}\ntcpflags = syn", p + 1, p + 2)
+            .unwrap();
+    }
+    writeln!(config, "[last]\nsequence = {last}\nseq_timeout = {timeout}\ntcpflags = syn").unwrap();
+    config
+}
+
+/// The knock step against the number of doors: the knock hits the last door, so a walk over
+/// every door would pass all the others first.
+fn by_doors(references: &aya::Ebpf, rounds: u32, repeat: u32) -> Vec<Value> {
+    let (c, s) = ("198.18.0.2", "198.18.0.1");
+    // The last door's sequence is one port 32 times: each repeat of it is a later step (one
+    // in 32 completes the sequence). With `seq_timeout = 0` every repeat is a first knock.
+    let adv = vec!["7000"; 32].join(",");
+    let mut rows = Vec::new();
+    for n in DOOR_COUNTS {
+        let (later, _) = program_with(&doors_config(n, &adv, 3600), Limits::default());
+        let (first, _) = program_with(&doors_config(n, "7000,7001", 0), Limits::default());
+        let syn = |port| FrameBuilder::tcp(c, s, port, SYN).build();
+        let cases: Vec<(&str, Vec<u8>, u32, Measured<'_>)> = vec![
+            ("first knock", syn(7000), XDP_PASS, Measured::Knockgate(&first)),
+            ("later step", syn(7000), XDP_PASS, Measured::Knockgate(&later)),
+            ("SYN to another port", syn(443), XDP_PASS, Measured::Knockgate(&later)),
+        ];
+        for mut row in measure(&cases, references, rounds, repeat) {
+            row["doors"] = json!(n);
+            rows.push(row);
+        }
+    }
+    rows
 }
 
 /// Times each case against the empty program, in `rounds` rounds of `repeat` runs: a row each.
@@ -934,6 +974,26 @@ fn report(r: &Value) -> String {
         .unwrap();
     }
     writeln!(s, "\n![per-packet cost](bench/per_packet.png)\n").unwrap();
+    writeln!(s, "### Cost against the number of doors\n").unwrap();
+    writeln!(s, "N doors of three ports each; the knock hits the last door, whose sequence is one port 32 times (each repeat a later step, one in 32 completing), or, with `seq_timeout = 0`, two ports (each repeat a first knock). A knock visits only the doors naming its port and the doors where its source has an attempt (`knock_common::visit`). Measured as the table above.\n").unwrap();
+    writeln!(s, "| doors | frame | program ns | empty program ns | added ns | ratio |\n|---:|---|---:|---:|---:|---:|")
+        .unwrap();
+    for row in r["per_packet"]["by_doors"].as_array().cloned().unwrap_or_default() {
+        writeln!(
+            s,
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.2}x ({:.2}-{:.2}) |",
+            row["doors"],
+            row["case"].as_str().unwrap_or(""),
+            f(&row["knockgate_ns"]),
+            f(&row["empty_ns"]),
+            f(&row["added_ns"]),
+            f(&row["ratio"]),
+            f(&row["ratio_q1"]),
+            f(&row["ratio_q3"])
+        )
+        .unwrap();
+    }
+    writeln!(s).unwrap();
     writeln!(s, "## 2. Flood resilience\n").unwrap();
     writeln!(
         s,
