@@ -315,8 +315,8 @@ fn per_packet(opts: &Opts) -> Value {
         "[adv]\nsequence = {adv}\nseq_timeout = 3600\ntcpflags = syn\n[one]\nsequence = 7100\ntcpflags = syn\ngate = 22/tcp\ngate_timeout = 3600\n"
     );
     let (p, _) = program_with(&config, Limits::default());
-    // knockd's rule that a knock at any door's port resets another door's attempt makes
-    // every door see every knock: a one-door configuration is the cheap case.
+    // One door and two: a knock visits the doors naming its port and those where its source
+    // has an attempt (`by_doors` has the cost against the number of doors).
     let (single, _) =
         program_with(&format!("[adv]\nsequence = {adv}\nseq_timeout = 3600\ntcpflags = syn\n"), Limits::default());
     let references = reference_programs();
