@@ -1,0 +1,316 @@
+//! Section 1: the XDP program's cost per packet (`BPF_PROG_TEST_RUN`).
+
+use std::fmt::Write as _;
+
+use knock_common::{
+    XDP_DROP, XDP_PASS,
+    secret::derive::{Params, Secret},
+};
+use knockd_user::{
+    XDP_PASS_EBPF,
+    kernel::{KnockProgram, Limits},
+};
+use serde_json::{Value, json};
+use tests::{
+    frame::{ACK, FrameBuilder, SYN},
+    kernel::program_with,
+};
+
+use crate::{Opts, median, percentile};
+
+/// The reference programs (`knock-ebpf/src/pass.rs`): the empty `xdp_pass`, and the floors
+/// `port_floor` and `knock_floor`.
+pub(crate) fn reference_programs() -> aya::Ebpf {
+    let mut ebpf = aya::Ebpf::load(XDP_PASS_EBPF).unwrap();
+    for name in ["xdp_pass", "port_floor", "knock_floor"] {
+        let prog: &mut aya::programs::Xdp = ebpf.program_mut(name).unwrap().try_into().unwrap();
+        prog.load().unwrap();
+    }
+    ebpf
+}
+
+/// Runs reference program `name` `repeat` times on `frame`: the verdict and the kernel's mean
+/// time per run. Whole nanoseconds, but the wall time of the call is no better: with
+/// `repeat > 1` the kernel swaps the program into the XDP dispatcher and out again around the
+/// runs, which costs milliseconds of waiting.
+pub(crate) fn reference_run(ebpf: &aya::Ebpf, name: &str, frame: &[u8], repeat: u32) -> (u32, f64) {
+    use aya::programs::TestRun as _;
+    let prog: &aya::programs::Xdp = ebpf.program(name).unwrap().try_into().unwrap();
+    let r =
+        prog.test_run(aya::programs::TestRunOptions { data_in: Some(frame), repeat, ..Default::default() }).unwrap();
+    (r.return_value, r.duration.as_nanos() as f64)
+}
+
+/// A program measured in the per-packet table.
+#[derive(Clone, Copy)]
+pub(crate) enum Measured<'a> {
+    Knockgate(&'a KnockProgram),
+    /// A reference program, by name.
+    Reference(&'static str),
+}
+
+impl Measured<'_> {
+    pub(crate) fn run(self, references: &aya::Ebpf, frame: &[u8], repeat: u32) -> (u32, f64) {
+        match self {
+            Measured::Knockgate(p) => {
+                let (verdict, d) = p.test_run_timed(frame, repeat).unwrap();
+                (verdict, d.as_nanos() as f64)
+            }
+            Measured::Reference(name) => reference_run(references, name, frame, repeat),
+        }
+    }
+}
+
+/// Secret and plain doors set up so that one frame, repeated, takes the same path each time.
+struct RepeatDoors {
+    /// `c`'s first knock is in: the first port again is the step just matched.
+    secret: KnockProgram,
+    plain: KnockProgram,
+    /// `seq_timeout = 0`: every attempt has expired by the next frame, so each is a first knock.
+    secret_first: KnockProgram,
+    plain_first: KnockProgram,
+    /// The secret doors' first port in this window.
+    first_port: u16,
+    _keys: tempfile::TempDir,
+}
+
+/// The secret door's later steps differ, so no frame repeats as an advancing step: the rows
+/// compare the step just matched (a retransmission) and a first knock, which both kinds of
+/// door take.
+fn repeat_doors(c: &str, s: &str) -> RepeatDoors {
+    let keys = tempfile::tempdir().unwrap();
+    let secret = Secret::from_bytes(&[7; 32]);
+    let key = keys.path().join("bench.key");
+    std::fs::write(&key, secret.to_hex()).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let secret_door = |timeout: u32| {
+        program_with(
+            &format!(
+                "[s]\nsecret_file = {}\nwindow = 86400\nseq_timeout = {timeout}\ntcpflags = syn\ngate = 22/tcp\n",
+                key.display()
+            ),
+            Limits::default(),
+        )
+        .0
+    };
+    let plain_door = |timeout: u32| {
+        program_with(
+            &format!("[p]\nsequence = 7200,7300\nseq_timeout = {timeout}\ntcpflags = syn\n"),
+            Limits::default(),
+        )
+        .0
+    };
+    let params = Params { length: 4, window_secs: 86_400, proto: knock_common::PROTO_TCP };
+    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let first_port = secret.window_key(&params, params.window_at(unix)).first;
+    let doors = RepeatDoors {
+        secret: secret_door(3600),
+        plain: plain_door(3600),
+        secret_first: secret_door(0),
+        plain_first: plain_door(0),
+        first_port,
+        _keys: keys,
+    };
+    doors.secret.test_run(&FrameBuilder::tcp(c, s, first_port, SYN).build()).unwrap();
+    doors.plain.test_run(&FrameBuilder::tcp(c, s, 7200, SYN).build()).unwrap();
+    doors
+}
+
+pub(crate) fn per_packet(opts: &Opts) -> Value {
+    let (rounds, repeat) = if opts.smoke { (3, 2_000) } else { (31, 100_000) };
+    let adv = vec!["7000"; 32].join(",");
+    let config = format!(
+        "[adv]\nsequence = {adv}\nseq_timeout = 3600\ntcpflags = syn\n[one]\nsequence = 7100\ntcpflags = syn\ngate = 22/tcp\ngate_timeout = 3600\n"
+    );
+    let (p, _) = program_with(&config, Limits::default());
+    // One door and two: a knock visits the doors naming its port and those where its source
+    // has an attempt (`by_doors` has the cost against the number of doors).
+    let (single, _) =
+        program_with(&format!("[adv]\nsequence = {adv}\nseq_timeout = 3600\ntcpflags = syn\n"), Limits::default());
+    let references = reference_programs();
+    let (c, s) = ("198.18.0.2", "198.18.0.1");
+    let r = repeat_doors(c, s);
+    let mut arp = FrameBuilder::tcp(c, s, 80, SYN).build();
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    let cases: Vec<(&str, Vec<u8>, u32, Measured<'_>)> = vec![
+        ("non-IP frame (ARP)", arp, XDP_PASS, Measured::Knockgate(&p)),
+        ("UDP to a non-knock port", FrameBuilder::udp(c, s, 53).build(), XDP_PASS, Measured::Knockgate(&p)),
+        ("TCP ACK", FrameBuilder::tcp(c, s, 443, ACK).build(), XDP_PASS, Measured::Knockgate(&p)),
+        ("SYN to a non-knock port", FrameBuilder::tcp(c, s, 443, SYN).build(), XDP_PASS, Measured::Knockgate(&p)),
+        (
+            "SYN that advances a knock (two doors)",
+            FrameBuilder::tcp(c, s, 7000, SYN).build(),
+            XDP_PASS,
+            Measured::Knockgate(&p),
+        ),
+        (
+            "SYN that advances a knock (one door)",
+            FrameBuilder::tcp(c, s, 7000, SYN).build(),
+            XDP_PASS,
+            Measured::Knockgate(&single),
+        ),
+        (
+            "SYN that completes a knock (opens the gate)",
+            FrameBuilder::tcp("198.18.0.9", s, 7100, SYN).build(),
+            XDP_PASS,
+            Measured::Knockgate(&p),
+        ),
+        (
+            "IPv6 SYN, 3 extension headers",
+            FrameBuilder::tcp("2001:db8::2", "2001:db8::1", 443, SYN).v6_ext(&[0, 43, 60]).build(),
+            XDP_PASS,
+            Measured::Knockgate(&p),
+        ),
+        ("gated SYN dropped", FrameBuilder::tcp("198.18.0.3", s, 22, SYN).build(), XDP_DROP, Measured::Knockgate(&p)),
+        (
+            "SYN to a non-knock port, a secret door configured",
+            FrameBuilder::tcp("198.18.0.7", s, 443, SYN).build(),
+            XDP_PASS,
+            Measured::Knockgate(&r.secret),
+        ),
+        (
+            "secret door: the step just matched, again",
+            FrameBuilder::tcp(c, s, r.first_port, SYN).build(),
+            XDP_PASS,
+            Measured::Knockgate(&r.secret),
+        ),
+        (
+            "plain door: the step just matched, again",
+            FrameBuilder::tcp(c, s, 7200, SYN).build(),
+            XDP_PASS,
+            Measured::Knockgate(&r.plain),
+        ),
+        (
+            "secret door: a first knock (window key, PRF, attempt stored)",
+            FrameBuilder::tcp(c, s, r.first_port, SYN).build(),
+            XDP_PASS,
+            Measured::Knockgate(&r.secret_first),
+        ),
+        (
+            "plain door: a first knock (attempt stored)",
+            FrameBuilder::tcp(c, s, 7200, SYN).build(),
+            XDP_PASS,
+            Measured::Knockgate(&r.plain_first),
+        ),
+        // What any port-knocking filter costs at least (see knock-ebpf/src/pass.rs).
+        (
+            "floor: the port of a SYN to a non-knock port read and compared",
+            FrameBuilder::tcp(c, s, 443, SYN).build(),
+            XDP_PASS,
+            Measured::Reference("port_floor"),
+        ),
+        (
+            "floor: a knock as one read and write of the source's entry",
+            FrameBuilder::tcp(c, s, 7000, SYN).build(),
+            XDP_PASS,
+            Measured::Reference("knock_floor"),
+        ),
+    ];
+    let rows = measure(&cases, &references, rounds, repeat);
+    json!({ "runs": rounds, "repeat": repeat, "rows": rows, "by_doors": by_doors(&references, rounds, repeat) })
+}
+
+/// Door counts of the cost-against-doors table.
+const DOOR_COUNTS: [u32; 4] = [1, 2, 8, 32];
+
+/// `n` doors of three ports each, the last of them `last` instead; `timeout` for all.
+fn doors_config(n: u32, last: &str, timeout: u32) -> String {
+    let mut config = String::new();
+    for i in 0..n - 1 {
+        let p = 10_000 + i * 10;
+        writeln!(config, "[d{i}]\nsequence = {p},{},{}\nseq_timeout = {timeout}\ntcpflags = syn", p + 1, p + 2)
+            .unwrap();
+    }
+    writeln!(config, "[last]\nsequence = {last}\nseq_timeout = {timeout}\ntcpflags = syn").unwrap();
+    config
+}
+
+/// The knock step against the number of doors: the knock hits the last door, so a walk over
+/// every door would pass all the others first.
+fn by_doors(references: &aya::Ebpf, rounds: u32, repeat: u32) -> Vec<Value> {
+    let (c, s) = ("198.18.0.2", "198.18.0.1");
+    // The last door's sequence is one port 32 times: each repeat of it is a later step (one
+    // in 32 completes the sequence). With `seq_timeout = 0` every repeat is a first knock.
+    let adv = vec!["7000"; 32].join(",");
+    let mut rows = Vec::new();
+    for n in DOOR_COUNTS {
+        let (later, _) = program_with(&doors_config(n, &adv, 3600), Limits::default());
+        let (first, _) = program_with(&doors_config(n, "7000,7001", 0), Limits::default());
+        let syn = |port| FrameBuilder::tcp(c, s, port, SYN).build();
+        let cases: Vec<(&str, Vec<u8>, u32, Measured<'_>)> = vec![
+            ("first knock", syn(7000), XDP_PASS, Measured::Knockgate(&first)),
+            ("later step", syn(7000), XDP_PASS, Measured::Knockgate(&later)),
+            ("SYN to another port", syn(443), XDP_PASS, Measured::Knockgate(&later)),
+        ];
+        for mut row in measure(&cases, references, rounds, repeat) {
+            row["doors"] = json!(n);
+            rows.push(row);
+        }
+    }
+    rows
+}
+
+/// Times each case against the empty program, in `rounds` rounds of `repeat` runs: a row each.
+fn measure(
+    cases: &[(&str, Vec<u8>, u32, Measured<'_>)],
+    references: &aya::Ebpf,
+    rounds: u32,
+    repeat: u32,
+) -> Vec<Value> {
+    // One CPU for the whole table, so that both programs run on the same core and caches.
+    let _pinned = pin_to_current_cpu();
+    // Rounds interleave the cases and the two programs, so a slow spell of this shared
+    // machine hits both sides of a ratio; each ratio is taken within one round.
+    let mut samples = vec![(Vec::new(), Vec::new(), Vec::new(), Vec::new()); cases.len()];
+    for _ in 0..rounds {
+        for ((name, frame, want, p), (k, e, r, a)) in cases.iter().zip(&mut samples) {
+            let (_, before) = reference_run(references, "xdp_pass", frame, repeat);
+            let (verdict, kn) = p.run(references, frame, repeat);
+            let (_, after) = reference_run(references, "xdp_pass", frame, repeat);
+            assert_eq!(verdict, *want, "{name}");
+            let en = f64::midpoint(before, after);
+            k.push(kn);
+            e.push(en);
+            r.push(if en > 0.0 { kn / en } else { 0.0 });
+            a.push(kn - en);
+        }
+    }
+    let rows: Vec<Value> = cases
+        .iter()
+        .zip(&mut samples)
+        .map(|((name, ..), (k, e, r, a))| {
+            json!({
+                "case": name,
+                "knockgate_ns": median(k),
+                "empty_ns": median(e),
+                "added_ns": median(a),
+                "ratio": median(r),
+                "ratio_q1": percentile(r, 0.25),
+                "ratio_q3": percentile(r, 0.75),
+            })
+        })
+        .collect();
+    rows
+}
+
+/// Pins this thread to the CPU it runs on until the guard drops (then the old set of CPUs
+/// applies again: daemons and senders started later must not inherit one CPU).
+pub(crate) fn pin_to_current_cpu() -> impl Drop {
+    struct Restore(libc::cpu_set_t);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: a cpu_set_t read by sched_getaffinity.
+            unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const self.0) };
+        }
+    }
+    // SAFETY: plain libc calls on zeroed cpu_set_t values.
+    unsafe {
+        let mut old: libc::cpu_set_t = std::mem::zeroed();
+        libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &raw mut old);
+        let cpu = usize::try_from(libc::sched_getcpu()).unwrap_or(0);
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set);
+        Restore(old)
+    }
+}

@@ -1,0 +1,249 @@
+//! The summary printed and the report written (`BENCHMARKS.md`).
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use crate::scrape;
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(0.0)
+}
+
+pub(crate) fn summary(r: &Value) -> String {
+    let mut s = String::new();
+    let rows = r["per_packet"]["rows"].as_array().cloned().unwrap_or_default();
+    let worst_other = rows.iter().take(4).map(|x| f(&x["ratio"])).fold(0.0, f64::max);
+    let ratio = |is: &dyn Fn(&str) -> bool| {
+        rows.iter().find(|x| x["case"].as_str().is_some_and(is)).map_or(0.0, |x| f(&x["ratio"]))
+    };
+    let step = |doors: &str| ratio(&|c| c.contains("advances") && c.contains(doors));
+    let floor = |what: &str| ratio(&|c| c.starts_with("floor") && c.contains(what));
+    let again = |door: &str| ratio(&|c| c.starts_with(door) && c.contains("just matched"));
+    let first = |door: &str| ratio(&|c| c.starts_with(door) && c.contains("a first knock"));
+    writeln!(
+        s,
+        "per-packet: non-knock traffic <= {worst_other:.2}x the empty program, a knock step {:.2}x (one door), {:.2}x (two doors); floors {:.2}x (port), {:.2}x (knock)",
+        step("one door"),
+        step("two doors"),
+        floor("port"),
+        floor("knock as")
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "per-packet: secret door: a step {:.2}x the empty program, {:.2}x a plain door's same step; a first knock {:.2}x, {:.2}x a plain door's; a SYN to another port with a secret door {:.2}x",
+        again("secret"),
+        again("secret") / again("plain").max(f64::MIN_POSITIVE),
+        first("secret"),
+        first("secret") / first("plain").max(f64::MIN_POSITIVE),
+        ratio(&|c| c.contains("a secret door configured"))
+    )
+    .unwrap();
+    for fl in r["flood"].as_array().cloned().unwrap_or_default() {
+        writeln!(
+            s,
+            "flood: {}{}: {}/{} opens, daemon {:.2}% of a core, flood {:.0} pps ({}), {} frames dropped by the veth",
+            fl["daemon"].as_str().unwrap_or(""),
+            if fl["stealth"].as_bool() == Some(true) { " (stealth)" } else { "" },
+            fl["opened"],
+            fl["knocks"],
+            f(&fl["daemon_cpu_percent"]),
+            f(&fl["flood_pps"]),
+            if fl["paced_pps"].as_u64() == Some(0) { "as fast as possible" } else { "paced" },
+            fl["veth_dropped"]
+        )
+        .unwrap();
+    }
+    for l in r["latency"].as_array().cloned().unwrap_or_default() {
+        writeln!(
+            s,
+            "latency: {}: p50 {:.2} ms, p99 {:.2} ms",
+            l["daemon"].as_str().unwrap_or(""),
+            f(&l["p50_ms"]),
+            f(&l["p99_ms"])
+        )
+        .unwrap();
+    }
+    let g = &r["gate_latency"];
+    writeln!(s, "gate latency: p50 {:.3} ms, p99 {:.3} ms", f(&g["p50_ms"]), f(&g["p99_ms"])).unwrap();
+    let g = &r["spawn_floor"];
+    writeln!(s, "spawn floor: p50 {:.3} ms, p99 {:.3} ms", f(&g["p50_ms"]), f(&g["p99_ms"])).unwrap();
+    let g = &r["scrape"];
+    writeln!(s, "metrics scrape: full tables p50 {:.1} ms, max {:.1} ms", f(&g["full_p50_ms"]), f(&g["full_max_ms"]))
+        .unwrap();
+    s
+}
+
+/// A `measure` row's cells: frame, program ns, empty program ns, added ns, ratio (quartiles).
+fn cost_cells(row: &Value) -> String {
+    format!(
+        "{} | {:.1} | {:.1} | {:.1} | {:.2}x ({:.2}-{:.2})",
+        row["case"].as_str().unwrap_or(""),
+        f(&row["knockgate_ns"]),
+        f(&row["empty_ns"]),
+        f(&row["added_ns"]),
+        f(&row["ratio"]),
+        f(&row["ratio_q1"]),
+        f(&row["ratio_q3"])
+    )
+}
+
+#[expect(clippy::too_many_lines, reason = "the report's prose, written in the order it reads")]
+pub(crate) fn report(r: &Value) -> String {
+    let mut s = String::new();
+    writeln!(s, "# knockgate benchmarks\n").unwrap();
+    writeln!(
+        s,
+        "Produced by `cargo xtask bench` (this file, `results.json` and the plots in `bench/`), kernel {}, {} CPUs, in {:.0} s. \
+         Every figure is a median (or percentile) of repeated runs; every comparison is taken in the same run. \
+         The machine is a shared 2-core VM: absolute numbers move from run to run, the ratios much less.\n",
+        r["kernel"].as_str().unwrap_or("?"),
+        r["cpus"],
+        f(&r["seconds"])
+    ).unwrap();
+    writeln!(s, "## 1. Per-packet cost of the XDP program (`BPF_PROG_TEST_RUN`)\n").unwrap();
+    writeln!(
+        s,
+        "{} rounds of {} repetitions per frame, the shipped program timed between two runs of an empty `XDP_PASS` program \
+         loaded in the same run, all on one CPU; the ratio is the median of the rounds' ratios (in brackets, the middle half \
+         of them), the ns columns are medians; \"added ns\" is the median of the rounds' differences from the empty program, \
+         the figure that carries over between machines, where the empty program's own cost does not. The kernel reports \
+         whole nanoseconds per run. Targets: non-knock traffic ≤ 1.3x the empty program, a knock step ≤ 3x.\n\n\
+         The two floor rows are reference programs (`knock-ebpf/src/pass.rs`) that do the least any port-knocking filter \
+         must: read a frame's port and compare it with a knock port; and, for a knock, also read and write one \
+         per-source entry, with no check that the entry is the source's, no timeout, no flood-proof second table and no \
+         event. What knockgate adds above them is its parser (VLAN tags, IPv6 extension headers, fragments), the gate, \
+         and the attempt tables' safeguards.\n\n\
+         The secret-door rows (`secret_file`, one door) compare with a plain door of two steps measured the same way. \
+         A secret door's later ports differ from step to step, so no repeated frame advances its attempt: the rows time \
+         the step just matched sent again (the attempt found, its window key checked, the port compared), and a first \
+         knock (with `seq_timeout = 0`, every attempt has expired by the next frame), which computes the SipHash block \
+         of the later ports and stores the attempt. A secret door's packets go from `knockgate` to `knockgate_secret` by \
+         tail call. Target: a secret door's step ≤ 2x a plain door's. The SYN to another port comes from a source with \
+         no attempt: with a secret door configured, every SYN and UDP datagram looks at its source's attempt sets.\n",
+        r["per_packet"]["runs"], r["per_packet"]["repeat"]
+    ).unwrap();
+    writeln!(s, "| frame | program ns | empty program ns | added ns | ratio |\n|---|---:|---:|---:|---:|").unwrap();
+    for row in r["per_packet"]["rows"].as_array().cloned().unwrap_or_default() {
+        writeln!(s, "| {} |", cost_cells(&row)).unwrap();
+    }
+    writeln!(s, "\n![per-packet cost](bench/per_packet.png)\n").unwrap();
+    writeln!(s, "### Cost against the number of doors\n").unwrap();
+    writeln!(s, "N doors of three ports each; the knock hits the last door, whose sequence is one port 32 times (each repeat a later step, one in 32 completing), or, with `seq_timeout = 0`, two ports (each repeat a first knock). A knock visits only the doors naming its port and the doors where its source has an attempt (`knock_common::visit`). Measured as the table above.\n").unwrap();
+    writeln!(s, "| doors | frame | program ns | empty program ns | added ns | ratio |\n|---:|---|---:|---:|---:|---:|")
+        .unwrap();
+    for row in r["per_packet"]["by_doors"].as_array().cloned().unwrap_or_default() {
+        writeln!(s, "| {} | {} |", row["doors"], cost_cells(&row)).unwrap();
+    }
+    writeln!(s).unwrap();
+    writeln!(s, "## 2. Flood resilience\n").unwrap();
+    writeln!(
+        s,
+        "A spoofed SYN flood at the first knock port (130,816 sources, all of 198.18.0.0/15 but the test subnet, in random order, sent with `sendmmsg` on an `AF_PACKET` socket \
+         from the client namespace, as fast as one core can) while the legitimate client runs `knock -d 10 SERVER 7000 8000 9000` \
+         repeatedly. Daemon CPU is user+system time of the daemon process over the window. Target: every knock opens, under 2% of a core.\n\n\
+         Each daemon faces the flood twice: as fast as the sender can, and paced to a rate the receiving side of the veth \
+         absorbs here without dropping frames. With an XDP program attached, a veth queues frames for it in a ring of 256; \
+         when the receiving side falls behind, the ring overflows and the veth drops frames before XDP sees them (last \
+         column), legitimate knocks among them, which then cannot open. A real NIC's receive ring does the same at its own \
+         limit. Without XDP (knockd's runs) the veth hands frames straight to the kernel's backlog queue, where losses are \
+         not counted here. The drops come in bursts while the knock client starts and runs, so a knock is lost far more \
+         often than the share of dropped frames suggests. Sender and receiver share this machine's two CPUs, and most of the receiving work \
+         is the kernel's, not the daemon's: each spoofed SYN that XDP passes is answered with a TCP reset. With \
+         `stealth = yes`, knockgate drops the knocks in XDP, and that work goes.\n"
+    ).unwrap();
+    writeln!(s, "| daemon | flood | legitimate opens | daemon CPU (% of a core) | flood rate (packets/s) | frames dropped by the veth |\n|---|---|---:|---:|---:|---:|").unwrap();
+    for fl in r["flood"].as_array().cloned().unwrap_or_default() {
+        let how = if fl["paced_pps"].as_u64() == Some(0) {
+            "as fast as possible".to_owned()
+        } else {
+            format!("paced to {}", fl["paced_pps"])
+        };
+        writeln!(
+            s,
+            "| {}{} | {how} | {} of {} | {:.2}% | {:.0} | {} |",
+            fl["daemon"].as_str().unwrap_or(""),
+            if fl["stealth"].as_bool() == Some(true) { ", `stealth = yes`" } else { "" },
+            fl["opened"],
+            fl["knocks"],
+            f(&fl["daemon_cpu_percent"]),
+            f(&fl["flood_pps"]),
+            fl["veth_dropped"]
+        )
+        .unwrap();
+    }
+    writeln!(s, "\n![flood](bench/flood.png)\n").unwrap();
+    writeln!(s, "## 3. Knock-to-open latency\n").unwrap();
+    writeln!(
+        s,
+        "From the last knock frame leaving the client to the start command running (`echo x > fifo`, timed by the benchmark reading the FIFO), \
+         and, for the gate, to a TCP connection to the gated port being established. Targets: p99 under 5 ms for commands, under 1 ms for the gate. \
+         Both daemons run commands through `/bin/sh -c`; the floor row is the benchmark spawning that command itself, timed the same way, \
+         with no knock and no daemon: on a VM, the tail of process start-up is the machine's.\n"
+    ).unwrap();
+    writeln!(s, "| path | trials | missed | p50 ms | p99 ms |\n|---|---:|---:|---:|---:|").unwrap();
+    for l in r["latency"].as_array().cloned().unwrap_or_default() {
+        writeln!(
+            s,
+            "| {} command | {} | {} | {:.3} | {:.3} |",
+            l["daemon"].as_str().unwrap_or(""),
+            l["trials"],
+            l["missed"],
+            f(&l["p50_ms"]),
+            f(&l["p99_ms"])
+        )
+        .unwrap();
+    }
+    let g = &r["gate_latency"];
+    writeln!(
+        s,
+        "| knockgate gate (connection accepted) | {} | {} | {:.3} | {:.3} |",
+        g["trials"],
+        g["missed"],
+        f(&g["p50_ms"]),
+        f(&g["p99_ms"])
+    )
+    .unwrap();
+    let g = &r["spawn_floor"];
+    writeln!(
+        s,
+        "| floor: the command spawned directly, no knock, no daemon | {} | {} | {:.3} | {:.3} |",
+        g["trials"],
+        g["missed"],
+        f(&g["p50_ms"]),
+        f(&g["p99_ms"])
+    )
+    .unwrap();
+    writeln!(s, "\n![latency](bench/latency.png)\n").unwrap();
+    report_scale(&mut s, r);
+    scrape::report(&mut s, r);
+    s
+}
+
+/// Section 4 of the report.
+fn report_scale(s: &mut String, r: &Value) {
+    writeln!(s, "## 4. Scale\n").unwrap();
+    writeln!(s, "knockgate: the attempt tables (`PROGRESS` + `FIRST_KNOCKS`, each sized to the row) filled with N tracked sources; per-packet cost of a knock step from a tracked source and of a SYN to a non-knock port (medians of {} runs on one CPU, each also timing the empty program: the ratios compare across rows, the ns less so, as this VM's speed drifts), and the tables' kernel memory (`memlock`).\n", r["scale"]["runs"]).unwrap();
+    writeln!(s, "| tracked sources | knock step ns | knock step ratio | non-knock SYN ns | non-knock SYN ratio | attempt tables memory |\n|---:|---:|---:|---:|---:|---:|").unwrap();
+    for row in r["scale"]["rows"].as_array().cloned().unwrap_or_default() {
+        writeln!(
+            s,
+            "| {} | {:.1} | {:.2}x | {:.1} | {:.2}x | {:.1} MiB |",
+            row["sources"],
+            f(&row["knock_step_ns"]),
+            f(&row["knock_step_ratio"]),
+            f(&row["non_knock_syn_ns"]),
+            f(&row["non_knock_syn_ratio"]),
+            f(&row["attempt_tables_bytes"]) / 1_048_576.0
+        )
+        .unwrap();
+    }
+    writeln!(s, "\nknockd 0.8: CPU per packet (a spoofed first knock) with N attempts pending; its per-packet cleanup walks every attempt.\n").unwrap();
+    writeln!(s, "| pending attempts | packets measured | knockd CPU µs per packet |\n|---:|---:|---:|").unwrap();
+    for row in r["knockd_scale"]["rows"].as_array().cloned().unwrap_or_default() {
+        writeln!(s, "| {} | {} | {:.1} |", row["pending_attempts"], row["probe_packets"], f(&row["cpu_us_per_packet"]))
+            .unwrap();
+    }
+    writeln!(s, "\n![scale](bench/scale.png)").unwrap();
+}
