@@ -25,6 +25,20 @@ def main(results_path, out):
     fig.tight_layout()
     fig.savefig(f"{out}/per_packet.png", dpi=100)
 
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    bd = r["per_packet"]["by_doors"]
+    for case in dict.fromkeys(x["case"] for x in bd):
+        pts = [x for x in bd if x["case"] == case]
+        ax.plot([x["doors"] for x in pts], [x["ratio"] for x in pts], "o-", label=case)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([1, 2, 8, 32], ["1", "2", "8", "32"])
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("doors configured")
+    ax.set_ylabel("x the empty program (median)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(f"{out}/by_doors.png", dpi=100)
+
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 3.8))
     fl = r["flood"]
     labels = [

@@ -106,6 +106,17 @@ pub fn step(door: &DoorSpec, current: Option<Attempt>, knock: Knock, now_ns: u64
     if current.is_some() { Outcome::Reset } else { Outcome::Ignore }
 }
 
+/// What a knock at a port that `door`'s sequence does not name does to the source's attempt
+/// there (`current`): ends it, or leaves it. `step` decides the same for such a knock (a test
+/// checks), but it cannot start or advance anything, and this is all of it that the XDP
+/// program needs when it visits a door only to end an attempt (`visit`).
+#[must_use]
+#[expect(clippy::inline_always, reason = "the XDP program's hot path")]
+#[inline(always)]
+pub const fn ends(door: &DoorSpec, current: Option<Attempt>, knock: Knock) -> bool {
+    door.len != 0 && current.is_some() && door.accepts_flags(knock.proto, knock.tcp_flags)
+}
+
 #[cfg(feature = "user")]
 // SAFETY: repr(C), integers and byte arrays, size asserted (no implicit padding).
 unsafe impl aya::Pod for Attempt {}
@@ -155,6 +166,36 @@ mod tests {
                 o
             })
             .collect()
+    }
+
+    #[test]
+    fn a_knock_at_a_port_the_door_does_not_name_only_ends_an_attempt_as_step_would() {
+        let mut x = 0x2545_F491_u32;
+        let mut next = |n: u32| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x % n
+        };
+        let ports = [7000, 7001, 7002, 8000];
+        for _ in 0..20_000 {
+            let len = next(4) as usize;
+            let steps: Vec<(u8, u16)> =
+                (0..len).map(|_| (if next(2) == 0 { PROTO_TCP } else { PROTO_UDP }, ports[next(4) as usize])).collect();
+            let d = door(&steps, 5, if next(2) == 0 { SYN } else { 0 }, 0);
+            let proto = if next(2) == 0 { PROTO_TCP } else { PROTO_UDP };
+            let knock =
+                Knock { proto, port: ports[next(4) as usize], tcp_flags: if next(2) == 0 { SYN } else { 0x10 } };
+            if steps.iter().any(|&(pr, po)| pr == knock.proto && po == knock.port) {
+                continue;
+            }
+            let stage = u8::try_from(next(4)).unwrap();
+            let current = (next(3) != 0).then(|| Attempt::new(stage, u64::from(next(3)) * 3 * SEC, next(2)));
+            let now = u64::from(next(4)) * 3 * SEC;
+            let outcome = step(&d, current, knock, now);
+            assert!(matches!(outcome, Outcome::Reset | Outcome::Ignore), "{d:?} {current:?} {knock:?}: {outcome:?}");
+            assert_eq!(outcome == Outcome::Reset, ends(&d, current, knock), "{d:?} {current:?} {knock:?}");
+        }
     }
 
     fn ssh() -> DoorSpec {

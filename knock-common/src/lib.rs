@@ -27,7 +27,7 @@ pub use counters::{Counter, CpuState, DoorCounters};
 pub use door::{DoorSpec, GATE_CLOSE, GATE_NONE, GATE_OPEN, PortDoors, Settings, Step, TcpFlags};
 pub use event::{EventKind, KnockEvent};
 pub use gate::{AllowKey, gate_passes, is_new_connection};
-pub use knock::{Attempt, Knock, Outcome, step};
+pub use knock::{Attempt, Knock, Outcome, ends, step};
 pub use secret::{DoorWindows, Prf, SecretStep, UsedKey, WindowKey, secret_step};
 pub use table::{Mine, Set, Slot, SlotKey, SourceKey, WAYS, sets_for};
 

@@ -13,7 +13,7 @@ use aya_ebpf::{
 use knock_common::{
     AddrKey, AllowKey, Attempt, Counter, CpuState, DoorCounters, DoorSpec, DoorWindows, EventKind, GATE_CLOSE,
     GATE_OPEN, Knock, KnockEvent, LocalAddrs, MAX_DOORS, MAX_GATE_PORTS, Mine, Outcome, PORT_SLOTS, PortBits,
-    PortDoors, Prf, SECRET_WORD, Set, Settings, SlotKey, SourceKey, UsedKey, WindowKey, XDP_DROP, XDP_PASS,
+    PortDoors, Prf, SECRET_WORD, Set, Settings, SlotKey, SourceKey, UsedKey, WindowKey, XDP_DROP, XDP_PASS, ends,
     gate_passes, is_new_connection, port_bit, port_slot, secret_step, step, visit,
 };
 
@@ -434,9 +434,11 @@ fn knock_doors<const ALL_DOORS: bool>(
 ) {
     let Some(ctx) = DoorLoop::new(pkt, doors, settings, now, cpu) else { return };
     let visits = visit::plain_visits(doors, ctx.attempts(), !settings.secret_mask, settings.slots);
-    // One door inline: with two, the verifier follows each path through the first door into
-    // the second and gives up.
-    if !ALL_DOORS && visit::rest(visits) != 0 {
+    // Inline: one door naming the port, and one door where the source may have an attempt
+    // that the knock can only end (`end_attempt`). Two doors matched in full inline are more
+    // paths than the verifier explores: it follows each path through the first into the second.
+    let (named, others) = (visits & doors, visits & !doors);
+    if !ALL_DOORS && visit::rest(named) | visit::rest(others) != 0 {
         // SAFETY: `xdp` is this program's context; on success this does not return.
         unsafe { DOOR_WALK.tail_call(xdp, WALK_PLAIN) };
         // Only with an empty program array, never after a successful load: the knock is
@@ -448,8 +450,11 @@ fn knock_doors<const ALL_DOORS: bool>(
         cpu.count(Counter::KnockPackets);
     }
     if !ALL_DOORS {
-        if visits != 0 {
-            door::<PLAIN>(lowest_door(cpu, visits), &ctx);
+        if others != 0 {
+            end_attempt(lowest_door(cpu, others), &ctx);
+        }
+        if named != 0 {
+            door::<PLAIN>(lowest_door(cpu, named), &ctx);
         }
         return;
     }
@@ -671,13 +676,51 @@ fn door<const KIND: u8>(index: u32, ctx: &DoorLoop<'_>) -> i64 {
     if (door.secret != 0) != (KIND == SECRET) {
         return 0;
     }
-    let addressed =
-        if door.target_family == 0 { ctx.to_local } else { ctx.pkt.dst.same_addr(door.target_family, &door.target) };
-    if addressed {
+    if addressed(door, ctx) {
         #[expect(clippy::cast_possible_truncation, reason = "door slots number MAX_DOORS, fewer than 256")]
         knock_door::<KIND>(door, index as u8, ctx);
     }
     0
+}
+
+/// Whether the knock was sent where `door` listens: its `Target`, or an address of this host.
+#[inline(always)]
+fn addressed(door: &DoorSpec, ctx: &DoorLoop<'_>) -> bool {
+    if door.target_family == 0 { ctx.to_local } else { ctx.pkt.dst.same_addr(door.target_family, &door.target) }
+}
+
+/// A plain door the knock visits only because the source may have an attempt there: its
+/// sequence does not name the port, so all the knock can do is end that attempt
+/// (`knock::ends`, which is `step` for such a knock), as `carry_out` ends one.
+#[inline(always)]
+fn end_attempt(index: u32, ctx: &DoorLoop<'_>) {
+    let Some(door) = DOORS.get(index) else { return };
+    if door.secret != 0 || !addressed(door, ctx) {
+        return;
+    }
+    #[expect(clippy::cast_possible_truncation, reason = "door slots number MAX_DOORS, fewer than 256")]
+    let index = index as u8;
+    let key = ctx.key(index);
+    // SAFETY: as in `knock_door`.
+    let (progress, first) = unsafe { (&mut *ctx.progress, &mut *ctx.first) };
+    let (set, i, attempt) = match progress.find_in(ctx.mine[0], &key) {
+        Some((i, a)) => (progress, i, a),
+        None => match first.find_in(ctx.mine[1], &key) {
+            Some((i, a)) => (first, i, a),
+            None => return,
+        },
+    };
+    if !ends(door, Some(attempt), ctx.pkt.knock) {
+        return;
+    }
+    set.clear(i);
+    if attempt.epoch == door.epoch && attempt.expired(door.timeout_ns, ctx.now) {
+        ctx.cpu.count(Counter::Timeouts);
+        ctx.cpu.count_door(index, |c| c.timeouts += 1);
+    } else {
+        ctx.cpu.count(Counter::Resets);
+        ctx.cpu.count_door(index, |c| c.resets += 1);
+    }
 }
 
 #[inline(always)]

@@ -168,7 +168,48 @@ fn with_32_doors_a_knock_at_door_31_resets_door_0_and_nothing_else() {
     assert_eq!(counter(&p, Counter::Resets), 2);
     syn(&p, OTHER, 10_002);
     assert_eq!(counter(&p, Counter::Opens), 2, "the other source opens door 0");
+    assert_eq!(counter(&p, Counter::MapErrors), 0);
+}
+
+#[test]
+fn a_knock_at_another_doors_port_ends_an_attempt_unless_its_flags_do_not_count() {
+    // The door knocked has no attempt and the other door's attempt can only end: both are
+    // matched inline (`end_attempt` for the other door), and knockd's rules hold there too.
+    let p = program(
+        "[a]\nsequence = 7000,7001,7002\nseq_timeout = 1\ntcpflags = syn\n[b]\nsequence = 8000,8001\nseq_timeout = 5\n",
+    );
+    syn(&p, CLIENT, 7000);
+    run(&p, &FrameBuilder::tcp(CLIENT, SERVER, 8001, ACK).build());
+    assert_eq!(stage(&p, CLIENT, 0), Some(1), "an ACK fails door a's flags: ignored there");
+    syn(&p, CLIENT, 8001);
+    assert_eq!(stage(&p, CLIENT, 0), None);
+    assert_eq!(counter(&p, Counter::Resets), 1);
+    // An attempt past its timeout ends as a timeout, not a reset.
+    syn(&p, CLIENT, 7000);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    syn(&p, CLIENT, 8001);
+    assert_eq!(stage(&p, CLIENT, 0), None);
+    assert_eq!((counter(&p, Counter::Resets), counter(&p, Counter::Timeouts)), (1, 1));
+    let doors = p.door_counters().unwrap();
+    assert_eq!((doors[0].resets, doors[0].timeouts), (1, 1));
+}
+
+#[test]
+fn a_knock_ending_attempts_at_two_other_doors_goes_to_knockgate_doors() {
+    // Doors a and b share their first port, so one source has attempts at both: more doors
+    // than `knockgate` matches inline, so `knockgate_doors` visits all three.
+    let p = program("[a]\nsequence = 7000,7001,7002\n[b]\nsequence = 7000,8001,8002\n[c]\nsequence = 9000,9001\n");
+    syn(&p, CLIENT, 7000);
+    syn(&p, OTHER, 7000);
+    assert_eq!((stage(&p, CLIENT, 0), stage(&p, CLIENT, 1)), (Some(1), Some(1)));
+    syn(&p, CLIENT, 9001);
+    assert_eq!((stage(&p, CLIENT, 0), stage(&p, CLIENT, 1), stage(&p, CLIENT, 2)), (None, None, None));
+    assert_eq!((stage(&p, OTHER, 0), stage(&p, OTHER, 1)), (Some(1), Some(1)), "another source's attempts stay");
+    assert_eq!(counter(&p, Counter::Resets), 2);
     assert_eq!(counter(&p, Counter::MapErrors), 0, "the tail call to knockgate_doors was taken");
+    syn(&p, OTHER, 8001);
+    syn(&p, OTHER, 8002);
+    assert_eq!(counter(&p, Counter::Opens), 1, "door b opens for the other source");
 }
 
 #[test]

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use knock_common::{
-    XDP_DROP, XDP_PASS,
+    Counter, XDP_DROP, XDP_PASS,
     secret::derive::{Params, Secret},
 };
 use knockd_user::{
@@ -13,7 +13,7 @@ use knockd_user::{
 use serde_json::{Value, json};
 use tests::{
     frame::{ACK, FrameBuilder, SYN},
-    kernel::program_with,
+    kernel::{counter, program_with},
 };
 
 use crate::{Opts, median, percentile};
@@ -76,8 +76,8 @@ struct RepeatDoors {
 
 /// The secret door's later steps differ, so no frame repeats as an advancing step: the rows
 /// compare the step just matched (a retransmission) and a first knock, which both kinds of
-/// door take.
-fn repeat_doors(c: &str, s: &str) -> RepeatDoors {
+/// door take. `before` is configuration for the doors before the one measured.
+fn repeat_doors(c: &str, s: &str, before: &str) -> RepeatDoors {
     let keys = tempfile::tempdir().unwrap();
     let secret = Secret::from_bytes(&[7; 32]);
     let key = keys.path().join("bench.key");
@@ -86,7 +86,7 @@ fn repeat_doors(c: &str, s: &str) -> RepeatDoors {
     let secret_door = |timeout: u32| {
         program_with(
             &format!(
-                "[s]\nsecret_file = {}\nwindow = 86400\nseq_timeout = {timeout}\ntcpflags = syn\ngate = 22/tcp\n",
+                "{before}[s]\nsecret_file = {}\nwindow = 86400\nseq_timeout = {timeout}\ntcpflags = syn\ngate = 22/tcp\n",
                 key.display()
             ),
             Limits::default(),
@@ -95,7 +95,7 @@ fn repeat_doors(c: &str, s: &str) -> RepeatDoors {
     };
     let plain_door = |timeout: u32| {
         program_with(
-            &format!("[p]\nsequence = 7200,7300\nseq_timeout = {timeout}\ntcpflags = syn\n"),
+            &format!("{before}[p]\nsequence = 7200,7300\nseq_timeout = {timeout}\ntcpflags = syn\n"),
             Limits::default(),
         )
         .0
@@ -129,7 +129,7 @@ pub(crate) fn per_packet(opts: &Opts) -> Value {
         program_with(&format!("[adv]\nsequence = {adv}\nseq_timeout = 3600\ntcpflags = syn\n"), Limits::default());
     let references = reference_programs();
     let (c, s) = ("198.18.0.2", "198.18.0.1");
-    let r = repeat_doors(c, s);
+    let r = repeat_doors(c, s, "");
     let mut arp = FrameBuilder::tcp(c, s, 80, SYN).build();
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
     let cases: Vec<(&str, Vec<u8>, u32, Measured<'_>)> = vec![
@@ -207,7 +207,13 @@ pub(crate) fn per_packet(opts: &Opts) -> Value {
         ),
     ];
     let rows = measure(&cases, &references, rounds, repeat);
-    json!({ "runs": rounds, "repeat": repeat, "rows": rows, "by_doors": by_doors(&references, rounds, repeat) })
+    json!({
+        "runs": rounds,
+        "repeat": repeat,
+        "rows": rows,
+        "by_doors": by_doors(&references, rounds, repeat),
+        "paired_per_round": paired_per_round(repeat),
+    })
 }
 
 /// Door counts of the cost-against-doors table.
@@ -215,13 +221,19 @@ const DOOR_COUNTS: [u32; 4] = [1, 2, 8, 32];
 
 /// `n` doors of three ports each, the last of them `last` instead; `timeout` for all.
 fn doors_config(n: u32, last: &str, timeout: u32) -> String {
+    let mut config = plain_doors(n - 1, timeout);
+    writeln!(config, "[last]\nsequence = {last}\nseq_timeout = {timeout}\ntcpflags = syn").unwrap();
+    config
+}
+
+/// `n` doors of three ports each (10000-10002, 10010-10012, ...).
+fn plain_doors(n: u32, timeout: u32) -> String {
     let mut config = String::new();
-    for i in 0..n - 1 {
+    for i in 0..n {
         let p = 10_000 + i * 10;
         writeln!(config, "[d{i}]\nsequence = {p},{},{}\nseq_timeout = {timeout}\ntcpflags = syn", p + 1, p + 2)
             .unwrap();
     }
-    writeln!(config, "[last]\nsequence = {last}\nseq_timeout = {timeout}\ntcpflags = syn").unwrap();
     config
 }
 
@@ -237,17 +249,98 @@ fn by_doors(references: &aya::Ebpf, rounds: u32, repeat: u32) -> Vec<Value> {
         let (later, _) = program_with(&doors_config(n, &adv, 3600), Limits::default());
         let (first, _) = program_with(&doors_config(n, "7000,7001", 0), Limits::default());
         let syn = |port| FrameBuilder::tcp(c, s, port, SYN).build();
+        // The last door a secret door (`repeat_doors`), after N - 1 plain doors.
+        let r = repeat_doors(c, s, &plain_doors(n - 1, 3600));
         let cases: Vec<(&str, Vec<u8>, u32, Measured<'_>)> = vec![
             ("first knock", syn(7000), XDP_PASS, Measured::Knockgate(&first)),
             ("later step", syn(7000), XDP_PASS, Measured::Knockgate(&later)),
             ("SYN to another port", syn(443), XDP_PASS, Measured::Knockgate(&later)),
+            ("secret door: a first knock", syn(r.first_port), XDP_PASS, Measured::Knockgate(&r.secret_first)),
+            ("secret door: the step just matched, again", syn(r.first_port), XDP_PASS, Measured::Knockgate(&r.secret)),
         ];
-        for mut row in measure(&cases, references, rounds, repeat) {
+        let (resets, _) = program_with(&doors_config(n, "7000,7001,7002", 3600), Limits::default());
+        let mut paired = vec![Paired {
+            case: "reset within its door (7000, then 7002)",
+            setup: syn(7000),
+            frame: syn(7002),
+            program: &resets,
+        }];
+        if n > 1 {
+            // The source's attempt is at the first door: a knock at the last door's second
+            // port resets it (and starts nothing: that door has no attempt to advance).
+            paired.push(Paired {
+                case: "reset across doors (10000, then 7001)",
+                setup: syn(10_000),
+                frame: syn(7001),
+                program: &resets,
+            });
+        }
+        // A first knock on the same program, timed as the resets are (7002 ends the attempt
+        // the last run started): single runs cost more than repeated ones.
+        paired.push(Paired {
+            case: "first knock, timed as the resets (7002, then 7000)",
+            setup: syn(7002),
+            frame: syn(7000),
+            program: &resets,
+        });
+        let mut measured = measure(&cases, references, rounds, repeat);
+        measured.extend(measure_paired(&paired, references, rounds, repeat));
+        for mut row in measured {
             row["doors"] = json!(n);
             rows.push(row);
         }
     }
     rows
+}
+
+/// A measured frame that changes the state it finds, so it cannot repeat: a reset leaves no
+/// attempt for the next run to reset. `setup` (untimed) makes that state again each time.
+struct Paired<'a> {
+    case: &'static str,
+    setup: Vec<u8>,
+    frame: Vec<u8>,
+    program: &'a KnockProgram,
+}
+
+/// Frames measured from `paired_per_round` pairs in each of `rounds` rounds: `setup` run,
+/// then `frame` run once and timed, then the empty program run once on it and timed. A single
+/// timed run also carries the kernel's timer and call overhead, which the difference of the
+/// two (trimmed) means cancels. That difference is the round's added ns; its ratio is taken against
+/// the empty program timed in `repeat` runs, as in `measure`, so the rows compare.
+fn measure_paired(cases: &[Paired<'_>], references: &aya::Ebpf, rounds: u32, repeat: u32) -> Vec<Value> {
+    let _pinned = pin_to_current_cpu();
+    let per_round = paired_per_round(repeat);
+    let mut samples = vec![(Vec::new(), Vec::new(), Vec::new(), Vec::new()); cases.len()];
+    for _ in 0..rounds {
+        for (case, (k, e, r, a)) in cases.iter().zip(&mut samples) {
+            let (_, before) = reference_run(references, "xdp_pass", &case.frame, repeat);
+            let resets = counter(case.program, Counter::Resets);
+            let (mut one, mut empty_one) = (Vec::new(), Vec::new());
+            for _ in 0..per_round {
+                case.program.test_run(&case.setup).unwrap();
+                let (verdict, d) = case.program.test_run_timed(&case.frame, 1).unwrap();
+                assert_eq!(verdict, XDP_PASS, "{}", case.case);
+                one.push(d.as_nanos() as f64);
+                empty_one.push(reference_run(references, "xdp_pass", &case.frame, 1).1);
+            }
+            if case.case.starts_with("reset") {
+                assert_eq!(
+                    counter(case.program, Counter::Resets) - resets,
+                    u64::from(per_round),
+                    "{}: every run a reset",
+                    case.case
+                );
+            }
+            let (_, after) = reference_run(references, "xdp_pass", &case.frame, repeat);
+            let en = f64::midpoint(before, after);
+            let added = trimmed_mean(&mut one) - trimmed_mean(&mut empty_one);
+            k.push(en + added);
+            e.push(en);
+            r.push(if en > 0.0 { (en + added) / en } else { 0.0 });
+            a.push(added);
+        }
+    }
+    cases.iter().zip(&mut samples).map(|(case, (k, e, r, a))| row(case.case, k, e, r, a)).collect()
 }
 
 /// Times each case against the empty program, in `rounds` rounds of `repeat` runs: a row each.
@@ -275,22 +368,35 @@ fn measure(
             a.push(kn - en);
         }
     }
-    let rows: Vec<Value> = cases
-        .iter()
-        .zip(&mut samples)
-        .map(|((name, ..), (k, e, r, a))| {
-            json!({
-                "case": name,
-                "knockgate_ns": median(k),
-                "empty_ns": median(e),
-                "added_ns": median(a),
-                "ratio": median(r),
-                "ratio_q1": percentile(r, 0.25),
-                "ratio_q3": percentile(r, 0.75),
-            })
-        })
-        .collect();
-    rows
+    cases.iter().zip(&mut samples).map(|((name, ..), (k, e, r, a))| row(name, k, e, r, a)).collect()
+}
+
+/// The mean of the middle 80% of `v`: single runs are timed in steps of about 10 ns here, too
+/// coarse for a median, and the mean of all would take in the slow outliers.
+fn trimmed_mean(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let cut = v.len() / 10;
+    let middle = &v[cut..v.len() - cut];
+    middle.iter().sum::<f64>() / middle.len().max(1) as f64
+}
+
+/// Pairs per round in `measure_paired`: a full run's, or a smoke run's with few repeats.
+const fn paired_per_round(repeat: u32) -> u32 {
+    if repeat > 10_000 { 1_000 } else { 50 }
+}
+
+/// A table row from its rounds: the program's ns, the empty program's, their ratio and the
+/// added ns.
+fn row(case: &str, k: &mut [f64], e: &mut [f64], r: &mut [f64], a: &mut [f64]) -> Value {
+    json!({
+        "case": case,
+        "knockgate_ns": median(k),
+        "empty_ns": median(e),
+        "added_ns": median(a),
+        "ratio": median(r),
+        "ratio_q1": percentile(r, 0.25),
+        "ratio_q3": percentile(r, 0.75),
+    })
 }
 
 /// Pins this thread to the CPU it runs on until the guard drops (then the old set of CPUs
