@@ -39,7 +39,7 @@ def main(results_path, out):
     fig.tight_layout()
     fig.savefig(f"{out}/by_doors.png", dpi=100)
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 3.8))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(15, 3.8))
     fl = r["flood"]
     labels = [
         x["daemon"]
@@ -47,12 +47,14 @@ def main(results_path, out):
         + ("\nmax rate" if x["paced_pps"] == 0 else f"\n{x['paced_pps'] // 1000}k pps")
         for x in fl
     ]
-    colors = ["tab:blue" if x["daemon"] == "knockgate" else "tab:red" for x in fl]
+    colors = ["tab:blue" if x["daemon"] == "knockgate" else "tab:green" if x["daemon"].startswith("nftables") else "tab:red" for x in fl]
     a1.bar(labels, [x["opened"] for x in fl], color=colors)
     a1.set_ylim(0, max(x["knocks"] for x in fl))
     a1.set_title(f"legitimate opens of {fl[0]['knocks']} under a SYN flood")
-    a2.bar(labels, [x["daemon_cpu_percent"] for x in fl], color=colors)
-    a2.set_title("daemon CPU, % of one core")
+    a2.bar(labels, [x["daemon_cpu_percent"] for x in fl], color=colors, label="daemon")
+    a2.bar(labels, [x.get("softirq_cpu_percent", 0) for x in fl], bottom=[x["daemon_cpu_percent"] for x in fl], color="lightgray", label="softirq, whole machine")
+    a2.set_title("CPU, % of one core")
+    a2.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(f"{out}/flood.png", dpi=100)
 

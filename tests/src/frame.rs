@@ -1,5 +1,6 @@
-//! Crafted Ethernet frames for `Xdp::test_run`. Checksums are left zero: XDP runs before
-//! the stack checks them, and the program does not look at them.
+//! Crafted Ethernet frames for `Xdp::test_run` and for injection. The IPv4 header and TCP/UDP
+//! checksums are right (the program does not look at them, but a frame injected into a
+//! namespace goes on to the kernel's stack, which drops a bad one before any firewall rule).
 
 use std::net::IpAddr;
 
@@ -96,12 +97,30 @@ impl FrameBuilder {
             f.extend_from_slice(&id.to_be_bytes());
         }
         f.extend_from_slice(&l3_type.to_be_bytes());
-        let l4 = self.l4_bytes();
+        let mut l4 = self.l4_bytes();
         let proto = match self.l4 {
             L4::Tcp { .. } => PROTO_TCP,
             L4::Udp { .. } => PROTO_UDP,
             L4::Other(p) => p,
         };
+        // The pseudo-header: addresses, protocol, length.
+        let mut pseudo = match (self.src, self.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => [s.octets(), d.octets()].concat(),
+            (s, d) => [ip6(s), ip6(d)].concat(),
+        };
+        pseudo.extend_from_slice(&u32::try_from(l4.len()).expect("small frame").to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, proto]);
+        let at = match self.l4 {
+            L4::Tcp { .. } => Some(16),
+            L4::Udp { .. } => Some(6),
+            L4::Other(_) => None,
+        };
+        if let Some(at) = at {
+            let sum = checksum(&[pseudo, l4.clone()].concat());
+            // UDP sends a computed 0 as all ones (0 means no checksum).
+            let sum = if sum == 0 && proto == PROTO_UDP { 0xffff } else { sum };
+            l4[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+        }
         match (self.src, self.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
                 let ihl = 5 + self.ip_options;
@@ -120,6 +139,9 @@ impl FrameBuilder {
                 f.extend_from_slice(&s.octets());
                 f.extend_from_slice(&d.octets());
                 f.extend(std::iter::repeat_n(1u8, self.ip_options * 4));
+                let header = f.len() - ihl * 4;
+                let sum = checksum(&f[header..]);
+                f[header + 10..header + 12].copy_from_slice(&sum.to_be_bytes());
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
                 let first = self.v6_ext.first().copied().unwrap_or(proto);
@@ -170,5 +192,44 @@ impl FrameBuilder {
             }
             L4::Other(_) => vec![0u8; 8],
         }
+    }
+}
+
+/// An IPv6 address's bytes (an IPv4 one mapped, for the mixed families `build` refuses).
+fn ip6(a: IpAddr) -> Vec<u8> {
+    match a {
+        IpAddr::V6(a) => a.octets().to_vec(),
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets().to_vec(),
+    }
+}
+
+/// The Internet checksum (RFC 1071) of `data`.
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 =
+        data.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !u16::try_from(sum).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksums_verify() {
+        for f in [
+            FrameBuilder::tcp("198.19.12.34", "198.18.0.1", 7000, SYN),
+            FrameBuilder::udp("198.18.0.2", "198.18.0.1", 53),
+        ] {
+            let f = f.build();
+            assert_eq!(checksum(&f[14..34]), 0, "IPv4 header");
+            let pseudo = [&f[26..34], &[0, f[23]], &u16::try_from(f.len() - 34).unwrap().to_be_bytes()].concat();
+            assert_eq!(checksum(&[&pseudo[..], &f[34..]].concat()), 0, "TCP/UDP");
+        }
+        let f = FrameBuilder::tcp("2001:db8::2", "2001:db8::1", 7000, SYN).build();
+        let pseudo = [&f[22..54], &u32::try_from(f.len() - 54).unwrap().to_be_bytes(), &[0, 0, 0, 6]].concat();
+        assert_eq!(checksum(&[&pseudo[..], &f[54..]].concat()), 0, "IPv6 TCP");
     }
 }

@@ -20,13 +20,14 @@ use tests::netns::sh;
 
 mod flood;
 mod latency;
+mod nft;
 mod per_packet;
 mod report;
 mod rig;
 mod scale;
 mod scrape;
 
-use flood::{PACED_PPS, flood};
+use flood::{Defender, PACED_PPS, flood};
 use latency::{gate_latency, latency, latency_with, spawn_floor};
 use per_packet::per_packet;
 use report::{report, summary};
@@ -45,10 +46,16 @@ fn main() {
         match a.as_str() {
             "--smoke" => opts.smoke = true,
             "--out" => opts.out = PathBuf::from(args.next().expect("--out DIR")),
-            // Diagnostics: one flood run against knockgate at RATE packets/s (0: unpaced).
+            // Diagnostics: one flood run at RATE packets/s (0: unpaced) against knockgate, or
+            // with `nft` after it against the nftables ruleset.
             "--flood-only" => {
                 let rate = args.next().and_then(|r| r.parse().ok()).unwrap_or(0);
-                println!("{}", flood(&opts, Peer::Knockgate, rate, false));
+                let defender = if args.next().as_deref() == Some("nft") {
+                    Defender::Nftables
+                } else {
+                    Defender::Daemon(Peer::Knockgate)
+                };
+                println!("{}", flood(&opts, defender, rate, false));
                 return;
             }
             // Diagnostics: knockgate's command latency and the spawn floor alone.
@@ -71,11 +78,13 @@ fn main() {
     let knockd_scale = knockd_scale(&opts);
     let paced = if opts.smoke { 20_000 } else { PACED_PPS };
     let flood = [
-        flood(&opts, Peer::Knockgate, 0, false),
-        flood(&opts, Peer::Knockd, 0, false),
-        flood(&opts, Peer::Knockgate, 0, true),
-        flood(&opts, Peer::Knockgate, paced, false),
-        flood(&opts, Peer::Knockd, paced, false),
+        flood(&opts, Defender::Daemon(Peer::Knockgate), 0, false),
+        flood(&opts, Defender::Daemon(Peer::Knockd), 0, false),
+        flood(&opts, Defender::Nftables, 0, false),
+        flood(&opts, Defender::Daemon(Peer::Knockgate), 0, true),
+        flood(&opts, Defender::Daemon(Peer::Knockgate), paced, false),
+        flood(&opts, Defender::Daemon(Peer::Knockd), paced, false),
+        flood(&opts, Defender::Nftables, paced, false),
     ];
     let latency = [
         latency(&opts, Peer::Knockgate),
