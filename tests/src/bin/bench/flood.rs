@@ -157,7 +157,11 @@ pub(crate) fn flood(opts: &Opts, defender: Defender, rate: u64, stealth: bool) -
         }
         // What the ruleset's tables hold with the flood running (at the end it may be over).
         if let (Server::Nft(nft), true) = (&server, tables.is_null()) {
-            tables = json!({ "candidates": nft.candidates(), "conntrack": nft.conntrack() });
+            tables = json!({
+                "candidates": nft.candidates(),
+                "conntrack": nft.conntrack("nf_conntrack_count"),
+                "conntrack_max": nft.conntrack("nf_conntrack_max"),
+            });
         }
     }
     // A window of at least 5 s (1 s in smoke runs): CPU time is counted in 10 ms ticks.

@@ -68,6 +68,14 @@ fn main() {
                 println!("{}", serde_json::to_string_pretty(&per_packet(&opts)).unwrap());
                 return;
             }
+            // Writes DIR/BENCHMARKS.md again from DIR/results.json (after a change to the report).
+            "--report-from" => {
+                let dir = PathBuf::from(args.next().expect("--report-from DIR"));
+                let results: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
+                std::fs::write(dir.join("BENCHMARKS.md"), report(&results)).unwrap();
+                return;
+            }
             other => panic!("unknown argument {other}; use [--smoke] [--out DIR]"),
         }
     }

@@ -78,9 +78,10 @@ impl NftKnock {
             .unwrap_or(0)
     }
 
-    /// The connections the server namespace tracks.
-    pub(crate) fn conntrack(&self) -> u64 {
-        let out = sh(&self.net.in_server("cat /proc/sys/net/netfilter/nf_conntrack_count"));
+    /// A connection-tracking figure of the server namespace: `nf_conntrack_count` (entries)
+    /// or `nf_conntrack_max` (the limit).
+    pub(crate) fn conntrack(&self, name: &str) -> u64 {
+        let out = sh(&self.net.in_server(&format!("cat /proc/sys/net/netfilter/{name}")));
         String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
     }
 }
