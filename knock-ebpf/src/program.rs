@@ -817,7 +817,9 @@ fn carry_out<const KIND: u8>(door: &DoorSpec, index: u8, ctx: &DoorLoop<'_>, d: 
     // SAFETY: as in `knock_door`.
     let (progress, first) = unsafe { (&mut *ctx.progress, &mut *ctx.first) };
     let found = d.found();
-    if d.expired {
+    // Counted once, when the knock ends or replaces the expired attempt: one it ignores (its
+    // flags do not count) stays, to be counted when a later knock ends it.
+    if d.expired && d.kind != Decision::IGNORE {
         cpu.count(Counter::Timeouts);
         cpu.count_door(index, |c| c.timeouts += 1);
     }

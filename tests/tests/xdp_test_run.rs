@@ -213,6 +213,24 @@ fn a_knock_ending_attempts_at_two_other_doors_goes_to_knockgate_doors() {
 }
 
 #[test]
+fn an_expired_attempt_counts_one_timeout_however_many_knocks_pass_it_by() {
+    // Two other doors' attempts, so `knockgate_doors` matches: an ACK fails their flags and
+    // leaves them; the SYN after it ends them, each counted once as a timeout.
+    let p = program(
+        "[a]\nsequence = 7000,7001,7002\nseq_timeout = 1\ntcpflags = syn\n[b]\nsequence = 7000,8001,8002\nseq_timeout = 1\ntcpflags = syn\n[c]\nsequence = 9000,9001\n",
+    );
+    syn(&p, CLIENT, 7000);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    for _ in 0..3 {
+        run(&p, &FrameBuilder::tcp(CLIENT, SERVER, 9001, ACK).build());
+    }
+    assert_eq!(counter(&p, Counter::Timeouts), 0, "ignored knocks leave the expired attempts uncounted");
+    syn(&p, CLIENT, 9001);
+    assert_eq!((stage(&p, CLIENT, 0), stage(&p, CLIENT, 1)), (None, None));
+    assert_eq!((counter(&p, Counter::Timeouts), counter(&p, Counter::Resets)), (2, 0));
+}
+
+#[test]
 fn local_addresses_are_replaced_and_capped() {
     let mut p = program(CONFIG);
     // 70 addresses: 198.18.1.0 ..= 198.18.1.69; only the first MAX_LOCAL_ADDRS count.
