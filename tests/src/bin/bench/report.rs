@@ -109,7 +109,7 @@ pub(crate) fn report(r: &Value) -> String {
          loaded in the same run, all on one CPU; the ratio is the median of the rounds' ratios (in brackets, the middle half \
          of them), the ns columns are medians; \"added ns\" is the median of the rounds' differences from the empty program, \
          the figure that carries over between machines, where the empty program's own cost does not. The kernel reports \
-         whole nanoseconds per run. Targets: non-knock traffic ≤ 1.3x the empty program, a knock step ≤ 3x.\n\n\
+         whole nanoseconds per run. Targets: non-knock traffic ≤ 1.2x the empty program, a knock step ≤ 3x.\n\n\
          The two floor rows are reference programs (`knock-ebpf/src/pass.rs`) that do the least any port-knocking filter \
          must: read a frame's port and compare it with a knock port; and, for a knock, also read and write one \
          per-source entry, with no check that the entry is the source's, no timeout, no flood-proof second table and no \
