@@ -122,7 +122,9 @@ pub(crate) fn flood(opts: &Opts, defender: Defender, rate: u64, stealth: bool) -
     let sender = {
         let (stop, sent) = (Arc::clone(&stop), Arc::clone(&sent));
         let inject = Injector::new(&net.client, &net.client_if, mac_of(&net.server, &net.server_if));
-        let limit = Duration::from_secs_f64(max_secs + 5.0);
+        // A bound only: the knocks' loop stops the flood, and a defender whose knocks all
+        // fail takes max_secs and its own reads (the nftables set's listing) on top.
+        let limit = Duration::from_secs_f64(max_secs + 30.0);
         std::thread::spawn(move || {
             let t = Instant::now();
             let mut i = 0;
