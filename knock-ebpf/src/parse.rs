@@ -63,7 +63,10 @@ impl Parsed {
     const FLAGS: u32 = 24;
     const FRAGMENT: u64 = 1 << 32;
     const V6: u64 = 1 << 33;
-    const L3: u32 = 40;
+    /// The top byte: a right shift alone leaves a value below 256 that every verifier bounds.
+    /// Lower down (bits 40..48 and a mask), LLVM drops the mask it can prove redundant, and
+    /// Linux 6.1's verifier, seeing a 24-bit offset, refuses the packet access it guards.
+    const L3: u32 = 56;
 
     #[inline(always)]
     fn new(l3: usize, v6: bool, proto: u8, dport: u16, tcp_flags: u8, fragment: bool) -> Self {
@@ -74,7 +77,7 @@ impl Parsed {
                 | if fragment { Self::FRAGMENT } else { 0 }
                 | if v6 { Self::V6 } else { 0 }
                 // The IP header starts within two VLAN tags of the frame start.
-                | (l3 as u64 & 0xff) << Self::L3,
+                | (l3 as u64) << Self::L3,
         )
     }
 
@@ -109,7 +112,7 @@ impl Parsed {
     /// Offset of the IP header.
     #[inline(always)]
     const fn l3(self) -> usize {
-        (self.0 >> Self::L3) as usize & 0xff
+        (self.0 >> Self::L3) as usize
     }
 }
 

@@ -252,6 +252,13 @@ impl Cpu {
         }
     }
 
+    /// What `now_ns` last read on this CPU.
+    #[inline(always)]
+    fn cached_now(self) -> u64 {
+        // SAFETY: this CPU's slot, as above.
+        unsafe { (*self.0).now_ns }
+    }
+
     /// `v`, as a value the verifier no longer knows: it goes through this CPU's map memory,
     /// whose contents the verifier does not track. Where a function returns one of several
     /// constants (a slot index), the paths that follow are then one path to the verifier,
@@ -351,6 +358,10 @@ fn on_packet<const ALL_DOORS: bool, const SECRETS: bool>(
         return if gated { XDP_DROP } else { XDP_PASS };
     };
     let knock = Knock { proto: parsed.proto(), port: parsed.dport(), tcp_flags: parsed.tcp_flags() };
+    // Built at once, in memory: the addresses are not held in registers across the helper
+    // calls below, whose spills (a 64-bit slot for each 32-bit word) would take the stack
+    // that Linux 6.1's verifier counts against `knockgate_doors`' loop and its body together.
+    let pkt = Packet { src, dst, knock };
     // One plain door is matched inline; more by `knockgate_doors`, and secret doors by
     // `knockgate_secret` (each a loop whose body the verifier checks once: two doors inline
     // with both kinds of matching are more paths than it will explore). A packet goes to
@@ -393,14 +404,17 @@ fn on_packet<const ALL_DOORS: bool, const SECRETS: bool>(
     }
     let mut verdict = XDP_PASS;
     if walk {
-        knock_doors::<ALL_DOORS>(ctx, &Packet { src, dst, knock }, doors, settings, now, cpu);
+        knock_doors::<ALL_DOORS>(ctx, &pkt, doors, settings, cpu);
     }
     if doors & settings.stealth_mask != 0 && !parsed.fragment() {
         cpu.count(Counter::StealthDrops);
         verdict = XDP_DROP;
     }
     if gated {
-        let key = AllowKey { addr: src.addr, family: src.family, proto: parsed.proto(), port: parsed.dport() };
+        // From `pkt`, which the loop's body may read: in `knockgate_doors` the source is read
+        // back from there, not kept in registers across the loop, whose spills would take the
+        // stack that Linux 6.1's verifier counts against the loop and its body together.
+        let key = AllowKey { addr: pkt.src.addr, family: pkt.src.family, proto: parsed.proto(), port: parsed.dport() };
         // SAFETY: copied out at once.
         let until = unsafe { ALLOW.get(key) }.copied();
         if gate_passes(until, now) {
@@ -429,10 +443,9 @@ fn knock_doors<const ALL_DOORS: bool>(
     pkt: &Packet,
     doors: u32,
     settings: &Settings,
-    now: u64,
     cpu: Cpu,
 ) {
-    let Some(ctx) = DoorLoop::new(pkt, doors, settings, now, cpu) else { return };
+    let Some(ctx) = DoorLoop::new(pkt, doors, settings, cpu) else { return };
     let visits = visit::plain_visits(doors, ctx.attempts(), !settings.secret_mask, settings.slots);
     // Inline: one door naming the port, and one door where the source may have an attempt
     // that the knock can only end (`end_attempt`). Two doors matched in full inline are more
@@ -474,7 +487,7 @@ fn knock_doors<const ALL_DOORS: bool>(
 impl<'a> DoorLoop<'a> {
     /// What every door's matching of `pkt` shares; `None` if the attempt tables are not there.
     #[inline(always)]
-    fn new(pkt: &'a Packet, doors: u32, settings: &'a Settings, now: u64, cpu: Cpu) -> Option<Self> {
+    fn new(pkt: &'a Packet, doors: u32, settings: &'a Settings, cpu: Cpu) -> Option<Self> {
         // All of a source's attempts share one set of each table: hashed and looked up once.
         let source = SourceKey::new(settings.hash_key, &pkt.src);
         // Checked one at a time: LLVM would otherwise OR the two pointers into one null test,
@@ -492,7 +505,6 @@ impl<'a> DoorLoop<'a> {
             pkt,
             settings,
             to_local: LOCAL_ADDRS.get(0).is_some_and(|l| l.contains(&pkt.dst)),
-            now,
             cpu,
             source_hash: source.hash(),
             knock_doors: doors,
@@ -599,7 +611,6 @@ extern "C" fn secret_door_step(_index: u32, _ctx: *mut c_void) -> i64 {
         pkt: &walk.pkt,
         settings,
         to_local: walk.to_local != 0,
-        now: walk.now,
         cpu,
         source_hash: walk.source_hash,
         knock_doors: walk.knock_doors,
@@ -633,7 +644,6 @@ struct DoorLoop<'a> {
     pkt: &'a Packet,
     settings: &'a Settings,
     to_local: bool,
-    now: u64,
     cpu: Cpu,
     /// The source's keyed hash (`SourceKey::hash`): 8 bytes of a frame, not the key's 32.
     source_hash: u64,
@@ -650,6 +660,12 @@ struct DoorLoop<'a> {
 }
 
 impl DoorLoop<'_> {
+    /// This packet's clock reading (`Cpu::now_ns`, which ran before any door was visited).
+    #[inline(always)]
+    fn now(&self) -> u64 {
+        self.cpu.cached_now()
+    }
+
     /// This source's key at door slot `index`.
     #[inline(always)]
     fn key(&self, index: u8) -> SlotKey {
@@ -714,7 +730,7 @@ fn end_attempt(index: u32, ctx: &DoorLoop<'_>) {
         return;
     }
     set.clear(i);
-    if attempt.epoch == door.epoch && attempt.expired(door.timeout_ns, ctx.now) {
+    if attempt.epoch == door.epoch && attempt.expired(door.timeout_ns, ctx.now()) {
         ctx.cpu.count(Counter::Timeouts);
         ctx.cpu.count_door(index, |c| c.timeouts += 1);
     } else {
@@ -725,7 +741,8 @@ fn end_attempt(index: u32, ctx: &DoorLoop<'_>) {
 
 #[inline(always)]
 fn knock_door<const KIND: u8>(door: &DoorSpec, index: u8, ctx: &DoorLoop<'_>) {
-    let DoorLoop { pkt, now, cpu, .. } = *ctx;
+    let DoorLoop { pkt, cpu, .. } = *ctx;
+    let now = ctx.now();
     let key = ctx.key(index);
     // SAFETY: map value pointers from successful lookups, valid for this program run. Other
     // CPUs may write the same sets: `Set` validates every slot it reads (see its docs).
@@ -812,7 +829,8 @@ impl Decision {
 /// Carries out a door's `Decision`: counters, the attempt tables, the gate, events.
 #[inline(always)]
 fn carry_out<const KIND: u8>(door: &DoorSpec, index: u8, ctx: &DoorLoop<'_>, d: &Decision) {
-    let DoorLoop { pkt, settings, now, cpu, .. } = *ctx;
+    let DoorLoop { pkt, settings, cpu, .. } = *ctx;
+    let now = ctx.now();
     let key = ctx.key(index);
     // SAFETY: as in `knock_door`.
     let (progress, first) = unsafe { (&mut *ctx.progress, &mut *ctx.first) };
