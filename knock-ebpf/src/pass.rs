@@ -7,6 +7,9 @@
 //!
 //! The floors handle untagged IPv4 without options only, and match one fixed port; they are
 //! never attached.
+//!
+//! And `refused`, which no verifier accepts: the kernel tests load it to check how knockd
+//! reports a rejection.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 #![cfg_attr(
     target_arch = "bpf",
@@ -87,6 +90,16 @@ mod program {
             unsafe { *progress = (*progress).wrapping_add(1) };
         }
         xdp_action::XDP_PASS
+    }
+
+    /// Reads the frame's first byte without a bounds check: every verifier must reject it.
+    /// The test of how knockd reports a rejection loads it; nothing attaches it.
+    #[xdp]
+    fn refused(ctx: XdpContext) -> u32 {
+        // SAFETY: never runs: the verifier refuses the unchecked packet access, which is its
+        // purpose. The read is volatile so that it is not optimised away.
+        let first = unsafe { core::ptr::read_volatile(ctx.data() as *const u8) };
+        if first == 0 { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
     }
 
     #[panic_handler]

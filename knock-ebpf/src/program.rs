@@ -389,7 +389,6 @@ fn on_packet<const ALL_DOORS: bool, const SECRETS: bool>(
             (*w).pkt.src = src;
             (*w).pkt.dst = dst;
             (*w).pkt.knock = knock;
-            (*w).now = now;
             (*w).knock_doors = doors;
             (*w).left = secret_visits;
             (*w).source_hash = SourceKey::new(settings.hash_key, &src).hash();
@@ -438,13 +437,7 @@ struct Packet {
 /// naming the port may advance, the others' attempts by this source are reset. One door
 /// inline; more by tail call to `knockgate_doors`, which walks them in a loop.
 #[inline(always)]
-fn knock_doors<const ALL_DOORS: bool>(
-    xdp: &XdpContext,
-    pkt: &Packet,
-    doors: u32,
-    settings: &Settings,
-    cpu: Cpu,
-) {
+fn knock_doors<const ALL_DOORS: bool>(xdp: &XdpContext, pkt: &Packet, doors: u32, settings: &Settings, cpu: Cpu) {
     let Some(ctx) = DoorLoop::new(pkt, doors, settings, cpu) else { return };
     let visits = visit::plain_visits(doors, ctx.attempts(), !settings.secret_mask, settings.slots);
     // Inline: one door naming the port, and one door where the source may have an attempt
@@ -562,7 +555,6 @@ fn take_gated_mark(ctx: &XdpContext) -> bool {
 /// `knockgate_secret`'s loop state, in `CpuState::walk`.
 struct SecretWalk {
     pkt: Packet,
-    now: u64,
     knock_doors: u32,
     /// The secret doors still to visit (`visit::secret_visits`), lowest first.
     left: u32,

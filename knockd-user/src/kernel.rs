@@ -1,6 +1,11 @@
 //! Loading the XDP program and keeping its maps in step with the configuration.
 
-use std::{collections::BTreeMap, io::Read as _, net::IpAddr, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    io::Read as _,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -21,6 +26,7 @@ use crate::{
     config::{Gate, Knock},
     doors::Doors,
     pin::{PINNED_MAPS, PinDir},
+    rejection::load_xdp,
     secret_door::Clock,
     spec::{addr_key, gate_table, port_table},
 };
@@ -33,8 +39,15 @@ const WALK_PROGRAMS: [&str; 2] = ["knockgate_doors", "knockgate_secret"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
-    #[error("loading the XDP program: {0}")]
+    #[error("loading the XDP object: {0}")]
     Load(#[from] aya::EbpfError),
+    #[error(
+        "the kernel refused to create map {name}: operation not permitted; knockd needs CAP_BPF and \
+         CAP_NET_ADMIN (run it as root)"
+    )]
+    MapNotPermitted { name: String },
+    #[error(transparent)]
+    Refused(#[from] crate::rejection::LoadError),
     #[error("XDP program: {0}")]
     Program(#[from] ProgramError),
     #[error("map {name}: {error}")]
@@ -216,13 +229,14 @@ impl KnockProgram {
     /// Loads the program into the kernel (verifier included) with maps of its own; nothing
     /// is attached yet. For tests and benchmarks: the daemon uses `load_pinned`.
     pub fn load(limits: Limits) -> Result<Self, KernelError> {
-        Self::load_with(limits, None)
+        Self::load_with(limits, None, &crate::rejection::scratch_logs())
     }
 
     /// Loads the program with its state in `pins`: maps of this build's layout pinned there
     /// are reused (their table sizes win over `limits`, as a reload would leave them), the
-    /// others are made and pinned. Nothing is attached yet (`attach`).
-    pub fn load_pinned(mut limits: Limits, pins: &PinDir) -> Result<Self, KernelError> {
+    /// others are made and pinned. Nothing is attached yet (`attach`). Should the verifier
+    /// reject a program, its log is written to `logs`.
+    pub fn load_pinned(mut limits: Limits, pins: &PinDir, logs: &Path) -> Result<Self, KernelError> {
         let mut reused = false;
         for name in PINNED_MAPS {
             let path = pins.map(name);
@@ -266,7 +280,7 @@ impl KnockProgram {
                 _ => {}
             }
         }
-        let mut program = Self::load_with(limits, Some(pins))?;
+        let mut program = Self::load_with(limits, Some(pins), logs)?;
         program.reused = reused;
         if reused {
             program.adopt_kernel_state()?;
@@ -274,7 +288,7 @@ impl KnockProgram {
         Ok(program)
     }
 
-    fn load_with(limits: Limits, pins: Option<&PinDir>) -> Result<Self, KernelError> {
+    fn load_with(limits: Limits, pins: Option<&PinDir>, logs: &Path) -> Result<Self, KernelError> {
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(maps::PROGRESS, sets_for(limits.progress_entries))
@@ -285,13 +299,19 @@ impl KnockProgram {
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
-        let mut ebpf = loader.load(KNOCK_EBPF)?;
-        let prog: &mut Xdp = ebpf.program_mut(PROGRAM).ok_or(KernelError::MissingProgram)?.try_into()?;
-        prog.load()?;
+        let mut ebpf = loader.load(KNOCK_EBPF).map_err(|e| match e {
+            aya::EbpfError::MapError(MapError::CreateError { name, io_error })
+                if io_error.raw_os_error() == Some(libc::EPERM) =>
+            {
+                KernelError::MapNotPermitted { name }
+            }
+            e => KernelError::Load(e),
+        })?;
+        load_xdp(&mut ebpf, PROGRAM, logs)?;
         let mut table_fds = Vec::new();
         for name in WALK_PROGRAMS {
+            load_xdp(&mut ebpf, name, logs)?;
             let walk: &mut Xdp = ebpf.program_mut(name).ok_or(KernelError::MissingProgram)?.try_into()?;
-            walk.load()?;
             table_fds.push(walk.fd()?.try_clone().map_err(|e| KernelError::Program(ProgramError::from(e)))?);
         }
         let mut table =

@@ -7,6 +7,7 @@ pub mod command;
 pub mod config;
 pub mod daemon;
 pub mod doors;
+pub mod floor;
 pub mod journal;
 pub mod keeper;
 pub mod kernel;
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod netlink;
 pub mod one_time;
 pub mod pin;
+pub mod rejection;
 pub mod secret_door;
 pub mod snapshot;
 pub mod spec;
@@ -24,5 +26,7 @@ pub mod toml_form;
 /// The XDP program as built by `build.rs`; tests load exactly these bytes.
 pub static KNOCK_EBPF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/knock-ebpf"));
 
-/// An empty `XDP_PASS` program (function `xdp_pass`): the benchmark's baseline.
+/// Reference programs: an empty `XDP_PASS` program (function `xdp_pass`), the benchmark's
+/// baseline, with the benchmark's floors, and `refused`, which every verifier must reject (the
+/// test of how a rejection is reported). knockd never loads them.
 pub static XDP_PASS_EBPF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-pass"));

@@ -196,6 +196,8 @@ fn start(args: &Args) -> anyhow::Result<()> {
         println!("{}: the configuration is valid ({} door(s))", args.config.display(), config.doors.len());
         return Ok(());
     }
+    // A kernel below the floor is refused before anything is locked, pinned or attached.
+    knockd_user::floor::check()?;
     // Absolute, so that a reload after -d (which changes to /) reads the same file.
     let config_path = std::path::absolute(&args.config).unwrap_or_else(|_| args.config.clone());
     let interfaces = args.interfaces(&config.options);
@@ -327,8 +329,8 @@ fn bring_up(
         ..defaults
     };
     let home = ifaces.iter().find(|(_, p)| p.map(knock_common::maps::ALLOW).exists()).unwrap_or(&ifaces[0]);
-    let mut program = KnockProgram::load_pinned(limits, &home.1)
-        .context("loading the XDP program (needs root: CAP_BPF and CAP_NET_ADMIN)")?;
+    // Should the verifier reject the program, its log goes to the state directory.
+    let mut program = KnockProgram::load_pinned(limits, &home.1, &args.state_dir(&options))?;
     let mut doors = Doors::new();
     if program.reused_state() {
         let kept = doors.install_adopting(doors_conf, &program.kernel_doors()?);

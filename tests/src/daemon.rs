@@ -17,6 +17,15 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// How many times slower than a host this machine runs knockd's start-up (the verifier's
+/// work above all): `KNOCKGATE_TEST_PACE`, which `cargo xtask test` sets for a kernel booted
+/// in QEMU without KVM; 1 elsewhere. Configured times that a restart must fit in are
+/// multiplied by it; the tolerances a test asserts are not.
+#[must_use]
+pub fn pace() -> u64 {
+    std::env::var("KNOCKGATE_TEST_PACE").ok().and_then(|p| p.parse().ok()).filter(|&p| p >= 1).unwrap_or(1)
+}
+
 /// Polls `f` every 50 ms until it returns true or `limit` passes.
 pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;
@@ -56,7 +65,8 @@ impl Daemon {
             String::from_utf8_lossy(text.get(usize::try_from(before).unwrap_or(0)..).unwrap_or_default()).into_owned()
         };
         assert!(
-            wait_for(Duration::from_secs(20), || fresh(&d).contains("listening on")),
+            // Wide: in an emulated guest the verifier alone takes tens of seconds.
+            wait_for(Duration::from_mins(2), || fresh(&d).contains("listening on")),
             "daemon did not start; log:\n{}",
             d.log_text()
         );

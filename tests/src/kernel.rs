@@ -17,7 +17,7 @@ pub const SERVER_ADDRS: [&str; 2] = ["198.18.0.1", "2001:db8::1"];
 #[must_use]
 pub fn program_with(config: &str, limits: Limits) -> (KnockProgram, Doors) {
     let config = Config::parse(Path::new("test.conf"), config).expect("config");
-    let mut p = KnockProgram::load(limits).expect("load the XDP program (are you root?)");
+    let mut p = KnockProgram::load(limits).expect("load the XDP program");
     let mut doors = Doors::new();
     doors.install(config.doors);
     p.apply(&doors).expect("apply the config");

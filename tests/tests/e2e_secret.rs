@@ -12,15 +12,18 @@ use std::{
 
 use knock_common::Counter;
 use tests::{
-    daemon::{ChildGuard, bin, wait_for},
+    daemon::{ChildGuard, bin, pace, wait_for},
     netns::sh,
     scenario::Scenario,
     service::{Echo, connect, echo_ok},
 };
 
 const SERVER: &str = "198.18.0.1";
-/// Seconds per window: short, so that "two windows later" comes soon.
-const WINDOW: u64 = 3;
+/// Seconds per window: short, so that "two windows later" comes soon, and longer than a
+/// restart of knockd takes (`pace`), so that a replay after one is within a window.
+fn window() -> u64 {
+    3 * pace()
+}
 
 /// A scenario whose one door is secret-keyed and gates 2222/tcp, with an echo service there.
 struct Secret {
@@ -39,8 +42,9 @@ impl Secret {
         std::fs::write(&key, &out.stdout).unwrap();
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
         let config = format!(
-            "[ssh]\n\tsecret_file = {}\n\twindow = {WINDOW}\n\tseq_timeout = 5\n\ttcpflags = syn\n\tgate = 2222/tcp\n\tgate_timeout = 60\n",
-            key.display()
+            "[ssh]\n\tsecret_file = {}\n\twindow = {}\n\tseq_timeout = 5\n\ttcpflags = syn\n\tgate = 2222/tcp\n\tgate_timeout = 60\n",
+            key.display(),
+            window()
         );
         let s = Scenario::start(&config);
         let echo = Echo::start(&s.net.server, 2222);
@@ -50,7 +54,7 @@ impl Secret {
     /// Runs the client in the client namespace, under `faketime` when `skew` is given.
     fn knock(&self, skew: Option<&str>) {
         let knock =
-            format!("{} --secret-file {} --window {WINDOW} {SERVER}", bin("knock").display(), self.key.display());
+            format!("{} --secret-file {} --window {} {SERVER}", bin("knock").display(), self.key.display(), window());
         let cmd = match skew {
             Some(offset) => format!("faketime -f {offset} {knock}"),
             None => knock,
@@ -172,7 +176,7 @@ fn a_recorded_knock_opens_nothing_replayed_elsewhere_again_after_a_restart_or_tw
     let mut t = Secret::start();
     assert!(!t.gate_open(), "shut before the knock");
     let capture = Capture::start(&t.s.net.client, &t.s.net.client_if, t.s.dir.path());
-    let window = unix_now() / WINDOW;
+    let window = unix_now() / self::window();
     t.knock(None);
     assert!(t.s.logged("198.18.0.2: ssh: OPEN SESAME"), "{}", t.s.log());
     assert!(t.gate_open(), "the project's client opens the gate");
@@ -205,7 +209,8 @@ fn a_recorded_knock_opens_nothing_replayed_elsewhere_again_after_a_restart_or_tw
     assert_eq!(t.counter(Counter::Opens), 1);
 
     // Two windows later: the window's keys are gone, the capture is no knock at all.
-    assert!(wait_for(Duration::from_secs(4 * WINDOW), || unix_now() / WINDOW >= window + 2));
+    let secs = self::window();
+    assert!(wait_for(Duration::from_secs(4 * secs), || unix_now() / secs >= window + 2));
     std::thread::sleep(Duration::from_millis(500));
     for f in &knock {
         t.s.inject.send(f);
@@ -220,13 +225,14 @@ fn a_recorded_knock_opens_nothing_replayed_elsewhere_again_after_a_restart_or_tw
 fn a_client_clock_a_window_off_still_opens() {
     let t = Secret::start();
     // A window ahead, then a window behind: each its own window, so each opens.
-    t.knock(Some(&format!("+{WINDOW}s")));
+    let window = window();
+    t.knock(Some(&format!("+{window}s")));
     assert!(wait_for(Duration::from_secs(2), || t.counter(Counter::Opens) == 1), "{}", t.s.log());
     assert!(t.gate_open());
-    t.knock(Some(&format!("-{WINDOW}s")));
+    t.knock(Some(&format!("-{window}s")));
     assert!(wait_for(Duration::from_secs(2), || t.counter(Counter::Opens) == 2), "{}", t.s.log());
     // Two windows off is refused.
-    t.knock(Some(&format!("+{}s", 2 * WINDOW + 1)));
+    t.knock(Some(&format!("+{}s", 2 * window + 1)));
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(t.counter(Counter::Opens), 2, "two windows ahead opens nothing");
 }

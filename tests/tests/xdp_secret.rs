@@ -55,7 +55,7 @@ fn program(v: &Vector, key: &KeyFile, unix_secs: u64) -> (KnockProgram, Doors) {
         v.window_secs
     );
     let config = Config::parse(std::path::Path::new("t.conf"), &text).expect("config");
-    let mut p = KnockProgram::load(Limits::default()).expect("load the XDP program (are you root?)");
+    let mut p = KnockProgram::load(Limits::default()).expect("load the XDP program");
     let mut doors = Doors::new();
     doors.install(config.doors);
     p.apply_at(&doors, &clock_at(unix_secs)).expect("apply");

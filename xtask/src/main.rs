@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 mod demo;
 mod prereq;
+mod vm;
 
 #[derive(Debug, Parser)]
 #[command(name = "cargo xtask")]
@@ -28,30 +29,64 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Run every test: host unit tests, clippy, then the privileged kernel and netns tests.
+    /// Run every test: host unit tests, clippy, then the privileged kernel and netns tests on
+    /// this kernel, then again on Debian 12's kernel (6.1) booted in QEMU.
     Test {
         /// Also run the privileged tests with a release build (what production loads).
         #[arg(long)]
         release: bool,
+        /// Boot this kernel image for the second pass instead of Debian 12's (repeat it for
+        /// several), e.g. `--kernel /boot/vmlinuz-$(uname -r)` to check the kernel you run.
+        #[arg(long = "kernel", value_name = "IMAGE")]
+        kernels: Vec<PathBuf>,
+        /// Run everything on every kernel: the open storm and the benchmark's smoke run too,
+        /// which the QEMU pass otherwise leaves to the host.
+        #[arg(long)]
+        all_kernels: bool,
     },
     /// Benchmark against knockd 0.8: writes BENCHMARKS.md and bench/ (results.json, plots).
     Bench,
     /// Build the Debian package: `target/debian/knockgate_VERSION_ARCH.deb` (cargo-deb).
     Deb,
+    /// Inside a QEMU guest (`cargo xtask test` starts it): run the given test binaries.
+    #[command(hide = true)]
+    Guest {
+        #[arg(long)]
+        kernel_label: String,
+        #[arg(long)]
+        bin_dir: PathBuf,
+        #[arg(long)]
+        deb: PathBuf,
+        /// A test to leave out (a `cargo test` filter); repeatable.
+        #[arg(long)]
+        skip: Vec<String>,
+        #[arg(long)]
+        bench_smoke: bool,
+        #[arg(last = true)]
+        tests: Vec<PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Run { args } => run(&args),
-        Cmd::Test { release } => test(release),
+        Cmd::Test { release, kernels, all_kernels } => test(release, &kernels, all_kernels),
         Cmd::Bench => bench(),
         Cmd::Deb => deb().map(|path| println!("built {}", path.display())),
+        Cmd::Guest { kernel_label, bin_dir, deb, skip, bench_smoke, tests } => {
+            vm::guest(&vm::GuestPlan { kernel_label, bin_dir, deb, skip, bench_smoke, tests })
+        }
     }
 }
 
 /// The workspace root (xtask's parent directory).
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// This machine's kernel release.
+fn host_kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map_or_else(|_| "unknown".into(), |r| r.trim().to_owned())
 }
 
 /// Runs a command in the workspace root, failing with its command line.
@@ -219,8 +254,15 @@ fn deb() -> anyhow::Result<PathBuf> {
     Ok(deb)
 }
 
-fn test(release: bool) -> anyhow::Result<()> {
+fn test(release: bool, kernels: &[PathBuf], all_kernels: bool) -> anyhow::Result<()> {
     prereq::ensure(prereq::Need::Test)?;
+    // The kernels of the second pass, checked (and Debian 12's installed) before anything runs.
+    let guests = if kernels.is_empty() {
+        prereq::require_root("installing Debian 12's kernel for the QEMU pass")?;
+        vec![vm::debian_12()?]
+    } else {
+        kernels.iter().map(|k| vm::Kernel::from_image(k)).collect::<anyhow::Result<Vec<_>>>()?
+    };
     cmd(env!("CARGO"), &["fmt", "--all", "--check"])?;
     // Host tests: no root, stable toolchain.
     cmd(env!("CARGO"), &["test", "--workspace", "--exclude", "tests", "--exclude", "knock-ebpf"])?;
@@ -249,11 +291,21 @@ fn test(release: bool) -> anyhow::Result<()> {
             .status()
             .context("running the privileged tests")?;
         if !status.success() {
-            bail!("privileged tests failed ({})", if release { "release" } else { "debug" });
+            bail!(
+                "privileged tests failed on kernel {} (this machine's; {})",
+                host_kernel(),
+                if release { "release" } else { "debug" }
+            );
         }
     }
     // The benchmark at tiny sizes, so that it cannot rot.
     run_bench(false, &target_dir()?.join("bench-smoke"), true)?;
     println!("bench smoke: ok");
+    // The same tests on the other kernels, in QEMU (debug build: the XDP object is the same).
+    let bins = build_bins(false)?;
+    let scope = if all_kernels { vm::Scope::All } else { vm::Scope::Kernel };
+    for kernel in &guests {
+        vm::suite(kernel, scope, &bins, &deb)?;
+    }
     Ok(())
 }

@@ -33,7 +33,13 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     // Secret doors: a knock recorded with tcpdump is replayed; a client clock set off by faketime.
     ("tcpdump", "tcpdump"),
     ("faketime", "faketime"),
+    // The QEMU pass (`vm`): virtme-ng boots other kernels with QEMU and busybox.
+    ("qemu-system-x86", "qemu-system-x86_64"),
+    ("busybox-static", "busybox"),
 ];
+
+/// `virtme-ng`, from the Python package index: the runner that boots a kernel on this machine's root file system.
+const VIRTME_NG: &str = "virtme-ng==1.42";
 
 pub(crate) fn ensure(need: Need) -> anyhow::Result<()> {
     let mut todo: Vec<String> = Vec::new();
@@ -79,6 +85,9 @@ pub(crate) fn ensure(need: Need) -> anyhow::Result<()> {
             if !has_tool(tool) {
                 apt.push((*pkg).to_owned());
             }
+        }
+        if need == Need::Test && !has_tool("vng") {
+            todo.push(format!("python3 -m pip install --quiet {VIRTME_NG}"));
         }
         if !has_tool("cargo-fuzz") {
             todo.push("cargo install cargo-fuzz".to_owned());

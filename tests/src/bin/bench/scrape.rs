@@ -60,7 +60,7 @@ impl Scraper {
 pub(crate) fn fill(bpf_dir: &std::path::Path, iface: &str, smoke: bool) {
     let pins = PinDir::new(bpf_dir, iface);
     let limits = Limits::default();
-    let mut p = KnockProgram::load_pinned(limits, &pins).unwrap();
+    let mut p = KnockProgram::load_pinned(limits, &pins, &knockd_user::rejection::scratch_logs()).unwrap();
     let epoch = p.kernel_doors().unwrap().first().map_or(0, |d| d.epoch);
     let n = if smoke { 1000 } else { 2 * limits.first_knock_entries };
     p.fill_attempts(n, epoch, knockd_user::snapshot::monotonic_ns()).unwrap();
@@ -76,7 +76,7 @@ pub(crate) fn scrape_time(smoke: bool) -> Value {
     knockd_user::pin::prepare_bpf_dir(&state.bpf_dir).unwrap();
     pins.make().unwrap();
     let limits = Limits::default();
-    let mut p = KnockProgram::load_pinned(limits, &pins).unwrap();
+    let mut p = KnockProgram::load_pinned(limits, &pins, &knockd_user::rejection::scratch_logs()).unwrap();
     // A door whose attempts last an hour, so that the filled tables hold live attempts.
     let config =
         Config::parse(std::path::Path::new("bench.conf"), "[ssh]\nsequence = 7000,8000,9000\nseq_timeout = 3600\n")
