@@ -1,7 +1,5 @@
 //! Maps and the XDP entry point.
 
-use core::cell::Cell;
-
 use aya_ebpf::{
     bindings::xdp_action,
     cty::c_void,
@@ -125,8 +123,7 @@ fn knockgate_secret(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn secret_walk(ctx: &XdpContext) -> u32 {
-    // What `knockgate` parsed is in this CPU's `SecretWalk`: this program's frame stays small,
-    // and with its loop body's fits in 512 bytes.
+    // What `knockgate` parsed is in this CPU's `Walk`: this program's frame stays small.
     // Whether the packet is a new connection to a gated port comes with the packet itself
     // (`mark_gated`), never from per-CPU memory, which another packet could have written
     // meanwhile where BPF programs can be preempted (PREEMPT_RT).
@@ -138,7 +135,7 @@ fn secret_walk(ctx: &XdpContext) -> u32 {
     // SAFETY: the callback matches the callback ABI; it takes no context.
     unsafe {
         let visits = (*cpu.walk()).left;
-        bpf_loop(visit::count(visits), secret_door_step as *mut c_void, core::ptr::null_mut(), 0);
+        bpf_loop(visit::count(visits), walk_step::<SECRET> as *mut c_void, core::ptr::null_mut(), 0);
     }
     // SAFETY: as above.
     let doors = unsafe { (*cpu.walk()).knock_doors };
@@ -252,13 +249,6 @@ impl Cpu {
         }
     }
 
-    /// What `now_ns` last read on this CPU.
-    #[inline(always)]
-    fn cached_now(self) -> u64 {
-        // SAFETY: this CPU's slot, as above.
-        unsafe { (*self.0).now_ns }
-    }
-
     /// `v`, as a value the verifier no longer knows: it goes through this CPU's map memory,
     /// whose contents the verifier does not track. Where a function returns one of several
     /// constants (a slot index), the paths that follow are then one path to the verifier,
@@ -314,11 +304,29 @@ impl Cpu {
         }
     }
 
-    /// `knockgate_secret`'s hand-over to its loop body.
+    /// The hand-over to a loop's body (`Walk`).
     #[inline(always)]
-    fn walk(self) -> *mut SecretWalk {
-        // SAFETY: a field of this CPU's slot, large and aligned enough (asserted at `SecretWalk`).
+    fn walk(self) -> *mut Walk {
+        // SAFETY: a field of this CPU's slot, large and aligned enough (asserted at `Walk`).
         unsafe { (&raw mut (*self.0).walk).cast() }
+    }
+
+    /// Writes what a loop over the doors `left` needs to match `pkt` into this CPU's `Walk`.
+    #[inline(always)]
+    fn hand_over(self, pkt: &Packet, now: u64, knock_doors: u32, left: u32, source_hash: u64, to_local: bool) {
+        // SAFETY: this CPU's slot, as above. Field by field: a whole struct would be built on
+        // the stack first.
+        unsafe {
+            let w = self.walk();
+            (*w).pkt.src = pkt.src;
+            (*w).pkt.dst = pkt.dst;
+            (*w).pkt.knock = pkt.knock;
+            (*w).now = now;
+            (*w).knock_doors = knock_doors;
+            (*w).left = left;
+            (*w).source_hash = source_hash;
+            (*w).to_local = u32::from(to_local);
+        }
     }
 
     /// Whether a stage event may be sent now.
@@ -358,10 +366,6 @@ fn on_packet<const ALL_DOORS: bool, const SECRETS: bool>(
         return if gated { XDP_DROP } else { XDP_PASS };
     };
     let knock = Knock { proto: parsed.proto(), port: parsed.dport(), tcp_flags: parsed.tcp_flags() };
-    // Built at once, in memory: the addresses are not held in registers across the helper
-    // calls below, whose spills (a 64-bit slot for each 32-bit word) would take the stack
-    // that Linux 6.1's verifier counts against `knockgate_doors`' loop and its body together.
-    let pkt = Packet { src, dst, knock };
     // One plain door is matched inline; more by `knockgate_doors`, and secret doors by
     // `knockgate_secret` (each a loop whose body the verifier checks once: two doors inline
     // with both kinds of matching are more paths than it will explore). A packet goes to
@@ -382,18 +386,10 @@ fn on_packet<const ALL_DOORS: bool, const SECRETS: bool>(
     }
     let now = cpu.now_ns(settings);
     if !ALL_DOORS && secret {
-        // SAFETY: this CPU's slot; `knockgate_secret` reads it back for this packet.
-        unsafe {
-            // Field by field: a whole struct would be built on the stack first.
-            let w = cpu.walk();
-            (*w).pkt.src = src;
-            (*w).pkt.dst = dst;
-            (*w).pkt.knock = knock;
-            (*w).knock_doors = doors;
-            (*w).left = secret_visits;
-            (*w).source_hash = SourceKey::new(settings.hash_key, &src).hash();
-            (*w).to_local = u32::from(LOCAL_ADDRS.get(0).is_some_and(|l| l.contains(&dst)));
-        }
+        // `knockgate_secret` reads it back for this packet.
+        let to_local = LOCAL_ADDRS.get(0).is_some_and(|l| l.contains(&dst));
+        let source_hash = SourceKey::new(settings.hash_key, &src).hash();
+        cpu.hand_over(&Packet { src, dst, knock }, now, doors, secret_visits, source_hash, to_local);
         // SAFETY: `ctx` is this program's context; on success this does not return.
         unsafe { DOOR_WALK.tail_call(ctx, WALK_SECRET) };
         // Only with an empty program array, never after a successful load: the knock is
@@ -403,17 +399,14 @@ fn on_packet<const ALL_DOORS: bool, const SECRETS: bool>(
     }
     let mut verdict = XDP_PASS;
     if walk {
-        knock_doors::<ALL_DOORS>(ctx, &pkt, doors, settings, cpu);
+        knock_doors::<ALL_DOORS>(ctx, &Packet { src, dst, knock }, doors, settings, now, cpu);
     }
     if doors & settings.stealth_mask != 0 && !parsed.fragment() {
         cpu.count(Counter::StealthDrops);
         verdict = XDP_DROP;
     }
     if gated {
-        // From `pkt`, which the loop's body may read: in `knockgate_doors` the source is read
-        // back from there, not kept in registers across the loop, whose spills would take the
-        // stack that Linux 6.1's verifier counts against the loop and its body together.
-        let key = AllowKey { addr: pkt.src.addr, family: pkt.src.family, proto: parsed.proto(), port: parsed.dport() };
+        let key = AllowKey { addr: src.addr, family: src.family, proto: parsed.proto(), port: parsed.dport() };
         // SAFETY: copied out at once.
         let until = unsafe { ALLOW.get(key) }.copied();
         if gate_passes(until, now) {
@@ -437,8 +430,15 @@ struct Packet {
 /// naming the port may advance, the others' attempts by this source are reset. One door
 /// inline; more by tail call to `knockgate_doors`, which walks them in a loop.
 #[inline(always)]
-fn knock_doors<const ALL_DOORS: bool>(xdp: &XdpContext, pkt: &Packet, doors: u32, settings: &Settings, cpu: Cpu) {
-    let Some(ctx) = DoorLoop::new(pkt, doors, settings, cpu) else { return };
+fn knock_doors<const ALL_DOORS: bool>(
+    xdp: &XdpContext,
+    pkt: &Packet,
+    doors: u32,
+    settings: &Settings,
+    now: u64,
+    cpu: Cpu,
+) {
+    let Some(ctx) = DoorLoop::new(pkt, doors, settings, now, cpu) else { return };
     let visits = visit::plain_visits(doors, ctx.attempts(), !settings.secret_mask, settings.slots);
     // Inline: one door naming the port, and one door where the source may have an attempt
     // that the knock can only end (`end_attempt`). Two doors matched in full inline are more
@@ -464,23 +464,19 @@ fn knock_doors<const ALL_DOORS: bool>(xdp: &XdpContext, pkt: &Packet, doors: u32
         }
         return;
     }
-    ctx.left.set(visits);
+    // The loop's state goes to this CPU's `Walk`, not to this frame: with the loop body's
+    // frame and its door's, it would exceed the 512 bytes of stack that Linux 6.1's verifier
+    // allows the three together.
+    cpu.hand_over(pkt, now, doors, visits, ctx.source_hash, ctx.to_local);
     // bpf_loop (kernel 5.17+) has the verifier check the body once instead of once per door.
-    // SAFETY: the callback matches the callback ABI and `ctx` outlives the call.
-    unsafe {
-        bpf_loop(
-            visit::count(visits),
-            door_step::<PLAIN> as *mut c_void,
-            core::ptr::from_ref(&ctx).cast_mut().cast(),
-            0,
-        );
-    }
+    // SAFETY: the callback matches the callback ABI; it takes no context.
+    unsafe { bpf_loop(visit::count(visits), walk_step::<PLAIN> as *mut c_void, core::ptr::null_mut(), 0) };
 }
 
 impl<'a> DoorLoop<'a> {
     /// What every door's matching of `pkt` shares; `None` if the attempt tables are not there.
     #[inline(always)]
-    fn new(pkt: &'a Packet, doors: u32, settings: &'a Settings, cpu: Cpu) -> Option<Self> {
+    fn new(pkt: &'a Packet, doors: u32, settings: &'a Settings, now: u64, cpu: Cpu) -> Option<Self> {
         // All of a source's attempts share one set of each table: hashed and looked up once.
         let source = SourceKey::new(settings.hash_key, &pkt.src);
         // Checked one at a time: LLVM would otherwise OR the two pointers into one null test,
@@ -498,12 +494,12 @@ impl<'a> DoorLoop<'a> {
             pkt,
             settings,
             to_local: LOCAL_ADDRS.get(0).is_some_and(|l| l.contains(&pkt.dst)),
+            now,
             cpu,
             source_hash: source.hash(),
             knock_doors: doors,
             // SAFETY: map value pointers from successful lookups, valid for this program run.
             mine: unsafe { [(*progress).mine(source.tag()), (*first).mine(source.tag())] },
-            left: Cell::new(0),
             progress,
             first,
         })
@@ -552,16 +548,21 @@ fn take_gated_mark(ctx: &XdpContext) -> bool {
     marked
 }
 
-/// `knockgate_secret`'s loop state, in `CpuState::walk`.
-struct SecretWalk {
+/// A loop's state, in `CpuState::walk`: the packet's part in matching, for the loops of
+/// `knockgate_doors` and `knockgate_secret`. Written by `Cpu::hand_over` for the packet at hand;
+/// should another packet on this CPU overwrite it meanwhile (where BPF programs can be
+/// preempted, PREEMPT_RT), a door of that packet's may be matched twice or not at all: a lost
+/// or repeated step of matching, never a gate decision, which comes with the packet itself.
+struct Walk {
     pkt: Packet,
+    now: u64,
     knock_doors: u32,
     /// The secret doors still to visit (`visit::secret_visits`), lowest first.
     left: u32,
     source_hash: u64,
     to_local: u32,
 }
-const _: () = assert!(size_of::<SecretWalk>() <= 8 * 10 && align_of::<SecretWalk>() <= 8);
+const _: () = assert!(size_of::<Walk>() <= 8 * 10 && align_of::<Walk>() <= 8);
 
 /// The doors at which the source may have an attempt, from the tags of its sets; all doors
 /// if a set is missing (unreachable: the daemon sizes the masks to the tables).
@@ -583,36 +584,74 @@ fn opaque_doors(cpu: Cpu, doors: u32) -> u32 {
     doors
 }
 
-/// One secret door of `knockgate_secret`'s loop, the lowest left to visit: its part in the
-/// packet `knockgate` handed over; returns 0 to continue.
-extern "C" fn secret_door_step(_index: u32, _ctx: *mut c_void) -> i64 {
-    let (Some(cpu), Some(settings)) = (Cpu::get(), SETTINGS.get(0)) else { return 1 };
-    // SAFETY: written by `knockgate` on this CPU for this packet (should another packet's
-    // overwrite it, as `secret_walk` says, a door may be visited twice or not at all: a lost
-    // or repeated step of matching, never a gate decision).
+/// One door of a loop, the lowest left to visit (`Walk::left`); returns 0 to continue. Small:
+/// the door's part is a global function, which the verifier checks once, on its own. Kernels
+/// from 6.7 on check a loop's body as if it ran any number of times, which, with the door's
+/// part inline, took them past a million instructions.
+extern "C" fn walk_step<const KIND: u8>(_index: u32, _ctx: *mut c_void) -> i64 {
+    let Some(cpu) = Cpu::get() else { return 1 };
+    // SAFETY: this CPU's `Walk`, written for this packet (see `Walk`).
     let walk = unsafe { &mut *cpu.walk() };
     let left = walk.left;
     if left == 0 {
         return 1;
     }
     walk.left = visit::rest(left);
+    let stop = if KIND == SECRET {
+        knockgate_secret_door(visit::lowest(left))
+    } else {
+        knockgate_plain_door(visit::lowest(left))
+    };
+    // A global function's result is any scalar to the verifier, and a callback returns 0 or 1.
+    // LLVM knows the door functions return only those and would drop the test: volatile.
+    // SAFETY: a local of this frame.
+    i64::from(unsafe { core::ptr::read_volatile(&raw const stop) } != 0)
+}
+
+/// A plain door's part in the packet of this CPU's `Walk`; returns 0 to go on. A global
+/// function (BTF linkage): scalars in, a scalar out.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub(crate) extern "C" fn knockgate_plain_door(slot: u32) -> i64 {
+    walk_door::<PLAIN>(slot)
+}
+
+/// As `knockgate_plain_door`, for a secret door.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub(crate) extern "C" fn knockgate_secret_door(slot: u32) -> i64 {
+    walk_door::<SECRET>(slot)
+}
+
+#[inline(always)]
+fn walk_door<const KIND: u8>(slot: u32) -> i64 {
+    let (Some(cpu), Some(settings)) = (Cpu::get(), SETTINGS.get(0)) else { return 1 };
+    // SAFETY: this CPU's `Walk`, written for this packet (see `Walk`).
+    let walk = unsafe { &*cpu.walk() };
     let source = SourceKey::with_hash(&walk.pkt.src, walk.source_hash);
-    let Some(progress) = PROGRESS.get_ptr_mut(source.set(settings.progress_mask)) else { return 1 };
-    let Some(first) = FIRST_KNOCKS.get_ptr_mut(source.set(settings.first_mask)) else { return 1 };
+    // Checked one at a time, as in `DoorLoop::new`.
+    let Some(progress) = PROGRESS.get_ptr_mut(source.set(settings.progress_mask)) else {
+        cpu.count(Counter::MapErrors);
+        return 1;
+    };
+    let Some(first) = FIRST_KNOCKS.get_ptr_mut(source.set(settings.first_mask)) else {
+        cpu.count(Counter::MapErrors);
+        return 1;
+    };
     let ctx = DoorLoop {
         pkt: &walk.pkt,
         settings,
         to_local: walk.to_local != 0,
+        now: walk.now,
         cpu,
         source_hash: walk.source_hash,
         knock_doors: walk.knock_doors,
         // SAFETY: map value pointers from successful lookups, valid for this program run.
         mine: unsafe { [(*progress).mine(source.tag()), (*first).mine(source.tag())] },
-        left: Cell::new(0),
         progress,
         first,
     };
-    door::<SECRET>(lowest_door(cpu, left), &ctx)
+    door::<KIND>(slot & (MAX_DOORS - 1), &ctx)
 }
 
 /// The lowest door slot in `doors`, which is not empty (`visit::lowest`), through this CPU's
@@ -631,11 +670,12 @@ fn lowest_door(cpu: Cpu, doors: u32) -> u32 {
 const PLAIN: u8 = 0;
 const SECRET: u8 = 1;
 
-/// State shared with the `bpf_loop` body.
+/// What every door's matching of one packet shares.
 struct DoorLoop<'a> {
     pkt: &'a Packet,
     settings: &'a Settings,
     to_local: bool,
+    now: u64,
     cpu: Cpu,
     /// The source's keyed hash (`SourceKey::hash`): 8 bytes of a frame, not the key's 32.
     source_hash: u64,
@@ -644,37 +684,17 @@ struct DoorLoop<'a> {
     /// The slots of `progress` and of `first` that may be this source's (`Set::mine`), read
     /// once for every door the knock visits.
     mine: [Mine; 2],
-    /// `knockgate_doors`' loop: the doors still to visit, lowest first.
-    left: Cell<u32>,
     /// This source's set in `PROGRESS` and in `FIRST_KNOCKS`.
     progress: *mut Set,
     first: *mut Set,
 }
 
 impl DoorLoop<'_> {
-    /// This packet's clock reading (`Cpu::now_ns`, which ran before any door was visited).
-    #[inline(always)]
-    fn now(&self) -> u64 {
-        self.cpu.cached_now()
-    }
-
     /// This source's key at door slot `index`.
     #[inline(always)]
     fn key(&self, index: u8) -> SlotKey {
         SourceKey::with_hash(&self.pkt.src, self.source_hash).door(index)
     }
-}
-
-/// One door of a loop, the lowest left to visit; returns 0 to continue.
-extern "C" fn door_step<const KIND: u8>(_index: u32, ctx: *mut c_void) -> i64 {
-    // SAFETY: bpf_loop passes back the pointer `knock_doors` gave it.
-    let ctx = unsafe { &*(ctx as *const DoorLoop<'_>) };
-    let left = ctx.left.get();
-    if left == 0 {
-        return 1;
-    }
-    ctx.left.set(visit::rest(left));
-    door::<KIND>(lowest_door(ctx.cpu, left), ctx)
 }
 
 /// One door's part in a knock, if it is of `KIND`; returns 0 to go on.
@@ -722,7 +742,7 @@ fn end_attempt(index: u32, ctx: &DoorLoop<'_>) {
         return;
     }
     set.clear(i);
-    if attempt.epoch == door.epoch && attempt.expired(door.timeout_ns, ctx.now()) {
+    if attempt.epoch == door.epoch && attempt.expired(door.timeout_ns, ctx.now) {
         ctx.cpu.count(Counter::Timeouts);
         ctx.cpu.count_door(index, |c| c.timeouts += 1);
     } else {
@@ -733,8 +753,7 @@ fn end_attempt(index: u32, ctx: &DoorLoop<'_>) {
 
 #[inline(always)]
 fn knock_door<const KIND: u8>(door: &DoorSpec, index: u8, ctx: &DoorLoop<'_>) {
-    let DoorLoop { pkt, cpu, .. } = *ctx;
-    let now = ctx.now();
+    let DoorLoop { pkt, now, cpu, .. } = *ctx;
     let key = ctx.key(index);
     // SAFETY: map value pointers from successful lookups, valid for this program run. Other
     // CPUs may write the same sets: `Set` validates every slot it reads (see its docs).
@@ -821,8 +840,7 @@ impl Decision {
 /// Carries out a door's `Decision`: counters, the attempt tables, the gate, events.
 #[inline(always)]
 fn carry_out<const KIND: u8>(door: &DoorSpec, index: u8, ctx: &DoorLoop<'_>, d: &Decision) {
-    let DoorLoop { pkt, settings, cpu, .. } = *ctx;
-    let now = ctx.now();
+    let DoorLoop { pkt, settings, now, cpu, .. } = *ctx;
     let key = ctx.key(index);
     // SAFETY: as in `knock_door`.
     let (progress, first) = unsafe { (&mut *ctx.progress, &mut *ctx.first) };

@@ -657,4 +657,15 @@ impl KnockProgram {
     pub fn limits(&self) -> Limits {
         self.limits
     }
+
+    /// How many instructions the verifier processed for each program (its limit is a
+    /// million): the headroom a change of the code or of the kernel has left.
+    pub fn verified_instructions(&self) -> Result<Vec<(&'static str, u32)>, KernelError> {
+        let mut counts = Vec::new();
+        for name in std::iter::once(PROGRAM).chain(WALK_PROGRAMS) {
+            let prog: &Xdp = self.ebpf.program(name).ok_or(KernelError::MissingProgram)?.try_into()?;
+            counts.push((name, prog.info()?.verified_instruction_count().unwrap_or(0)));
+        }
+        Ok(counts)
+    }
 }

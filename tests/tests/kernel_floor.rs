@@ -63,3 +63,18 @@ fn knockd_without_capabilities_says_so_and_blames_no_verifier() {
     assert!(lines[0].contains("operation not permitted; knockd needs CAP_BPF and CAP_NET_ADMIN"), "{stderr}");
     assert!(!stderr.contains("verifier"), "{stderr}");
 }
+
+#[test]
+fn the_verifier_has_headroom_for_every_program() {
+    // The verifier gives up at a million processed instructions, and how many it processes
+    // moves with the kernel (6.7 and later check a loop's body as if it ran any number of
+    // times) and with small changes of the code: each program keeps a quarter of the limit
+    // free on every kernel the tests run on.
+    let p = knockd_user::kernel::KnockProgram::load(knockd_user::kernel::Limits::default())
+        .unwrap_or_else(|e| panic!("on {}: {e}", floor::release()));
+    let counts = p.verified_instructions().unwrap();
+    println!("verified instructions on {}: {counts:?}", floor::release());
+    for (name, n) in counts {
+        assert!(n < 750_000, "{name}: {n} instructions verified on {}", floor::release());
+    }
+}
