@@ -549,10 +549,11 @@ fn take_gated_mark(ctx: &XdpContext) -> bool {
 }
 
 /// A loop's state, in `CpuState::walk`: the packet's part in matching, for the loops of
-/// `knockgate_doors` and `knockgate_secret`. Written by `Cpu::hand_over` for the packet at hand;
-/// should another packet on this CPU overwrite it meanwhile (where BPF programs can be
-/// preempted, PREEMPT_RT), a door of that packet's may be matched twice or not at all: a lost
-/// or repeated step of matching, never a gate decision, which comes with the packet itself.
+/// `knockgate_doors` and `knockgate_secret`. Written by `Cpu::hand_over` for the packet at
+/// hand. Where BPF programs can be preempted on a CPU (`PREEMPT_RT`), another packet's hand-over
+/// could overwrite it meanwhile, and a door be matched with the other packet's fields: as with
+/// the per-CPU scratch that `Cpu::opaque` and `Cpu::launder` round-trip through. The gate's
+/// check of a packet never reads it: that comes with the packet itself.
 struct Walk {
     pkt: Packet,
     now: u64,
