@@ -83,7 +83,7 @@ mod tests {
 
     #[test]
     fn the_tail_is_the_last_lines_that_say_something() {
-        let log: String = (0..20).map(|i| format!("{i}: (b7) r0 = 0\n\n")).collect();
+        let log = (0..20).map(|i| format!("{i}: (b7) r0 = 0\n")).collect::<Vec<_>>().join("\n");
         let want: Vec<String> = (20 - TAIL_LINES..20).map(|i| format!("    {i}: (b7) r0 = 0")).collect();
         assert_eq!(tail(&log), want.join("\n"));
         assert_eq!(tail("invalid access to packet\n"), "    invalid access to packet");
