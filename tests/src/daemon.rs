@@ -59,15 +59,22 @@ impl Daemon {
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn daemon");
-        let d = Self { child: Some(child), log: log.to_path_buf() };
+        let mut d = Self { child: Some(child), log: log.to_path_buf() };
         let fresh = |d: &Self| {
             let text = std::fs::read(&d.log).unwrap_or_default();
             String::from_utf8_lossy(text.get(usize::try_from(before).unwrap_or(0)..).unwrap_or_default()).into_owned()
         };
+        let mut exited = None;
+        // Wide: in an emulated guest the verifier alone takes tens of seconds. A daemon that
+        // exits (a bad config, say) ends the wait at once.
+        let up = wait_for(Duration::from_mins(2), || {
+            exited = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            exited.is_some() || fresh(&d).contains("listening on")
+        });
         assert!(
-            // Wide: in an emulated guest the verifier alone takes tens of seconds.
-            wait_for(Duration::from_mins(2), || fresh(&d).contains("listening on")),
-            "daemon did not start; log:\n{}",
+            up && exited.is_none(),
+            "daemon did not start{}; log:\n{}",
+            exited.map_or_else(String::new, |s| format!(" (it exited: {s})")),
             d.log_text()
         );
         d

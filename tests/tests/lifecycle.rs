@@ -358,7 +358,7 @@ fn a_corrupt_journal_is_reported_and_its_readable_entries_kept() {
 
 #[test]
 fn unload_runs_the_journaled_stops_and_leaves_no_pin_and_no_program() {
-    let mut s = Scenario::start(&format!("{GATE}{}", COMMANDS.replace("7000,8000,9000", "7100,7200")));
+    let mut s = Scenario::start(&format!("{GATE}{}", commands_config().replace("7000,8000,9000", "7100,7200")));
     let iface = s.net.server_if.clone();
     s.syns("198.18.0.2", &[7100, 7200]);
     assert!(wait_for(Duration::from_secs(5), || count(&s, "start") == 1), "{}", s.log());
