@@ -84,7 +84,7 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
-/// This machine's kernel release.
+/// The running kernel's release (`uname -r`): the host's, or in `cargo xtask guest` the guest's.
 fn host_kernel() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease").map_or_else(|_| "unknown".into(), |r| r.trim().to_owned())
 }

@@ -215,7 +215,7 @@ pub(crate) struct GuestPlan {
 /// Inside the guest: mounts the BPF file system, runs each test binary one test at a time,
 /// and sums up, naming the kernel. Fails if any failed.
 pub(crate) fn guest(plan: &GuestPlan) -> anyhow::Result<()> {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
+    let release = crate::host_kernel();
     if !is_bpffs("/sys/fs/bpf") {
         crate::cmd("mount", &["-t", "bpf", "bpf", "/sys/fs/bpf"])?;
     }
