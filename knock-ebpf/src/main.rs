@@ -1,7 +1,8 @@
 //! The knockgate XDP program: matches TCP/UDP knocks against the doors in `DOORS`, keeps
 //! per (source, door) progress in `FIRST_KNOCKS`/`PROGRESS`, reports completed sequences on
-//! `EVENTS`, and enforces the in-kernel gate (`PORTS`, `ALLOW`). Two programs: `knockgate`,
-//! attached, and `knockgate_doors`, which it tail-calls when there are more than two doors.
+//! `EVENTS`, and enforces the in-kernel gate (`PORTS`, `ALLOW`). Three programs: `knockgate`,
+//! attached, and `knockgate_doors` and `knockgate_secret`, which it tail-calls for more than one
+//! plain door and for secret doors.
 //!
 //! It never copies a packet to user space and never changes one. It drops new connections to
 //! gated ports from sources without an allowance, the knocks of stealth doors, and, while
@@ -20,6 +21,12 @@
     expect(clippy::needless_pass_by_value, reason = "aya's #[xdp] hands the context over by value")
 )]
 
+#[cfg(target_arch = "bpf")]
+mod cpu;
+#[cfg(target_arch = "bpf")]
+mod doors;
+#[cfg(target_arch = "bpf")]
+mod maps;
 #[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]
