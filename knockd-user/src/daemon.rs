@@ -18,18 +18,18 @@ use tokio::{
 };
 
 use crate::{
-    attach::Attached,
+    commands::keeper::Keeper,
+    commands::state::StateDir,
+    config::one_time,
+    config::secret::{Clock, Installed},
     config::{Config, Gate, Knock},
-    doors::Doors,
-    keeper::Keeper,
-    kernel::KnockProgram,
-    log::KnockLog,
-    one_time,
-    pin::PinDir,
-    secret_door::{Clock, Installed},
-    snapshot::{self, DoorLabel, monotonic_ns},
-    spec::event_addr,
-    state::StateDir,
+    kernel::attach::Attached,
+    kernel::doors::Doors,
+    kernel::pin::PinDir,
+    kernel::program::KnockProgram,
+    kernel::spec::event_addr,
+    observe::log::KnockLog,
+    observe::status::{self, DoorLabel, monotonic_ns},
 };
 
 /// How often the interface's addresses are re-read (knocks must be sent to one of them).
@@ -242,7 +242,7 @@ impl Daemon {
             }
         };
         let Ok(mut labels) = self.labels.lock() else { return };
-        *labels = snapshot::labels(&self.doors, &counters, &labels);
+        *labels = status::labels(&self.doors, &counters, &labels);
         for state in &self.states {
             if let Err(e) = state.write_labels(&labels) {
                 tracing::warn!("{e}");

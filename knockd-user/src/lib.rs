@@ -1,27 +1,13 @@
-//! knockgate's daemon as a library: configuration, the kernel side, commands and logging.
-//! The `knockd` binary is a thin shell around it; tests drive the same code.
+//! knockgate's daemon as a library; the `knockd` binary is a thin shell around it, and tests
+//! drive the same code. Arrows run one way: `config` is parsing and the model and imports
+//! nothing else of the crate; `kernel`, `observe` and `commands` read its model (`observe`
+//! reads the kernel's pins, `commands` logs through `observe`); `daemon` sits on top.
 
-pub mod attach;
-pub mod check;
-pub mod command;
+pub mod commands;
 pub mod config;
 pub mod daemon;
-pub mod doors;
-pub mod floor;
-pub mod journal;
-pub mod keeper;
 pub mod kernel;
-pub mod log;
-pub mod metrics;
-pub mod netlink;
-pub mod one_time;
-pub mod pin;
-pub mod rejection;
-pub mod secret_door;
-pub mod snapshot;
-pub mod spec;
-pub mod state;
-pub mod toml_form;
+pub mod observe;
 
 /// The XDP program as built by `build.rs`; tests load exactly these bytes.
 pub static KNOCK_EBPF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/knock-ebpf"));

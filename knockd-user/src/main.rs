@@ -9,16 +9,16 @@ use std::{
 use anyhow::Context as _;
 use clap::Parser;
 use knockd_user::{
-    attach::Attached,
+    commands::journal::{Journal, Opened},
+    commands::keeper::{DEFAULT_MAX_COMMANDS, Keeper},
+    commands::state::StateDir,
     config::{Config, DEFAULT_INTERFACE, DEFAULT_STATE_DIR, Options},
     daemon::Daemon,
-    doors::Doors,
-    journal::{Journal, Opened},
-    keeper::{DEFAULT_MAX_COMMANDS, Keeper},
-    kernel::{KnockProgram, Limits},
-    log::KnockLog,
-    pin::{DEFAULT_BPF_DIR, PinDir},
-    state::StateDir,
+    kernel::attach::Attached,
+    kernel::doors::Doors,
+    kernel::pin::{DEFAULT_BPF_DIR, PinDir},
+    kernel::program::{KnockProgram, Limits},
+    observe::log::KnockLog,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -181,23 +181,23 @@ fn start(args: &Args) -> anyhow::Result<()> {
     // Everything that can be wrong with the config is found before anything is attached.
     let config = Config::load(&args.config)?;
     for door in &config.doors {
-        if let Some(w) = door.secret.as_ref().and_then(knockd_user::secret_door::SecretDoor::weakness) {
+        if let Some(w) = door.secret.as_ref().and_then(knockd_user::config::secret::SecretDoor::weakness) {
             tracing::warn!("door {}: {w}", door.name);
         }
     }
     if args.dump_config {
-        print!("{}", knockd_user::toml_form::dump(&config)?);
+        print!("{}", knockd_user::config::toml_form::dump(&config)?);
         return Ok(());
     }
     if args.check {
         for door in &config.doors {
-            println!("{}: {}", door.name, knockd_user::check::summary(door));
+            println!("{}: {}", door.name, knockd_user::config::check::summary(door));
         }
         println!("{}: the configuration is valid ({} door(s))", args.config.display(), config.doors.len());
         return Ok(());
     }
     // A kernel below the floor is refused before anything is locked, pinned or attached.
-    knockd_user::floor::check()?;
+    knockd_user::kernel::floor::check()?;
     // Absolute, so that a reload after -d (which changes to /) reads the same file.
     let config_path = std::path::absolute(&args.config).unwrap_or_else(|_| args.config.clone());
     let interfaces = args.interfaces(&config.options);
@@ -225,7 +225,7 @@ fn start(args: &Args) -> anyhow::Result<()> {
     };
     let (mut program, doors, addrs) = bring_up(args, config, &log, &ifaces)?;
     let previous = StateDir::read_labels(&state_root, &interfaces[0]);
-    let labels = knockd_user::snapshot::labels(&doors, &program.door_counters()?, &previous);
+    let labels = knockd_user::observe::status::labels(&doors, &program.door_counters()?, &previous);
     for state in &states {
         state.write_labels(&labels)?;
     }
@@ -253,13 +253,14 @@ fn start(args: &Args) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let keeper = Keeper::start(Arc::clone(&log), journal.journal, journal.entries, max_commands);
         if let (Some((addr, listener)), Some(home)) = (metrics, program.home()) {
-            let source = knockd_user::metrics::Source {
+            let source = knockd_user::observe::metrics::Source {
                 pins: home.clone(),
                 interfaces: ifaces.iter().map(|(i, _)| i.clone()).collect(),
                 labels: Arc::clone(&labels),
                 keeper: Arc::clone(keeper.stats()),
             };
-            knockd_user::metrics::serve(listener, source).with_context(|| format!("serving metrics on {addr}"))?;
+            knockd_user::observe::metrics::serve(listener, source)
+                .with_context(|| format!("serving metrics on {addr}"))?;
             log.line(&format!("metrics at http://{addr}/metrics"));
         }
         let daemon = Daemon {
@@ -282,7 +283,7 @@ fn start(args: &Args) -> anyhow::Result<()> {
 
 /// Readies `BpfDir` (once) and each interface's directory in it.
 fn pin_dirs(bpf_dir: &Path, interfaces: &[String], log: &KnockLog) -> anyhow::Result<Vec<(String, PinDir)>> {
-    for note in knockd_user::pin::prepare_bpf_dir(bpf_dir)? {
+    for note in knockd_user::kernel::pin::prepare_bpf_dir(bpf_dir)? {
         log.line(&note);
     }
     let mut ifaces = Vec::new();
@@ -437,13 +438,13 @@ fn status(args: &Args) -> anyhow::Result<()> {
     struct Status<'a> {
         interface: &'a str,
         #[serde(flatten)]
-        snapshot: &'a knockd_user::snapshot::Snapshot,
+        snapshot: &'a knockd_user::observe::status::Snapshot,
     }
     let options = side_options(args);
     for interface in args.interfaces(&options) {
         let labels = StateDir::read_labels(&args.state_dir(&options), &interface);
         let pins = PinDir::new(&args.bpf_dir(&options), &interface);
-        let snapshot = knockd_user::snapshot::read(&pins, &labels)?;
+        let snapshot = knockd_user::observe::status::read(&pins, &labels)?;
         if args.json {
             println!("{}", serde_json::to_string(&Status { interface: &interface, snapshot: &snapshot })?);
         } else {

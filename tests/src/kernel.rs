@@ -6,8 +6,8 @@ use std::path::Path;
 use knock_common::Counter;
 use knockd_user::{
     config::Config,
-    doors::Doors,
-    kernel::{KnockProgram, Limits},
+    kernel::doors::Doors,
+    kernel::program::{KnockProgram, Limits},
 };
 
 /// `198.18.0.1` and `2001:db8::1`: the addresses knocks are sent to.

@@ -17,10 +17,10 @@ use crate::netns::{in_netns, sh};
 #[must_use]
 pub fn xdp_ids(ns: &str, iface: &str) -> Vec<u32> {
     in_netns(ns, || {
-        let Some(index) = knockd_user::netlink::ifindex(iface) else {
+        let Some(index) = knockd_user::kernel::netlink::ifindex(iface) else {
             return Vec::new();
         };
-        knockd_user::netlink::xdp_programs(index).expect("rtnetlink").unwrap_or_default()
+        knockd_user::kernel::netlink::xdp_programs(index).expect("rtnetlink").unwrap_or_default()
     })
 }
 

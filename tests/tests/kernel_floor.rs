@@ -6,8 +6,8 @@ use std::{os::unix::fs::PermissionsExt as _, process::Command};
 
 use knockd_user::{
     XDP_PASS_EBPF,
-    floor::{self, Feature},
-    rejection::{LoadError, load_xdp},
+    kernel::floor::{self, Feature},
+    kernel::rejection::{LoadError, load_xdp},
 };
 use tests::daemon::bin;
 
@@ -70,7 +70,7 @@ fn the_verifier_has_headroom_for_every_program() {
     // moves with the kernel (6.7 and later check a loop's body as if it ran any number of
     // times) and with small changes of the code: each program keeps a quarter of the limit
     // free on every kernel the tests run on.
-    let p = knockd_user::kernel::KnockProgram::load(knockd_user::kernel::Limits::default())
+    let p = knockd_user::kernel::program::KnockProgram::load(knockd_user::kernel::program::Limits::default())
         .unwrap_or_else(|e| panic!("on {}: {e}", floor::release()));
     let counts = p.verified_instructions().unwrap();
     println!("verified instructions on {}: {counts:?}", floor::release());

@@ -142,9 +142,10 @@ impl UnderFire {
             );
             threads.push(std::thread::spawn(move || {
                 in_netns(&server, || {
-                    let index = knockd_user::netlink::ifindex(&iface).expect("interface");
+                    let index = knockd_user::kernel::netlink::ifindex(&iface).expect("interface");
                     while !stop.load(Ordering::Relaxed) {
-                        let ids = knockd_user::netlink::xdp_programs(index).expect("rtnetlink").unwrap_or_default();
+                        let ids =
+                            knockd_user::kernel::netlink::xdp_programs(index).expect("rtnetlink").unwrap_or_default();
                         checks.fetch_add(1, Ordering::Relaxed);
                         match ids.as_slice() {
                             [] => {

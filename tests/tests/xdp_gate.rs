@@ -7,7 +7,7 @@ use std::{net::IpAddr, time::Duration};
 use knock_common::{Counter, XDP_ABORTED, XDP_DROP, XDP_PASS};
 use knockd_user::{
     config::{Knock, Proto},
-    kernel::KnockProgram,
+    kernel::program::KnockProgram,
 };
 use tests::{
     frame::{ACK, FrameBuilder, SYN},
@@ -157,7 +157,7 @@ fn truncated_frames_and_options_fail_closed() {
 
 #[test]
 fn a_new_config_moves_gates_and_knock_ports() {
-    use knockd_user::{config::Config, kernel::Limits};
+    use knockd_user::{config::Config, kernel::program::Limits};
     let (mut p, mut doors) = tests::kernel::program_with(&config(3600), Limits::default());
     let agree = |p: &KnockProgram| {
         let (listed, marked) = p.port_slots().unwrap();

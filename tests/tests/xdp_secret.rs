@@ -10,11 +10,11 @@ use knock_common::{
     secret::derive::{Params, Secret, VECTORS, Vector},
 };
 use knockd_user::{
+    config::secret::Clock,
     config::{Config, Knock, Proto},
-    doors::Doors,
-    kernel::{KnockProgram, Limits},
-    secret_door::Clock,
-    snapshot::monotonic_ns,
+    kernel::doors::Doors,
+    kernel::program::{KnockProgram, Limits},
+    observe::status::monotonic_ns,
 };
 use tests::{
     frame::{FrameBuilder, SYN},

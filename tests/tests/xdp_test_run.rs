@@ -6,7 +6,7 @@
 use std::{fmt::Write as _, net::IpAddr};
 
 use knock_common::{Counter, XDP_PASS};
-use knockd_user::kernel::KnockProgram;
+use knockd_user::kernel::program::KnockProgram;
 use tests::{
     frame::{ACK, FrameBuilder, SYN},
     kernel::{counter, program},

@@ -8,7 +8,7 @@ use knock_common::{
 };
 use knockd_user::{
     XDP_PASS_EBPF,
-    kernel::{KnockProgram, Limits},
+    kernel::program::{KnockProgram, Limits},
 };
 use serde_json::{Value, json};
 use tests::{

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use knockd_user::kernel::{KnockProgram, Limits};
+use knockd_user::kernel::program::{KnockProgram, Limits};
 use serde_json::{Value, json};
 use tests::{
     daemon::wait_for,

@@ -12,12 +12,12 @@ use std::{
 };
 
 use knockd_user::{
+    commands::keeper::Stats,
     config::Config,
-    doors::Doors,
-    keeper::Stats,
-    kernel::{KnockProgram, Limits},
-    metrics::{self, Source},
-    pin::PinDir,
+    kernel::doors::Doors,
+    kernel::pin::PinDir,
+    kernel::program::{KnockProgram, Limits},
+    observe::metrics::{self, Source},
 };
 use serde_json::{Value, json};
 use tests::{pinned::PinnedState, service::http_get};
@@ -60,10 +60,10 @@ impl Scraper {
 pub(crate) fn fill(bpf_dir: &std::path::Path, iface: &str, smoke: bool) {
     let pins = PinDir::new(bpf_dir, iface);
     let limits = Limits::default();
-    let mut p = KnockProgram::load_pinned(limits, &pins, &knockd_user::rejection::scratch_logs()).unwrap();
+    let mut p = KnockProgram::load_pinned(limits, &pins, &knockd_user::kernel::rejection::scratch_logs()).unwrap();
     let epoch = p.kernel_doors().unwrap().first().map_or(0, |d| d.epoch);
     let n = if smoke { 1000 } else { 2 * limits.first_knock_entries };
-    p.fill_attempts(n, epoch, knockd_user::snapshot::monotonic_ns()).unwrap();
+    p.fill_attempts(n, epoch, knockd_user::observe::status::monotonic_ns()).unwrap();
     p.fill_allowances(if smoke { 1000 } else { limits.allow_entries }).unwrap();
 }
 
@@ -73,10 +73,10 @@ pub(crate) fn scrape_time(smoke: bool) -> Value {
     let runs = if smoke { 2 } else { 20 };
     let state = PinnedState::new();
     let pins = PinDir::new(&state.bpf_dir, "bench0");
-    knockd_user::pin::prepare_bpf_dir(&state.bpf_dir).unwrap();
+    knockd_user::kernel::pin::prepare_bpf_dir(&state.bpf_dir).unwrap();
     pins.make().unwrap();
     let limits = Limits::default();
-    let mut p = KnockProgram::load_pinned(limits, &pins, &knockd_user::rejection::scratch_logs()).unwrap();
+    let mut p = KnockProgram::load_pinned(limits, &pins, &knockd_user::kernel::rejection::scratch_logs()).unwrap();
     // A door whose attempts last an hour, so that the filled tables hold live attempts.
     let config =
         Config::parse(std::path::Path::new("bench.conf"), "[ssh]\nsequence = 7000,8000,9000\nseq_timeout = 3600\n")
@@ -84,7 +84,7 @@ pub(crate) fn scrape_time(smoke: bool) -> Value {
     let mut doors = Doors::new();
     doors.install(config.doors);
     p.apply(&doors).unwrap();
-    let labels = Arc::new(Mutex::new(knockd_user::snapshot::labels(&doors, &p.door_counters().unwrap(), &[])));
+    let labels = Arc::new(Mutex::new(knockd_user::observe::status::labels(&doors, &p.door_counters().unwrap(), &[])));
     let source = Source { pins: pins.clone(), interfaces: Vec::new(), labels, keeper: Arc::new(Stats::default()) };
     let registry = metrics::registry(source);
     let time = |runs: u32| {
@@ -103,10 +103,11 @@ pub(crate) fn scrape_time(smoke: bool) -> Value {
     // Half the attempts go to each table: twice the larger table fills both.
     let full = if smoke { 1000 } else { 2 * limits.first_knock_entries };
     let epoch = doors.active().next().map_or(0, |(_, s)| s.epoch);
-    p.fill_attempts(full, epoch, knockd_user::snapshot::monotonic_ns()).unwrap();
+    p.fill_attempts(full, epoch, knockd_user::observe::status::monotonic_ns()).unwrap();
     p.fill_allowances(if smoke { 1000 } else { limits.allow_entries }).unwrap();
     let (full_p50, full_max) = time(runs);
-    let used: Vec<u64> = knockd_user::snapshot::read(&pins, &[]).unwrap().tables.iter().map(|t| t.used).collect();
+    let used: Vec<u64> =
+        knockd_user::observe::status::read(&pins, &[]).unwrap().tables.iter().map(|t| t.used).collect();
     drop(p);
     json!({
         "runs": runs,

@@ -23,12 +23,12 @@ use knock_common::{
 
 use crate::{
     KNOCK_EBPF,
+    config::secret::Clock,
     config::{Gate, Knock},
-    doors::Doors,
-    pin::{PINNED_MAPS, PinDir},
-    rejection::load_xdp,
-    secret_door::Clock,
-    spec::{addr_key, gate_table, port_table},
+    kernel::doors::Doors,
+    kernel::pin::{PINNED_MAPS, PinDir},
+    kernel::rejection::load_xdp,
+    kernel::spec::{addr_key, gate_table, port_table},
 };
 
 /// Name of the XDP function in the object.
@@ -47,7 +47,7 @@ pub enum KernelError {
     )]
     MapNotPermitted { name: String },
     #[error(transparent)]
-    Refused(#[from] crate::rejection::LoadError),
+    Refused(#[from] crate::kernel::rejection::LoadError),
     #[error("XDP program: {0}")]
     Program(#[from] ProgramError),
     #[error("map {name}: {error}")]
@@ -83,7 +83,7 @@ pub enum KernelError {
     #[error("pinning {path}: {error}")]
     Pin { path: PathBuf, error: aya::pin::PinError },
     #[error(transparent)]
-    PinDir(#[from] crate::pin::PinError),
+    PinDir(#[from] crate::kernel::pin::PinError),
 }
 
 fn map_of<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::maps::Map, KernelError> {
@@ -229,7 +229,7 @@ impl KnockProgram {
     /// Loads the program into the kernel (verifier included) with maps of its own; nothing
     /// is attached yet. For tests and benchmarks: the daemon uses `load_pinned`.
     pub fn load(limits: Limits) -> Result<Self, KernelError> {
-        Self::load_with(limits, None, &crate::rejection::scratch_logs())
+        Self::load_with(limits, None, &crate::kernel::rejection::scratch_logs())
     }
 
     /// Loads the program with its state in `pins`: maps of this build's layout pinned there
@@ -535,7 +535,7 @@ impl KnockProgram {
     /// Fills the allowance table with `n` synthetic allowances for port 22/tcp (sources
     /// `2001:db8:fffe::/48`, never sent to), an hour from now: for scrape benchmarks.
     pub fn fill_allowances(&mut self, n: u32) -> Result<(), KernelError> {
-        let until = crate::snapshot::monotonic_ns().saturating_add(3_600_000_000_000);
+        let until = crate::observe::status::monotonic_ns().saturating_add(3_600_000_000_000);
         let mut map: HashMap<_, AllowKey, u64> =
             HashMap::try_from(self.map_mut(maps::ALLOW)?).map_err(map_err(maps::ALLOW))?;
         for i in 0..n {
@@ -590,7 +590,7 @@ impl KnockProgram {
         let map: PerCpuArray<_, CpuState> = PerCpuArray::try_from(self.map(maps::CPU)?).map_err(map_err(maps::CPU))?;
         let per_cpu = map.get(&0, 0).map_err(map_err(maps::CPU))?;
         Ok((0..MAX_DOORS)
-            .map(|slot| crate::snapshot::sum_door(per_cpu.iter(), u8::try_from(slot).unwrap_or(0)))
+            .map(|slot| crate::observe::status::sum_door(per_cpu.iter(), u8::try_from(slot).unwrap_or(0)))
             .collect())
     }
 

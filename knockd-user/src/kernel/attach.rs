@@ -16,9 +16,9 @@ use aya::{
 use knock_common::{AllowKey, UsedKey, maps};
 
 use crate::{
-    kernel::{KernelError, KnockProgram, map_err},
-    netlink,
-    pin::{PINNED_MAPS, PinDir},
+    kernel::netlink,
+    kernel::pin::{PINNED_MAPS, PinDir},
+    kernel::program::{KernelError, KnockProgram, map_err},
 };
 
 /// The map data behind any kind of map.
@@ -144,7 +144,7 @@ impl KnockProgram {
     pub fn share_maps(&self, pins: &PinDir) -> Result<(), KernelError> {
         let dir = pins.maps();
         std::fs::create_dir_all(&dir)
-            .map_err(|error| KernelError::PinDir(crate::pin::PinError::Io { path: dir.clone(), error }))?;
+            .map_err(|error| KernelError::PinDir(crate::kernel::pin::PinError::Io { path: dir.clone(), error }))?;
         for name in PINNED_MAPS {
             let path = dir.join(name);
             if path.exists() {
@@ -274,5 +274,5 @@ fn old_allow(dir: &Path) -> Result<Option<HashMap<MapData, AllowKey, u64>>, Kern
 
 fn remove_pin(path: &Path) -> Result<(), KernelError> {
     std::fs::remove_file(path)
-        .map_err(|error| KernelError::PinDir(crate::pin::PinError::Io { path: path.to_path_buf(), error }))
+        .map_err(|error| KernelError::PinDir(crate::kernel::pin::PinError::Io { path: path.to_path_buf(), error }))
 }

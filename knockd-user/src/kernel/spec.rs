@@ -5,8 +5,8 @@ use std::{collections::BTreeMap, net::IpAddr};
 use knock_common::{AddrKey, DoorSpec, Family, GATE_CLOSE, GATE_OPEN, Step, port_slot};
 
 use crate::{
+    config::secret::Clock,
     config::{Door, Gate},
-    secret_door::Clock,
 };
 
 /// The kernel form of one door.

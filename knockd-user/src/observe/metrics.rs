@@ -20,10 +20,10 @@ use prometheus_client::{
 };
 
 use crate::{
-    keeper::{KINDS, Stats},
-    netlink,
-    pin::PinDir,
-    snapshot::{self, DoorLabel},
+    commands::keeper::{KINDS, Stats},
+    kernel::netlink,
+    kernel::pin::PinDir,
+    observe::status::{self, DoorLabel},
 };
 
 /// What the metrics are read from.
@@ -103,7 +103,7 @@ impl Collector for Kernel {
         )?;
 
         let labels = s.labels.lock().map(|l| l.clone()).unwrap_or_default();
-        let snap = match snapshot::read(&s.pins, &labels) {
+        let snap = match status::read(&s.pins, &labels) {
             Ok(snap) => snap,
             Err(err) => {
                 tracing::warn!("metrics: {err}");
@@ -174,9 +174,9 @@ impl Collector for Kernel {
 }
 
 /// The per-door counters.
-fn doors(e: &mut DescriptorEncoder, snap: &snapshot::Snapshot) -> Result<(), std::fmt::Error> {
+fn doors(e: &mut DescriptorEncoder, snap: &status::Snapshot) -> Result<(), std::fmt::Error> {
     let doors: Vec<[(&str, &str); 1]> = snap.doors.iter().map(|d| [("door", d.name.as_str())]).collect();
-    let per_door = |pick: fn(&snapshot::DoorCounts) -> u64| -> Vec<(&[(&str, &str)], u64)> {
+    let per_door = |pick: fn(&status::DoorCounts) -> u64| -> Vec<(&[(&str, &str)], u64)> {
         doors.iter().zip(&snap.doors).map(|(l, d)| (&l[..], pick(&d.counts))).collect()
     };
     counter(e, "knockgate_opens", "Knock sequences completed, per door.", &per_door(|c| c.opens))?;

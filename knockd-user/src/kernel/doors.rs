@@ -6,7 +6,7 @@ use knock_common::{DoorSpec, MAX_DOORS};
 
 use crate::{
     config::{Door, Knock},
-    spec::door_spec,
+    kernel::spec::door_spec,
 };
 
 #[derive(Debug, Clone)]

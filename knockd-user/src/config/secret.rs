@@ -38,7 +38,7 @@ impl Clock {
     #[must_use]
     pub fn now() -> Self {
         let unix_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        Self { unix_ns, mono_ns: crate::snapshot::monotonic_ns() }
+        Self { unix_ns, mono_ns: crate::observe::status::monotonic_ns() }
     }
 
     /// `CLOCK_MONOTONIC` at wall-clock second `unix_secs` (0 if that is before boot).
@@ -303,7 +303,7 @@ mod tests {
         assert_eq!((s.params.length, s.params.window_secs, s.proto()), (DEFAULT_LENGTH, 10, Proto::Udp));
         assert!(c.doors[0].sequence.is_empty());
         assert_eq!(
-            crate::check::summary(&c.doors[0]),
+            crate::config::check::summary(&c.doors[0]),
             format!("secret {k}: 4 udp ports, window 10s, 48 bits to guess; seq_timeout 25s; gate 22/tcp for 30s")
         );
         let short = parse(&format!("[ssh]\nsecret_file = {k}\nknock_length = 2\n")).unwrap();

@@ -12,7 +12,7 @@ use std::{
 
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::snapshot::DoorLabel;
+use crate::observe::status::DoorLabel;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use crate::log::KnockLog;
+use crate::observe::log::KnockLog;
 
 /// Replaces every `%IP%` with the address. The address is a parsed `IpAddr`, so its text
 /// is only digits, dots, colons and hex: nothing a shell would interpret.

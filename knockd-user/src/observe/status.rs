@@ -8,7 +8,7 @@ use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use knock_common::{AllowKey, Counter, CpuState, DoorCounters, DoorSpec, MAX_DOORS, PROTO_UDP, Set, Settings, maps};
 use serde::{Deserialize, Serialize};
 
-use crate::{check, doors::Doors, pin::PinDir, spec::event_addr};
+use crate::{config::check, kernel::doors::Doors, kernel::pin::PinDir, kernel::spec::event_addr};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {

@@ -11,7 +11,12 @@ use std::{
 
 use knock_common::{MAX_DOORS, MAX_GATE_PORTS, MAX_STEPS, PROTO_TCP, PROTO_UDP, TcpFlags};
 
-use crate::secret_door::{Draft, SecretDoor};
+use crate::config::secret::{Draft, SecretDoor};
+
+pub mod check;
+pub mod one_time;
+pub mod secret;
+pub mod toml_form;
 
 /// knockd's `SEQ_TIMEOUT`.
 pub const DEFAULT_SEQ_TIMEOUT: Duration = Duration::from_secs(25);
@@ -261,7 +266,7 @@ impl Config {
     /// `path` only names the file in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         if path.extension().is_some_and(|e| e == "toml") {
-            return crate::toml_form::parse(path, text);
+            return crate::config::toml_form::parse(path, text);
         }
         Self::parse_knockd(path, text)
     }
@@ -392,7 +397,7 @@ impl Parser<'_> {
             "STATEDIR" => opts.state_dir = Some(absolute_dir(value).map_err(|m| err(n, m))?),
             "MAXCOMMANDS" => opts.max_commands = Some(max_commands(value).map_err(|m| err(n, m))?),
             "METRICSADDRESS" => {
-                opts.metrics_address = Some(crate::metrics::parse_address(value).map_err(|m| err(n, m))?);
+                opts.metrics_address = Some(crate::observe::metrics::parse_address(value).map_err(|m| err(n, m))?);
             }
             "USESYSLOG" => {
                 return Err(self.err(n, "UseSyslog takes no value: write the bare word `UseSyslog`"));
@@ -412,7 +417,8 @@ impl Parser<'_> {
             }
             "ONE_TIME_SEQUENCES" => {
                 let path = PathBuf::from(value);
-                let (sequence, offset) = crate::one_time::load(&path, &door.name).map_err(|e| self.err(n, e))?;
+                let (sequence, offset) =
+                    crate::config::one_time::load(&path, &door.name).map_err(|e| self.err(n, e))?;
                 door.sequence = sequence;
                 door.one_time = Some(OneTime { path, offset });
             }
@@ -632,7 +638,7 @@ pub fn parse_knock(item: &str) -> Result<Knock, String> {
 mod tests {
     use super::*;
 
-    const DEBIAN_EXAMPLE: &str = include_str!("../../examples/knockd.conf");
+    const DEBIAN_EXAMPLE: &str = include_str!("../../../examples/knockd.conf");
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("knockd.conf"), text)

@@ -19,10 +19,10 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::{sync::mpsc, task::JoinSet};
 
 use crate::{
-    command::{run, substitute},
+    commands::command::{run, substitute},
+    commands::journal::{Entry, Journal},
     config::Door,
-    journal::{Entry, Journal},
-    log::KnockLog,
+    observe::log::KnockLog,
 };
 
 /// `MaxCommands` when the config names none.

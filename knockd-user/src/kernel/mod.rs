@@ -1,0 +1,11 @@
+//! The kernel side: the XDP program loaded and kept in step with the config, its attachment,
+//! its pinned state, the secret doors' window keys, and the kernel floor.
+
+pub mod attach;
+pub mod doors;
+pub mod floor;
+pub mod netlink;
+pub mod pin;
+pub mod program;
+pub mod rejection;
+pub mod spec;

@@ -1,0 +1,6 @@
+//! What an operator sees: knockd's log, `--status` (read from the pins), and the Prometheus
+//! metrics.
+
+pub mod log;
+pub mod metrics;
+pub mod status;
