@@ -19,7 +19,8 @@ pub struct CpuState {
     pub doors: [DoorCounters; MAX_DOORS as usize],
     /// Scratch words of the XDP program (`Cpu::opaque`, `Cpu::launder`).
     pub scratch: [u64; 6],
-    /// The XDP program's hand-over to a loop body (`knockgate_secret`'s `SecretWalk`).
+    /// The XDP program's hand-over to a loop body (its `Walk`, for the loops of
+    /// `knockgate_doors` and `knockgate_secret`).
     pub walk: [u64; 10],
 }
 
@@ -52,6 +53,22 @@ impl DoorCounters {
     #[inline(always)]
     pub fn reached(&mut self, stage: u8) {
         self.stages[usize::from(stage.wrapping_sub(1)) & (MAX_STEPS - 1)] += 1;
+    }
+
+    /// Door slot `slot`'s counters summed over CPUs (user space reads one `CpuState` per CPU).
+    #[must_use]
+    pub fn sum<'a>(per_cpu: impl IntoIterator<Item = &'a CpuState>, slot: u8) -> Self {
+        let mut sum = Self::default();
+        for s in per_cpu {
+            let d = &s.doors[usize::from(slot) % MAX_DOORS as usize];
+            sum.opens += d.opens;
+            sum.resets += d.resets;
+            sum.timeouts += d.timeouts;
+            for (a, b) in sum.stages.iter_mut().zip(d.stages) {
+                *a += b;
+            }
+        }
+        sum
     }
 }
 
@@ -137,5 +154,21 @@ impl Counter {
             Counter::ProgressEvictions => "progress_evictions",
             Counter::Replays => "replays_refused",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_door_sums_over_cpus() {
+        let mut cpus = std::vec![CpuState::default(); 2];
+        cpus[0].door_mut(3).opens = 2;
+        cpus[1].door_mut(3).opens = 5;
+        cpus[1].door_mut(3).reached(2);
+        cpus[0].door_mut(4).resets = 9;
+        let s = DoorCounters::sum(&cpus, 3);
+        assert_eq!((s.opens, s.resets, s.stages[1]), (7, 0, 1));
     }
 }

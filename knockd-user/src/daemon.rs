@@ -18,18 +18,19 @@ use tokio::{
 };
 
 use crate::{
+    clock::{Clock, monotonic_ns},
     commands::keeper::Keeper,
     commands::state::StateDir,
     config::one_time,
-    config::secret::{Clock, Installed},
     config::{Config, Gate, Knock},
     kernel::attach::Attached,
     kernel::doors::Doors,
     kernel::pin::PinDir,
     kernel::program::KnockProgram,
     kernel::spec::event_addr,
+    kernel::windows::Installed,
     observe::log::KnockLog,
-    observe::status::{self, DoorLabel, monotonic_ns},
+    observe::status::{self, DoorLabel},
 };
 
 /// How often the interface's addresses are re-read (knocks must be sent to one of them).

@@ -3,6 +3,7 @@
 //! nothing else of the crate; `kernel`, `observe` and `commands` read its model (`observe`
 //! reads the kernel's pins, `commands` logs through `observe`); `daemon` sits on top.
 
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod daemon;

@@ -181,7 +181,7 @@ fn start(args: &Args) -> anyhow::Result<()> {
     // Everything that can be wrong with the config is found before anything is attached.
     let config = Config::load(&args.config)?;
     for door in &config.doors {
-        if let Some(w) = door.secret.as_ref().and_then(knockd_user::config::secret::SecretDoor::weakness) {
+        if let Some(w) = door.secret.as_ref().and_then(knockd_user::config::SecretDoor::weakness) {
             tracing::warn!("door {}: {w}", door.name);
         }
     }

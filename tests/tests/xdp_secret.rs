@@ -10,11 +10,11 @@ use knock_common::{
     secret::derive::{Params, Secret, VECTORS, Vector},
 };
 use knockd_user::{
-    config::secret::Clock,
+    clock::Clock,
+    clock::monotonic_ns,
     config::{Config, Knock, Proto},
     kernel::doors::Doors,
     kernel::program::{KnockProgram, Limits},
-    observe::status::monotonic_ns,
 };
 use tests::{
     frame::{FrameBuilder, SYN},

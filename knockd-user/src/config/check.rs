@@ -1,6 +1,6 @@
 //! `knockd --check`: a config read and validated as the daemon would, one line per door.
 
-use crate::config::{Door, Gate, Knock, tcp_flags_text};
+use crate::config::{Door, Gate, Knock, values::tcp_flags_text};
 
 fn ports(knocks: &[Knock]) -> String {
     knocks.iter().map(|k| format!("{}/{}", k.port, k.proto.name())).collect::<Vec<_>>().join(",")

@@ -7,7 +7,7 @@ use std::{
     path::Path,
 };
 
-use crate::config::{Knock, parse_sequence};
+use crate::config::{Knock, values::parse_sequence};
 
 /// A sequence line of the file.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,144 +1,14 @@
-//! Secret-keyed doors in user space: their config directives, and the window keys the daemon
-//! installs in the kernel as time passes (the secret itself never goes there; see
-//! `knock_common::secret`).
+//! Secret-keyed doors' directives (`secret_file`, `knock_length`, `window`, `protocol`) as
+//! the parsers meet them, and their key files.
 
-use std::{
-    path::{Path, PathBuf},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+use std::path::{Path, PathBuf};
+
+use knock_common::secret::{
+    DEFAULT_LENGTH, DEFAULT_WINDOW_SECS, MAX_LENGTH, MAX_WINDOW_SECS, MIN_LENGTH,
+    derive::{Params, Secret},
 };
 
-use knock_common::{
-    DoorWindows, WindowKey,
-    secret::{
-        DEFAULT_LENGTH, DEFAULT_WINDOW_SECS, MAX_LENGTH, MAX_WINDOW_SECS, MIN_LENGTH, WINDOWS,
-        derive::{Params, Secret},
-    },
-};
-
-use crate::config::Proto;
-
-/// A door whose sequence is derived from a key (`secret_file`), per window and source.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecretDoor {
-    pub path: PathBuf,
-    pub key: Secret,
-    pub params: Params,
-}
-
-/// The two clocks a window key ties together: wall-clock time, which says which window it is
-/// (client and server agree on it), and `CLOCK_MONOTONIC` (the kernel's `ktime`), in which
-/// the kernel's deadlines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Clock {
-    pub unix_ns: u128,
-    pub mono_ns: u64,
-}
-
-impl Clock {
-    #[must_use]
-    pub fn now() -> Self {
-        let unix_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        Self { unix_ns, mono_ns: crate::observe::status::monotonic_ns() }
-    }
-
-    /// `CLOCK_MONOTONIC` at wall-clock second `unix_secs` (0 if that is before boot).
-    fn mono_at(&self, unix_secs: u64) -> u64 {
-        let at = u128::from(unix_secs) * 1_000_000_000;
-        let mono = u128::from(self.mono_ns);
-        let t = if at >= self.unix_ns { mono + (at - self.unix_ns) } else { mono.saturating_sub(self.unix_ns - at) };
-        u64::try_from(t).unwrap_or(u64::MAX)
-    }
-
-    fn unix_secs(&self) -> u64 {
-        u64::try_from(self.unix_ns / 1_000_000_000).unwrap_or(u64::MAX)
-    }
-}
-
-impl SecretDoor {
-    /// The window it is at `clock`.
-    #[must_use]
-    pub fn window(&self, clock: &Clock) -> u64 {
-        self.params.window_at(clock.unix_secs())
-    }
-
-    /// The kernel's keys at `clock`: windows w-1 to w+2, window x accepted from the start of
-    /// window x-1 to the end of window x+1.
-    #[must_use]
-    pub fn windows(&self, clock: &Clock) -> DoorWindows {
-        let w = self.window(clock);
-        let secs = u64::from(self.params.window_secs);
-        let mut out = DoorWindows::default();
-        for x in w.saturating_sub(1)..=w.saturating_add(2) {
-            let key = WindowKey {
-                live: 1,
-                not_before_ns: clock.mono_at(x.saturating_sub(1).saturating_mul(secs)),
-                not_after_ns: clock.mono_at(x.saturating_add(2).saturating_mul(secs)),
-                ..self.key.window_key(&self.params, x)
-            };
-            out.keys[usize::try_from(x % WINDOWS as u64).unwrap_or(0)] = key;
-        }
-        out
-    }
-
-    /// How long until the next window starts.
-    #[must_use]
-    pub fn until_next_window(&self, clock: &Clock) -> Duration {
-        let secs = u128::from(self.params.window_secs);
-        let next = (clock.unix_ns / 1_000_000_000 / secs + 1) * secs * 1_000_000_000;
-        Duration::from_nanos(u64::try_from(next - clock.unix_ns).unwrap_or(u64::MAX))
-    }
-
-    /// What a guesser who saw this window's first port must find, in bits.
-    #[must_use]
-    pub fn guess_bits(&self) -> f64 {
-        self.params.guess_bits()
-    }
-
-    /// A warning for a knock short enough to brute-force (under 48 bits), if it is.
-    #[must_use]
-    pub fn weakness(&self) -> Option<String> {
-        (self.params.length < DEFAULT_LENGTH).then(|| {
-            format!(
-                "knock_length {} leaves {:.0} bits to guess once a window's first port is seen: {DEFAULT_LENGTH} or more gives 48",
-                self.params.length,
-                self.guess_bits()
-            )
-        })
-    }
-
-    #[must_use]
-    pub fn proto(&self) -> Proto {
-        if self.params.proto == knock_common::PROTO_UDP { Proto::Udp } else { Proto::Tcp }
-    }
-}
-
-/// What the secret doors' keys in the kernel were made for: each door's window, and the wall
-/// clock's offset from `CLOCK_MONOTONIC` (the kernel's deadlines are written in the latter).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Installed {
-    pub windows: Vec<u64>,
-    pub offset_ns: i128,
-}
-
-impl Installed {
-    /// Wall-clock steps smaller than this leave the kernel's deadlines as they are.
-    const CLOCK_STEP_NS: i128 = 500_000_000;
-
-    #[must_use]
-    pub fn at<'a>(doors: impl IntoIterator<Item = &'a SecretDoor>, clock: &Clock) -> Self {
-        let windows = doors.into_iter().map(|d| d.window(clock)).collect();
-        let unix = i128::try_from(clock.unix_ns).unwrap_or(i128::MAX);
-        Self { windows, offset_ns: unix - i128::from(clock.mono_ns) }
-    }
-
-    /// Whether keys installed for `self` are out of date for `now`: a door has moved on to
-    /// another window, or the wall clock has been stepped.
-    #[must_use]
-    pub fn stale(&self, now: &Self) -> bool {
-        self.windows != now.windows
-            || (!now.windows.is_empty() && (self.offset_ns - now.offset_ns).abs() >= Self::CLOCK_STEP_NS)
-    }
-}
+use crate::config::{Proto, SecretDoor};
 
 /// The secret directives of one door as the parser meets them, in any order.
 #[derive(Debug, Default)]
@@ -228,48 +98,10 @@ pub fn parse_protocol(value: &str) -> Result<Proto, String> {
 
 #[cfg(test)]
 mod tests {
-    use knock_common::PROTO_TCP;
+    use std::path::Path;
 
     use super::*;
-
-    fn door(window_secs: u32) -> SecretDoor {
-        SecretDoor {
-            path: PathBuf::from("/k"),
-            key: Secret::from_bytes(&[3; 32]),
-            params: Params { length: 4, window_secs, proto: PROTO_TCP },
-        }
-    }
-
-    #[test]
-    fn keys_cover_the_windows_around_now_with_kernel_deadlines() {
-        let d = door(30);
-        // 10 s into window 1000 (unix 30,010 s); CLOCK_MONOTONIC reads 500 s.
-        let clock = Clock { unix_ns: 30_010 * 1_000_000_000, mono_ns: 500_000_000_000 };
-        assert_eq!(d.window(&clock), 1000);
-        let w = d.windows(&clock);
-        let mono = |unix_secs: i64| u64::try_from(500_000_000_000 + (unix_secs - 30_010) * 1_000_000_000).unwrap();
-        for x in [999u64, 1000, 1001, 1002] {
-            let k = &w.keys[usize::try_from(x % 4).unwrap()];
-            assert_eq!((k.window, k.live), (x, 1));
-            assert_eq!(k.first, d.key.window_key(&d.params, x).first);
-            // Accepted from the start of window x - 1 to the end of window x + 1.
-            let x = i64::try_from(x).unwrap();
-            assert_eq!((k.not_before_ns, k.not_after_ns), (mono((x - 1) * 30), mono((x + 2) * 30)));
-        }
-        // Now (window 1000): w-1, w and w+1, not w+2.
-        let now = mono(30_010);
-        let live: Vec<u64> = w.keys.iter().filter(|k| k.live_at(now)).map(|k| k.window).collect();
-        assert_eq!(live.len(), 3);
-        assert!(!live.contains(&1002));
-        // 20 s on, with the daemon late (the keys still those of window 1000): 1000, 1001 and 1002.
-        let late: Vec<u64> = w.keys.iter().filter(|k| k.live_at(mono(30_030))).map(|k| k.window).collect();
-        assert_eq!(late, [1000, 1001, 1002]);
-        assert_eq!(d.until_next_window(&clock), Duration::from_secs(20));
-        // Moving to the next window replaces only the key of window 999.
-        let later = d.windows(&Clock { unix_ns: 30_030 * 1_000_000_000, mono_ns: 520_000_000_000 });
-        assert_eq!(later.keys[usize::try_from(1000 % 4).unwrap()], w.keys[usize::try_from(1000 % 4).unwrap()]);
-        assert_eq!(later.keys[usize::try_from(1003 % 4).unwrap()].window, 1003);
-    }
+    use crate::config::{Config, check};
 
     /// A key file in a directory of its own, removed on drop.
     struct KeyDir(PathBuf);
@@ -294,7 +126,6 @@ mod tests {
 
     #[test]
     fn config_files_with_secret_doors() {
-        use crate::config::Config;
         let (_dir, key) = KeyDir::new("ok", "00112233445566778899aabbccddeeff\n", 0o600);
         let k = key.display();
         let parse = |text: &str| Config::parse(Path::new("t.conf"), text).map_err(|e| e.to_string());
@@ -303,7 +134,7 @@ mod tests {
         assert_eq!((s.params.length, s.params.window_secs, s.proto()), (DEFAULT_LENGTH, 10, Proto::Udp));
         assert!(c.doors[0].sequence.is_empty());
         assert_eq!(
-            crate::config::check::summary(&c.doors[0]),
+            check::summary(&c.doors[0]),
             format!("secret {k}: 4 udp ports, window 10s, 48 bits to guess; seq_timeout 25s; gate 22/tcp for 30s")
         );
         let short = parse(&format!("[ssh]\nsecret_file = {k}\nknock_length = 2\n")).unwrap();
@@ -346,21 +177,6 @@ mod tests {
                 open.display()
             )
         );
-    }
-
-    #[test]
-    fn keys_are_stale_at_a_new_window_or_a_stepped_clock_only() {
-        let d = door(30);
-        let at = |unix_ms: u128, mono_ms: u64| {
-            Installed::at([&d], &Clock { unix_ns: unix_ms * 1_000_000, mono_ns: mono_ms * 1_000_000 })
-        };
-        let installed = at(30_010_000, 500_000);
-        assert!(!installed.stale(&at(30_010_250, 500_250)), "time passing");
-        assert!(!installed.stale(&at(30_019_999, 509_999)), "the same window");
-        assert!(installed.stale(&at(30_030_000, 520_000)), "the next window");
-        assert!(installed.stale(&at(30_012_000, 501_000)), "the wall clock stepped 1 s");
-        assert!(!installed.stale(&at(30_010_100, 500_000)), "100 ms of jitter");
-        assert!(!Installed::default().stale(&Installed::at([], &Clock::now())), "no secret door");
     }
 
     #[test]

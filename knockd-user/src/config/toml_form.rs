@@ -23,13 +23,13 @@ use knock_common::MAX_DOORS;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::{
-    config::one_time,
-    config::secret::Draft,
-    config::{
-        Config, ConfigError, DEFAULT_CMD_TIMEOUT, DEFAULT_GATE_TIMEOUT, DEFAULT_SEQ_TIMEOUT, Door, Gate, Knock,
-        OneTime, Options, Proto, V6Command, absolute_dir, apply_tcp_flags, max_commands, parse_gate_ports,
-        parse_sequence, secret_door_fits, table_size, tcp_flags_text,
+use crate::config::{
+    Config, ConfigError, DEFAULT_CMD_TIMEOUT, DEFAULT_GATE_TIMEOUT, DEFAULT_SEQ_TIMEOUT, Door, Gate, Knock, OneTime,
+    Options, Proto, V6Command, one_time,
+    secret::Draft,
+    values::{
+        absolute_dir, apply_tcp_flags, max_commands, parse_address, parse_gate_ports, parse_sequence, secret_door_fits,
+        table_size, tcp_flags_text,
     },
 };
 
@@ -145,8 +145,7 @@ fn options(fo: FileOptions, err: &impl Fn(usize, String) -> ConfigError) -> Resu
         metrics_address: None,
     };
     if let Some(v) = &fo.metrics_address {
-        options.metrics_address =
-            Some(crate::observe::metrics::parse_address(v.get_ref()).map_err(|m| err(v.span().start, m))?);
+        options.metrics_address = Some(parse_address(v.get_ref()).map_err(|m| err(v.span().start, m))?);
     }
     for (value, slot) in [(&fo.bpf_dir, &mut options.bpf_dir), (&fo.state_dir, &mut options.state_dir)] {
         if let Some(v) = value {

@@ -9,3 +9,4 @@ pub mod pin;
 pub mod program;
 pub mod rejection;
 pub mod spec;
+pub mod windows;

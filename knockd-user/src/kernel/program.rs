@@ -23,7 +23,7 @@ use knock_common::{
 
 use crate::{
     KNOCK_EBPF,
-    config::secret::Clock,
+    clock::Clock,
     config::{Gate, Knock},
     kernel::doors::Doors,
     kernel::pin::{PINNED_MAPS, PinDir},
@@ -535,7 +535,7 @@ impl KnockProgram {
     /// Fills the allowance table with `n` synthetic allowances for port 22/tcp (sources
     /// `2001:db8:fffe::/48`, never sent to), an hour from now: for scrape benchmarks.
     pub fn fill_allowances(&mut self, n: u32) -> Result<(), KernelError> {
-        let until = crate::observe::status::monotonic_ns().saturating_add(3_600_000_000_000);
+        let until = crate::clock::monotonic_ns().saturating_add(3_600_000_000_000);
         let mut map: HashMap<_, AllowKey, u64> =
             HashMap::try_from(self.map_mut(maps::ALLOW)?).map_err(map_err(maps::ALLOW))?;
         for i in 0..n {
@@ -590,7 +590,7 @@ impl KnockProgram {
         let map: PerCpuArray<_, CpuState> = PerCpuArray::try_from(self.map(maps::CPU)?).map_err(map_err(maps::CPU))?;
         let per_cpu = map.get(&0, 0).map_err(map_err(maps::CPU))?;
         Ok((0..MAX_DOORS)
-            .map(|slot| crate::observe::status::sum_door(per_cpu.iter(), u8::try_from(slot).unwrap_or(0)))
+            .map(|slot| knock_common::DoorCounters::sum(per_cpu.iter(), u8::try_from(slot).unwrap_or(0)))
             .collect())
     }
 

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 use knock_common::{AddrKey, DoorSpec, Family, GATE_CLOSE, GATE_OPEN, Step, port_slot};
 
 use crate::{
-    config::secret::Clock,
+    clock::Clock,
     config::{Door, Gate},
 };
 

@@ -4,7 +4,6 @@
 //! so a scrape, however large the tables, never waits on the event loop nor it on a scrape.
 
 use std::{
-    net::SocketAddr,
     sync::{Arc, Mutex, atomic::Ordering},
     time::Instant,
 };
@@ -282,9 +281,4 @@ async fn respond(
         Ok(Ok(text)) => reply(StatusCode::OK, prometheus_text::CONTENT_TYPE, text),
         _ => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "encoding the metrics failed\n".into()),
     })
-}
-
-/// Parses `MetricsAddress`.
-pub fn parse_address(value: &str) -> Result<SocketAddr, String> {
-    value.parse().map_err(|_| format!("metrics address '{value}' is not an address:port (e.g. 127.0.0.1:9742)"))
 }

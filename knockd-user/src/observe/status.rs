@@ -5,10 +5,14 @@
 use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
-use knock_common::{AllowKey, Counter, CpuState, DoorCounters, DoorSpec, MAX_DOORS, PROTO_UDP, Set, Settings, maps};
+use knock_common::{AllowKey, Counter, CpuState, DoorCounters, DoorSpec, PROTO_UDP, Set, Settings, maps};
 use serde::{Deserialize, Serialize};
 
-use crate::{config::check, kernel::doors::Doors, kernel::pin::PinDir, kernel::spec::event_addr};
+use crate::{
+    clock::monotonic_ns,
+    config::check,
+    kernel::{doors::Doors, pin::PinDir, spec::event_addr},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -135,32 +139,6 @@ fn err(dir: &Path, name: &str) -> impl FnOnce(MapError) -> SnapshotError {
     move |error| SnapshotError::Map { path, error }
 }
 
-/// Door slot `slot`'s counters summed over CPUs.
-pub fn sum_door<'a>(per_cpu: impl Iterator<Item = &'a CpuState>, slot: u8) -> DoorCounters {
-    let mut sum = DoorCounters::default();
-    for s in per_cpu {
-        let d = &s.doors[usize::from(slot) % MAX_DOORS as usize];
-        sum.opens += d.opens;
-        sum.resets += d.resets;
-        sum.timeouts += d.timeouts;
-        for (a, b) in sum.stages.iter_mut().zip(d.stages) {
-            *a += b;
-        }
-    }
-    sum
-}
-
-/// `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns`, in ns.
-#[must_use]
-pub fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
-        u64::try_from(t.tv_sec())
-            .unwrap_or(0)
-            .saturating_mul(1_000_000_000)
-            .saturating_add(u64::try_from(t.tv_nsec()).unwrap_or(0))
-    })
-}
-
 /// Reads the state pinned in `pins` (this build's layout). `labels` name the doors.
 pub fn read(pins: &PinDir, labels: &[DoorLabel]) -> Result<Snapshot, SnapshotError> {
     let dir = pins.maps();
@@ -179,7 +157,7 @@ pub fn read(pins: &PinDir, labels: &[DoorLabel]) -> Result<Snapshot, SnapshotErr
     let per_cpu = cpu.get(&0, 0).map_err(err(&dir, maps::CPU))?;
     let counters =
         Counter::ALL.iter().map(|&c| (c.name(), per_cpu.iter().map(|s| s.counters[c as usize]).sum())).collect();
-    let slot_counters = |slot: u8| sum_door(per_cpu.iter(), slot);
+    let slot_counters = |slot: u8| DoorCounters::sum(per_cpu.iter(), slot);
     let mut views = Vec::new();
     let mut names: BTreeMap<u8, String> = BTreeMap::new();
     for (slot, spec) in (0u8..).zip(&specs).filter(|(_, s)| s.len > 0) {

@@ -63,7 +63,7 @@ pub(crate) fn fill(bpf_dir: &std::path::Path, iface: &str, smoke: bool) {
     let mut p = KnockProgram::load_pinned(limits, &pins, &knockd_user::kernel::rejection::scratch_logs()).unwrap();
     let epoch = p.kernel_doors().unwrap().first().map_or(0, |d| d.epoch);
     let n = if smoke { 1000 } else { 2 * limits.first_knock_entries };
-    p.fill_attempts(n, epoch, knockd_user::observe::status::monotonic_ns()).unwrap();
+    p.fill_attempts(n, epoch, knockd_user::clock::monotonic_ns()).unwrap();
     p.fill_allowances(if smoke { 1000 } else { limits.allow_entries }).unwrap();
 }
 
@@ -103,7 +103,7 @@ pub(crate) fn scrape_time(smoke: bool) -> Value {
     // Half the attempts go to each table: twice the larger table fills both.
     let full = if smoke { 1000 } else { 2 * limits.first_knock_entries };
     let epoch = doors.active().next().map_or(0, |(_, s)| s.epoch);
-    p.fill_attempts(full, epoch, knockd_user::observe::status::monotonic_ns()).unwrap();
+    p.fill_attempts(full, epoch, knockd_user::clock::monotonic_ns()).unwrap();
     p.fill_allowances(if smoke { 1000 } else { limits.allow_entries }).unwrap();
     let (full_p50, full_max) = time(runs);
     let used: Vec<u64> =

@@ -1,0 +1,38 @@
+//! Reading a config file, in the form its name says: TOML for `.toml`, knockd.conf's grammar
+//! otherwise.
+
+use std::path::Path;
+
+use crate::config::{Config, ConfigError, knockd_form, toml_form};
+
+impl Config {
+    /// Reads and parses a knockd.conf file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.to_path_buf(),
+            line: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses a config: the TOML form for a `.toml` file, knockd.conf grammar otherwise;
+    /// `path` only names the file in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        if path.extension().is_some_and(|e| e == "toml") {
+            return toml_form::parse(path, text);
+        }
+        knockd_form::parse(path, text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_file_names_the_file() {
+        let e = Config::load(Path::new("/nonexistent/knockd.conf")).unwrap_err().to_string();
+        assert!(e.starts_with("/nonexistent/knockd.conf: cannot read:"), "{e}");
+    }
+}
