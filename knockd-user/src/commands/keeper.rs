@@ -8,21 +8,17 @@ use std::{
     cmp::Reverse,
     collections::{BinaryHeap, HashMap, VecDeque},
     net::IpAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::{sync::mpsc, task::JoinSet};
 
 use crate::{
     commands::command::{run, substitute},
     commands::journal::{Entry, Journal},
     config::Door,
-    observe::log::KnockLog,
+    observe::{log::KnockLog, metrics::CommandStats},
 };
 
 /// `MaxCommands` when the config names none.
@@ -37,39 +33,6 @@ const INBOX: usize = 4096;
 /// The longest the keeper sleeps between looks at the wall clock (due times are wall-clock,
 /// and the clock may be set).
 const CLOCK_LOOK: Duration = Duration::from_secs(1);
-
-/// The keeper's counters, shared with the metrics.
-#[derive(Debug)]
-pub struct Stats {
-    /// Commands run to completion, by kind (`KINDS`) and result (ok, failed).
-    pub by_kind: [[AtomicU64; 2]; 3],
-    /// How long commands ran, in seconds.
-    pub durations: Histogram,
-    /// Start commands shed because the queue (or the table of owed stops) was full.
-    pub shed: AtomicU64,
-    /// Stop commands owed now.
-    pub pending: AtomicU64,
-    /// Children running now, and the most seen at once.
-    pub running: AtomicU64,
-    pub most_running: AtomicU64,
-}
-
-impl Default for Stats {
-    fn default() -> Self {
-        Self {
-            by_kind: Default::default(),
-            // 1 ms to about 16 s.
-            durations: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
-            shed: AtomicU64::default(),
-            pending: AtomicU64::default(),
-            running: AtomicU64::default(),
-            most_running: AtomicU64::default(),
-        }
-    }
-}
-
-/// The names of the kinds `Stats::by_kind` counts.
-pub const KINDS: [&str; 3] = ["plain", "start", "stop"];
 
 /// An open to act on, with the door's commands substituted.
 #[derive(Debug, Clone)]
@@ -90,7 +53,7 @@ enum Msg {
 pub struct Keeper {
     inbox: mpsc::Sender<Msg>,
     task: tokio::task::JoinHandle<()>,
-    stats: Arc<Stats>,
+    stats: Arc<CommandStats>,
     log: Arc<KnockLog>,
 }
 
@@ -99,7 +62,7 @@ impl Keeper {
     /// time, at once if overdue).
     #[must_use]
     pub fn start(log: Arc<KnockLog>, journal: Journal, entries: Vec<Entry>, max_commands: u32) -> Self {
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(CommandStats::default());
         let (inbox, rx) = mpsc::channel(INBOX);
         let max_running = usize::try_from(max_commands.max(1)).unwrap_or(usize::MAX);
         let mut inner = Inner {
@@ -151,7 +114,7 @@ impl Keeper {
     }
 
     #[must_use]
-    pub fn stats(&self) -> &Arc<Stats> {
+    pub fn stats(&self) -> &Arc<CommandStats> {
         &self.stats
     }
 
@@ -214,7 +177,7 @@ struct Job {
 struct Inner {
     log: Arc<KnockLog>,
     journal: Journal,
-    stats: Arc<Stats>,
+    stats: Arc<CommandStats>,
     max_running: usize,
     max_queued: usize,
     pending: HashMap<Key, Pending>,

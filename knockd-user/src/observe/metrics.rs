@@ -4,7 +4,10 @@
 //! so a scrape, however large the tables, never waits on the event loop nor it on a scrape.
 
 use std::{
-    sync::{Arc, Mutex, atomic::Ordering},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Instant,
 };
 
@@ -14,16 +17,49 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _, prometheus_text},
+    metrics::histogram::{Histogram, exponential_buckets},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
 
 use crate::{
-    commands::keeper::{KINDS, Stats},
     kernel::netlink,
     kernel::pin::PinDir,
     observe::status::{self, DoorLabel},
 };
+
+/// What the command keeper (`commands::keeper`) counts, for the metrics.
+#[derive(Debug)]
+pub struct CommandStats {
+    /// Commands run to completion, by kind (`KINDS`) and result (ok, failed).
+    pub by_kind: [[AtomicU64; 2]; 3],
+    /// How long commands ran, in seconds.
+    pub durations: Histogram,
+    /// Start commands shed because the queue (or the table of owed stops) was full.
+    pub shed: AtomicU64,
+    /// Stop commands owed now.
+    pub pending: AtomicU64,
+    /// Children running now, and the most seen at once.
+    pub running: AtomicU64,
+    pub most_running: AtomicU64,
+}
+
+impl Default for CommandStats {
+    fn default() -> Self {
+        Self {
+            by_kind: Default::default(),
+            // 1 ms to about 16 s.
+            durations: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            shed: AtomicU64::default(),
+            pending: AtomicU64::default(),
+            running: AtomicU64::default(),
+            most_running: AtomicU64::default(),
+        }
+    }
+}
+
+/// The names of the kinds `CommandStats::by_kind` counts.
+pub const KINDS: [&str; 3] = ["plain", "start", "stop"];
 
 /// What the metrics are read from.
 #[derive(Debug, Clone)]
@@ -32,7 +68,7 @@ pub struct Source {
     pub pins: PinDir,
     pub interfaces: Vec<String>,
     pub labels: Arc<Mutex<Vec<DoorLabel>>>,
-    pub keeper: Arc<Stats>,
+    pub keeper: Arc<CommandStats>,
 }
 
 /// The scrape-time collector of everything but the command-duration histogram.

@@ -12,11 +12,11 @@ use std::{
 };
 
 use knockd_user::{
-    commands::keeper::Stats,
     config::Config,
     kernel::doors::Doors,
     kernel::pin::PinDir,
     kernel::program::{KnockProgram, Limits},
+    observe::metrics::CommandStats,
     observe::metrics::{self, Source},
 };
 use serde_json::{Value, json};
@@ -85,7 +85,8 @@ pub(crate) fn scrape_time(smoke: bool) -> Value {
     doors.install(config.doors);
     p.apply(&doors).unwrap();
     let labels = Arc::new(Mutex::new(knockd_user::observe::status::labels(&doors, &p.door_counters().unwrap(), &[])));
-    let source = Source { pins: pins.clone(), interfaces: Vec::new(), labels, keeper: Arc::new(Stats::default()) };
+    let source =
+        Source { pins: pins.clone(), interfaces: Vec::new(), labels, keeper: Arc::new(CommandStats::default()) };
     let registry = metrics::registry(source);
     let time = |runs: u32| {
         let mut ms: Vec<f64> = (0..runs)
