@@ -5,3 +5,4 @@ pub mod command;
 pub mod journal;
 pub mod keeper;
 pub mod state;
+pub mod task;
