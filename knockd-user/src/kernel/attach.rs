@@ -16,9 +16,10 @@ use aya::{
 use knock_common::{AllowKey, UsedKey, maps};
 
 use crate::{
+    kernel::error::{KernelError, map_err},
     kernel::netlink,
     kernel::pin::{PINNED_MAPS, PinDir},
-    kernel::program::{KernelError, KnockProgram, map_err},
+    kernel::program::KnockProgram,
 };
 
 /// The map data behind any kind of map.

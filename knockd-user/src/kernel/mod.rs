@@ -3,9 +3,11 @@
 
 pub mod attach;
 pub mod doors;
+pub mod error;
 pub mod floor;
 pub mod netlink;
 pub mod pin;
+pub mod ports;
 pub mod program;
 pub mod rejection;
 pub mod spec;

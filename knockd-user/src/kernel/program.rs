@@ -10,15 +10,11 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, ProgramArray, RingBuf},
-    programs::{
-        ProgramError, TestRun, TestRunOptions, Xdp,
-        links::{FdLink, LinkError},
-    },
+    programs::{ProgramError, TestRun, TestRunOptions, Xdp, links::FdLink},
 };
 use knock_common::{
     AddrKey, AllowKey, Attempt, Counter, CpuState, DoorSpec, DoorWindows, LocalAddrs, MAX_DOORS, MAX_LOCAL_ADDRS,
-    PORT_BIT_WORDS, PORT_SLOTS, PortBits, PortDoors, Rate, SECRET_WORD, Set, Settings, SlotKey, UsedKey, WAYS, maps,
-    port_bit, set_port_bit, sets_for,
+    PORT_SLOTS, PortBits, PortDoors, Rate, Set, Settings, SlotKey, UsedKey, WAYS, maps, port_bit, sets_for,
 };
 
 use crate::{
@@ -26,7 +22,9 @@ use crate::{
     clock::Clock,
     config::{Gate, Knock},
     kernel::doors::Doors,
+    kernel::error::{KernelError, map_err, map_err_named, map_of},
     kernel::pin::{PINNED_MAPS, PinDir},
+    kernel::ports::{port_doors, sync_ports, write_port_bits},
     kernel::rejection::load_xdp,
     kernel::spec::{addr_key, gate_table, port_table},
 };
@@ -36,121 +34,6 @@ pub const PROGRAM: &str = "knockgate";
 /// The programs `knockgate` tail-calls, by their slot in `DOOR_WALK`: for ports that several
 /// sequences name, and for new packets while secret doors exist.
 const WALK_PROGRAMS: [&str; 2] = ["knockgate_doors", "knockgate_secret"];
-
-#[derive(Debug, thiserror::Error)]
-pub enum KernelError {
-    #[error("loading the XDP object: {0}")]
-    Load(#[from] aya::EbpfError),
-    #[error(
-        "the kernel refused to create map {name}: operation not permitted; knockd needs CAP_BPF and \
-         CAP_NET_ADMIN (run it as root)"
-    )]
-    MapNotPermitted { name: String },
-    #[error(transparent)]
-    Refused(#[from] crate::kernel::rejection::LoadError),
-    #[error("XDP program: {0}")]
-    Program(#[from] ProgramError),
-    #[error("map {name}: {error}")]
-    Map { name: &'static str, error: MapError },
-    #[error("map {0} is missing from the XDP object")]
-    MissingMap(&'static str),
-    #[error("program {PROGRAM} is missing from the XDP object")]
-    MissingProgram,
-    #[error("drawing the attempt tables' hash key from /dev/urandom: {0}")]
-    Random(std::io::Error),
-    #[error("pinned map {name}: {error}")]
-    Pinned { name: String, error: MapError },
-    #[error(
-        "the map pinned at {path} does not match this build ({found}; this build needs {want}): \
-         remove the pinned state with `knockd --unload`"
-    )]
-    PinnedLayout { path: PathBuf, found: String, want: String },
-    #[error("XDP link: {0}")]
-    Link(#[from] LinkError),
-    #[error("interface {0} does not exist")]
-    NoInterface(String),
-    #[error("asking the kernel what is attached to {iface}: {error}")]
-    Netlink { iface: String, error: std::io::Error },
-    #[error(
-        "interface {iface} already has an XDP program, {program}, that knockgate did not attach; \
-         knockd will not replace it (remove it first, e.g. `ip link set dev {iface} xdp off`)"
-    )]
-    Foreign { iface: String, program: String },
-    #[error(
-        "the kernel attached the program to {0} without a BPF link (netlink), which cannot be pinned: kernel 5.9 or later is needed"
-    )]
-    NotALink(String),
-    #[error("pinning {path}: {error}")]
-    Pin { path: PathBuf, error: aya::pin::PinError },
-    #[error(transparent)]
-    PinDir(#[from] crate::kernel::pin::PinError),
-}
-
-fn map_of<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::maps::Map, KernelError> {
-    ebpf.map_mut(name).ok_or(KernelError::MissingMap(name))
-}
-
-/// Makes `PORTS` hold `want` (all other slots zero), writing only the slots that change.
-fn sync_ports(
-    ebpf: &mut Ebpf,
-    have: &mut BTreeMap<u32, PortDoors>,
-    want: BTreeMap<u32, PortDoors>,
-) -> Result<(), KernelError> {
-    let name = maps::PORTS;
-    let mut map: Array<_, PortDoors> = Array::try_from(map_of(ebpf, name)?).map_err(map_err(name))?;
-    for (&slot, doors) in &want {
-        if have.get(&slot) != Some(doors) {
-            map.set(slot, doors, 0).map_err(map_err(name))?;
-        }
-    }
-    for slot in have.keys().filter(|s| !want.contains_key(s)) {
-        map.set(*slot, PortDoors::default(), 0).map_err(map_err(name))?;
-    }
-    *have = want;
-    Ok(())
-}
-
-/// Makes `PORT_BITS` hold a bit for each slot of the given tables that is not all zero, and
-/// the mask of secret doors.
-fn write_port_bits<'a>(
-    ebpf: &mut Ebpf,
-    tables: impl IntoIterator<Item = &'a BTreeMap<u32, PortDoors>>,
-    secret_mask: u32,
-) -> Result<(), KernelError> {
-    let name = maps::PORT_BITS;
-    // Made on the heap: 16 KiB is much for a stack.
-    let mut bits: Box<PortBits> =
-        vec![0; PORT_BIT_WORDS + 1].into_boxed_slice().try_into().map_err(|_| KernelError::MissingMap(name))?;
-    bits[SECRET_WORD] = u64::from(secret_mask);
-    for table in tables {
-        for (&slot, doors) in table {
-            if *doors != PortDoors::default() {
-                set_port_bit(&mut bits, slot);
-            }
-        }
-    }
-    let mut map: Array<_, PortBits> = Array::try_from(map_of(ebpf, name)?).map_err(map_err(name))?;
-    map.set(0, bits.as_ref(), 0).map_err(map_err(name))
-}
-
-/// `PORTS` content from per-slot masks of knocking doors and of gating doors.
-fn port_doors(knock: &BTreeMap<u32, u32>, gate: &BTreeMap<u32, u32>) -> BTreeMap<u32, PortDoors> {
-    let mut table: BTreeMap<u32, PortDoors> =
-        knock.iter().map(|(&slot, &knock)| (slot, PortDoors { knock, gate: 0 })).collect();
-    for (&slot, &gate) in gate {
-        table.entry(slot).or_default().gate = gate;
-    }
-    table
-}
-
-pub(crate) fn map_err(name: &'static str) -> impl FnOnce(MapError) -> KernelError {
-    move |error| KernelError::Map { name, error }
-}
-
-/// As `map_err`, for a name not known statically.
-fn map_err_named(name: &str) -> impl FnOnce(MapError) -> KernelError + '_ {
-    move |error| KernelError::Pinned { name: name.to_owned(), error }
-}
 
 /// Sizes and budgets fixed at load time.
 #[derive(Debug, Clone, Copy)]
@@ -311,7 +194,7 @@ impl KnockProgram {
         let mut table_fds = Vec::new();
         for name in WALK_PROGRAMS {
             load_xdp(&mut ebpf, name, logs)?;
-            let walk: &mut Xdp = ebpf.program_mut(name).ok_or(KernelError::MissingProgram)?.try_into()?;
+            let walk: &mut Xdp = ebpf.program_mut(name).ok_or(KernelError::MissingProgram(name))?.try_into()?;
             table_fds.push(walk.fd()?.try_clone().map_err(|e| KernelError::Program(ProgramError::from(e)))?);
         }
         let mut table =
@@ -371,11 +254,11 @@ impl KnockProgram {
     }
 
     pub(crate) fn xdp(&self) -> Result<&Xdp, KernelError> {
-        Ok(self.ebpf.program(PROGRAM).ok_or(KernelError::MissingProgram)?.try_into()?)
+        Ok(self.ebpf.program(PROGRAM).ok_or(KernelError::MissingProgram(PROGRAM))?.try_into()?)
     }
 
     pub(crate) fn xdp_mut(&mut self) -> Result<&mut Xdp, KernelError> {
-        Ok(self.ebpf.program_mut(PROGRAM).ok_or(KernelError::MissingProgram)?.try_into()?)
+        Ok(self.ebpf.program_mut(PROGRAM).ok_or(KernelError::MissingProgram(PROGRAM))?.try_into()?)
     }
 
     pub(crate) fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, KernelError> {
@@ -663,7 +546,7 @@ impl KnockProgram {
     pub fn verified_instructions(&self) -> Result<Vec<(&'static str, u32)>, KernelError> {
         let mut counts = Vec::new();
         for name in std::iter::once(PROGRAM).chain(WALK_PROGRAMS) {
-            let prog: &Xdp = self.ebpf.program(name).ok_or(KernelError::MissingProgram)?.try_into()?;
+            let prog: &Xdp = self.ebpf.program(name).ok_or(KernelError::MissingProgram(name))?.try_into()?;
             counts.push((name, prog.info()?.verified_instruction_count().unwrap_or(0)));
         }
         Ok(counts)
