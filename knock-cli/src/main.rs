@@ -20,6 +20,7 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use knock_common::{
     AddrKey, PROTO_TCP, PROTO_UDP,
+    generate::{Generate, generate},
     secret::{
         DEFAULT_LENGTH, DEFAULT_WINDOW_SECS, MAX_LENGTH, MAX_WINDOW_SECS, MIN_LENGTH,
         derive::{GENERATED_KEY_BITS, Params, Secret},
@@ -84,34 +85,10 @@ struct Args {
     ports: Vec<String>,
 }
 
-/// What `--generate` prints.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum Generate {
-    Man,
-    Bash,
-    Zsh,
-    Fish,
-}
-
-/// `--generate`: the manual page `knock(1)`, or completions, on stdout.
-fn generate(what: Generate) -> std::io::Result<()> {
-    use clap::CommandFactory as _;
-    let mut cmd = Args::command();
-    let out = &mut std::io::stdout();
-    let shell = match what {
-        Generate::Man => return clap_mangen::Man::new(cmd).section("1").render(out),
-        Generate::Bash => clap_complete::Shell::Bash,
-        Generate::Zsh => clap_complete::Shell::Zsh,
-        Generate::Fish => clap_complete::Shell::Fish,
-    };
-    clap_complete::generate(shell, &mut cmd, "knock", out);
-    Ok(())
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(what) = args.generate {
-        return match generate(what) {
+        return match generate(what, <Args as clap::CommandFactory>::command(), "1") {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("knock: {e}");

@@ -7,7 +7,7 @@
 //! (`[u8; 16]`, an IPv4 address in the first four bytes and zeros after it).
 #![no_std]
 
-#[cfg(any(test, feature = "keys"))]
+#[cfg(any(test, feature = "keys", feature = "generate"))]
 extern crate std;
 
 pub mod addr;
@@ -16,6 +16,8 @@ pub mod counters;
 pub mod door;
 pub mod event;
 pub mod gate;
+#[cfg(feature = "generate")]
+pub mod generate;
 pub mod knock;
 pub mod secret;
 pub mod table;

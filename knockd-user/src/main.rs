@@ -8,6 +8,7 @@ use std::{
 
 use anyhow::Context as _;
 use clap::Parser;
+use knock_common::generate::{Generate, generate};
 use knockd_user::{
     commands::journal::{Journal, Opened},
     commands::keeper::{DEFAULT_MAX_COMMANDS, Keeper},
@@ -114,34 +115,10 @@ impl Args {
 /// How long shutdown and `--unload` wait for commands (pending stops included) to finish.
 const SHUTDOWN_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// What `--generate` prints.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum Generate {
-    Man,
-    Bash,
-    Zsh,
-    Fish,
-}
-
-/// `--generate`: the manual page `knockd(8)`, or completions, on stdout.
-fn generate(what: Generate) -> std::io::Result<()> {
-    use clap::CommandFactory as _;
-    let mut cmd = Args::command();
-    let out = &mut std::io::stdout();
-    let shell = match what {
-        Generate::Man => return clap_mangen::Man::new(cmd).section("8").render(out),
-        Generate::Bash => clap_complete::Shell::Bash,
-        Generate::Zsh => clap_complete::Shell::Zsh,
-        Generate::Fish => clap_complete::Shell::Fish,
-    };
-    clap_complete::generate(shell, &mut cmd, "knockd", out);
-    Ok(())
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(what) = args.generate {
-        return match generate(what) {
+        return match generate(what, <Args as clap::CommandFactory>::command(), "8") {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("knockd: {e}");
