@@ -28,16 +28,9 @@ def main(results_path, out):
     fig, ax = plt.subplots(figsize=(8, 4.5))
     bd = r["per_packet"]["by_doors"]
 
-    def find(n, prefix):
-        return next(x for x in bd if x["doors"] == n and x["case"].startswith(prefix))
-
     def ratio(x):
-        # Resets are timed one run at a time; calibrated as in BENCHMARKS.md through the
-        # first knock timed the same way on the same program.
-        if not x["case"].startswith("reset"):
-            return x["ratio"]
-        first, paired = find(x["doors"], "first knock"), find(x["doors"], "first knock, timed as")
-        return (first["knockgate_ns"] + x["added_ns"] - paired["added_ns"]) / first["empty_ns"]
+        # Resets are timed one run at a time; the bench calibrated them (BENCHMARKS.md).
+        return x.get("calibrated_ratio", x["ratio"])
 
     for case in dict.fromkeys(x["case"] for x in bd if not x["case"].startswith("first knock, timed as")):
         pts = [x for x in bd if x["case"] == case]

@@ -20,6 +20,7 @@ use crate::{
     Opts, cpu_seconds,
     nft::NftKnock,
     rig::{Peer, Rig},
+    ticks_per_second,
 };
 
 /// The paced flood: a rate the receiving side of the veth absorbs without dropping frames
@@ -72,8 +73,7 @@ fn kernel_seconds() -> (f64, f64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let cpu: Vec<f64> =
         stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let hz = ticks_per_second();
     // user nice system idle iowait irq softirq
     (cpu.get(6).copied().unwrap_or(0.0) / hz, cpu.get(2).copied().unwrap_or(0.0) / hz)
 }

@@ -146,7 +146,11 @@ pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     let fields: Vec<&str> = after.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of stat; after ')' they are at 11 and 12.
     let ticks: f64 = fields.get(11..13).map_or(0.0, |f| f.iter().filter_map(|x| x.parse::<f64>().ok()).sum());
+    ticks / ticks_per_second()
+}
+
+/// The clock ticks per second that `/proc`'s CPU times count in.
+pub(crate) fn ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks / hz
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
 }

@@ -160,16 +160,8 @@ pub(crate) fn report(r: &Value) -> String {
     let ns = |n: &Value, case: &str| {
         by_doors.iter().find(|x| x["doors"] == *n && x["case"].as_str().is_some_and(|c| c.starts_with(case)))
     };
-    // A reset row's cost as the repeated rows would show it: the repeated first knock's, plus
-    // what the reset costs over the first knock timed as the resets are, on the same program.
-    let calibrated = |row: &Value| -> Option<f64> {
-        let case = row["case"].as_str()?;
-        if !case.starts_with("reset") {
-            return None;
-        }
-        let (first, paired) = (ns(&row["doors"], "first knock")?, ns(&row["doors"], "first knock, timed as")?);
-        Some(f(&first["knockgate_ns"]) + f(&row["added_ns"]) - f(&paired["added_ns"]))
-    };
+    // A reset row's cost as the repeated rows would show it, as the bench calibrated it.
+    let calibrated = |row: &Value| row["calibrated_ns"].as_f64();
     let cost = |row: &Value| calibrated(row).unwrap_or_else(|| f(&row["knockgate_ns"]));
     for row in &by_doors {
         let case = row["case"].as_str().unwrap_or("");
