@@ -10,6 +10,9 @@ pub mod daemon;
 pub mod kernel;
 pub mod observe;
 
+#[cfg(test)]
+mod layers;
+
 /// The XDP program as built by `build.rs`; tests load exactly these bytes.
 pub static KNOCK_EBPF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/knock-ebpf"));
 

@@ -92,12 +92,12 @@ pub struct Options {
     /// knockgate: entries of the kernel table of gate allowances.
     pub allow_table_size: Option<u32>,
     /// knockgate: the BPF filesystem directory for the pinned program and maps
-    /// (`BPF_DIR/IFACE`); default `pin::DEFAULT_BPF_DIR`.
+    /// (`BPF_DIR/IFACE`); default `kernel::pin::DEFAULT_BPF_DIR`.
     pub bpf_dir: Option<PathBuf>,
     /// knockgate: the directory of the journal of pending stop commands; default
     /// `DEFAULT_STATE_DIR`.
     pub state_dir: Option<PathBuf>,
-    /// knockgate: most commands running at once; default `keeper::DEFAULT_MAX_COMMANDS`.
+    /// knockgate: most commands running at once; default `commands::keeper::DEFAULT_MAX_COMMANDS`.
     pub max_commands: Option<u32>,
     /// knockgate: where `/metrics` is served (off when `None`).
     pub metrics_address: Option<std::net::SocketAddr>,
