@@ -88,8 +88,11 @@ pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     /// `PerCpuArray<CpuState>`, one slot: clock cache, stage-event budget and counters.
     pub const CPU: &str = "CPU";
-    /// `ProgramArray`, slot 0: `knockgate_doors`, for ports that several sequences name.
+    /// `ProgramArray`, slot 0: `knockgate_doors`, for ports that several sequences name; slot
+    /// 1: `knockgate_secret`, for secret doors.
     pub const DOOR_WALK: &str = "DOOR_WALK";
+    /// `ProgramArray`: `DOOR_WALK` of the TC hook (`knockgate_tc_doors`, `knockgate_tc_secret`).
+    pub const DOOR_WALK_TC: &str = "DOOR_WALK_TC";
     /// `LruHashMap<AllowKey, u64>`: (source, gated port) allowed until this `ktime` (ns).
     pub const ALLOW: &str = "ALLOW";
     /// `Array<DoorWindows>`, `MAX_DOORS` slots: the window keys of each secret door.

@@ -26,6 +26,8 @@ mod cpu;
 #[cfg(target_arch = "bpf")]
 mod doors;
 #[cfg(target_arch = "bpf")]
+mod hook;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod parse;

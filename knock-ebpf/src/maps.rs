@@ -75,5 +75,9 @@ pub(crate) const BPF_NOEXIST: u64 = 1;
 /// packets a secret door may care about.
 #[map]
 pub(crate) static DOOR_WALK: ProgramArray = ProgramArray::with_max_entries(2, 0);
+/// `DOOR_WALK` of the TC hook: its programs, in the same slots (a program array holds
+/// programs of one type).
+#[map]
+pub(crate) static DOOR_WALK_TC: ProgramArray = ProgramArray::with_max_entries(2, 0);
 pub(crate) const WALK_PLAIN: u32 = 0;
 pub(crate) const WALK_SECRET: u32 = 1;

@@ -3,13 +3,12 @@
 //!
 //! This runs for every frame on the interface, so it reads each field it needs with one load
 //! and compares in network order. Every 16-bit field read here sits at an even offset (all
-//! header lengths are even), and XDP frame data starts 2-aligned.
+//! header lengths are even), and frame data starts 2-aligned at either hook.
 
 #![expect(clippy::cast_ptr_alignment, reason = "16-bit fields at even offsets of 2-aligned frame data; see above")]
 
 use core::mem::size_of;
 
-use aya_ebpf::programs::XdpContext;
 use knock_common::{AddrKey, Family, PROTO_TCP, PROTO_UDP};
 use network_types::{
     eth::EthHdr,
@@ -17,6 +16,8 @@ use network_types::{
     tcp::TcpHdr,
     udp::UdpHdr,
 };
+
+use crate::hook::Hook;
 
 /// Ethertypes as they read from the frame with a native (little-endian) 16-bit load.
 const ETH_P_IPV4: u16 = 0x0800_u16.to_be();
@@ -118,7 +119,7 @@ impl Parsed {
 
 /// Source and destination address of a parsed packet.
 #[inline(always)]
-pub(crate) fn addresses(ctx: &XdpContext, p: Parsed) -> Result<(AddrKey, AddrKey), Skip> {
+pub(crate) fn addresses(ctx: &impl Hook, p: Parsed) -> Result<(AddrKey, AddrKey), Skip> {
     if p.v6() {
         // SAFETY: `ptr_at` checked the whole fixed header.
         let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, p.l3())? };
@@ -146,9 +147,9 @@ fn key<const N: usize>(family: Family, addr: &[u8; N]) -> AddrKey {
 }
 
 #[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, Skip> {
-    let start = ctx.data();
-    let end = ctx.data_end();
+fn ptr_at<T>(ctx: &impl Hook, offset: usize) -> Result<*const T, Skip> {
+    let start = ctx.start();
+    let end = ctx.end();
     if start + offset + size_of::<T>() > end {
         return Err(Skip::Malformed);
     }
@@ -158,7 +159,7 @@ fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, Skip> {
 /// A 16-bit field, as stored (network order). Two bytes, not one: for a one-byte read LLVM
 /// rewrites the bound check into a form the verifier draws no packet range from.
 #[inline(always)]
-fn raw16(ctx: &XdpContext, offset: usize) -> Result<u16, Skip> {
+fn raw16(ctx: &impl Hook, offset: usize) -> Result<u16, Skip> {
     // SAFETY: `ptr_at` checked both bytes; the offset is even (see the module comment).
     Ok(unsafe { *ptr_at::<u16>(ctx, offset)? })
 }
@@ -168,10 +169,10 @@ fn raw16(ctx: &XdpContext, offset: usize) -> Result<u16, Skip> {
 /// constant offsets. `None` for any other frame, which `parse_v4` then reads in full; for
 /// the frames this accepts, it would return the same.
 #[inline(always)]
-fn plain_v4(ctx: &XdpContext, listed: impl Fn(u8, u16, u8) -> bool) -> Option<Result<Parsed, Skip>> {
+fn plain_v4(ctx: &impl Hook, listed: impl Fn(u8, u16, u8) -> bool) -> Option<Result<Parsed, Skip>> {
     const IP: usize = EthHdr::LEN;
     const L4: usize = IP + Ipv4Hdr::LEN;
-    let (start, end) = (ctx.data(), ctx.data_end());
+    let (start, end) = (ctx.start(), ctx.end());
     if start + L4 + UdpHdr::LEN > end {
         return None;
     }
@@ -201,7 +202,7 @@ fn plain_v4(ctx: &XdpContext, listed: impl Fn(u8, u16, u8) -> bool) -> Option<Re
 }
 
 #[inline(always)]
-pub(crate) fn parse(ctx: &XdpContext, listed: impl Fn(u8, u16, u8) -> bool + Copy) -> Result<Parsed, Skip> {
+pub(crate) fn parse(ctx: &impl Hook, listed: impl Fn(u8, u16, u8) -> bool + Copy) -> Result<Parsed, Skip> {
     // Only packets to a port some door names or gates (or, with secret doors, every new
     // packet) go further than this.
     let listed_only = |parsed: Parsed| {
@@ -235,7 +236,7 @@ pub(crate) fn parse(ctx: &XdpContext, listed: impl Fn(u8, u16, u8) -> bool + Cop
 }
 
 #[inline(always)]
-fn parse_v4(ctx: &XdpContext, off: usize) -> Result<Parsed, Skip> {
+fn parse_v4(ctx: &impl Hook, off: usize) -> Result<Parsed, Skip> {
     let ip = ptr_at::<Ipv4Hdr>(ctx, off)?;
     // SAFETY: `ptr_at` checked the whole fixed header; `frags` is at an even offset.
     let (vihl, frags, proto) = unsafe { ((*ip).vihl, *(&raw const (*ip).frags).cast::<u16>(), (*ip).proto) };
@@ -252,7 +253,7 @@ fn parse_v4(ctx: &XdpContext, off: usize) -> Result<Parsed, Skip> {
 }
 
 #[inline(always)]
-fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Parsed, Skip> {
+fn parse_v6(ctx: &impl Hook, off: usize) -> Result<Parsed, Skip> {
     // SAFETY: `ptr_at` checked the whole fixed header.
     let mut next = unsafe { (*ptr_at::<Ipv6Hdr>(ctx, off)?).next_hdr };
     let mut l4 = off + Ipv6Hdr::LEN;
@@ -299,7 +300,7 @@ fn parse_v6(ctx: &XdpContext, off: usize) -> Result<Parsed, Skip> {
 
 /// Destination port (host order) and TCP flags (0 for UDP).
 #[inline(always)]
-fn parse_l4(ctx: &XdpContext, off: usize, proto: u8) -> Result<(u16, u8), Skip> {
+fn parse_l4(ctx: &impl Hook, off: usize, proto: u8) -> Result<(u16, u8), Skip> {
     match proto {
         PROTO_TCP => {
             let tcp = ptr_at::<TcpHdr>(ctx, off)?.cast::<u8>();

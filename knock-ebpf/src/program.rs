@@ -1,7 +1,13 @@
 //! The XDP entry points and the packet path: parse, the port table, the knock doors a
 //! packet visits, stealth and the gate.
 
-use aya_ebpf::{bindings::xdp_action, cty::c_void, helpers::bpf_loop, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    cty::c_void,
+    helpers::bpf_loop,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 use knock_common::{
     AllowKey, Counter, Knock, PortDoors, SECRET_WORD, Set, Settings, SourceKey, XDP_DROP, XDP_PASS, gate_passes,
     is_new_connection, port_bit, port_slot, visit,
@@ -10,9 +16,8 @@ use knock_common::{
 use crate::{
     cpu::Cpu,
     doors::{DoorLoop, PLAIN, Packet, SECRET, door, end_attempt, lowest_door, opaque_doors, walk_step},
-    maps::{
-        ALLOW, DOOR_WALK, FIRST_KNOCKS, LOCAL_ADDRS, PORT_BITS, PORTS, PROGRESS, SETTINGS, WALK_PLAIN, WALK_SECRET,
-    },
+    hook::{Hook, tc_pull_headers, tc_verdict},
+    maps::{ALLOW, FIRST_KNOCKS, LOCAL_ADDRS, PORT_BITS, PORTS, PROGRESS, SETTINGS, WALK_PLAIN, WALK_SECRET},
     parse::{self, Parsed, Skip},
 };
 
@@ -26,7 +31,7 @@ const _: () = assert!(XDP_PASS == xdp_action::XDP_PASS && XDP_DROP == xdp_action
 // return (dear under return-stack mitigations), and LLVM stops inlining a body this large.
 #[inline(always)]
 fn knockgate(ctx: XdpContext) -> u32 {
-    run::<false>(&ctx)
+    run::<_, false>(&ctx)
 }
 
 /// Reached only by tail call from `knockgate`: walks the doors a knock visits in a
@@ -37,7 +42,7 @@ fn knockgate(ctx: XdpContext) -> u32 {
 // return (dear under return-stack mitigations), and LLVM stops inlining a body this large.
 #[inline(always)]
 fn knockgate_doors(ctx: XdpContext) -> u32 {
-    run::<true>(&ctx)
+    run::<_, true>(&ctx)
 }
 
 /// Reached only by tail call from `knockgate`, while secret doors exist: matches the secret
@@ -52,13 +57,36 @@ fn knockgate_secret(ctx: XdpContext) -> u32 {
     secret_walk(&ctx)
 }
 
+/// `knockgate` at TC ingress, for an interface where another program owns XDP: the same
+/// matching and gate, behind what that program passes.
+#[classifier]
 #[inline(always)]
-fn secret_walk(ctx: &XdpContext) -> u32 {
+fn knockgate_tc(ctx: TcContext) -> i32 {
+    tc_pull_headers(&ctx);
+    tc_verdict(run::<_, false>(&ctx))
+}
+
+/// `knockgate_doors` at TC ingress (tail-called through `DOOR_WALK_TC`).
+#[classifier]
+#[inline(always)]
+fn knockgate_tc_doors(ctx: TcContext) -> i32 {
+    tc_verdict(run::<_, true>(&ctx))
+}
+
+/// `knockgate_secret` at TC ingress (tail-called through `DOOR_WALK_TC`).
+#[classifier]
+#[inline(always)]
+fn knockgate_tc_secret(ctx: TcContext) -> i32 {
+    tc_verdict(secret_walk(&ctx))
+}
+
+#[inline(always)]
+fn secret_walk(ctx: &impl Hook) -> u32 {
     // What `knockgate` parsed is in this CPU's `Walk`: this program's frame stays small.
     // Whether the packet is a new connection to a gated port comes with the packet itself
-    // (`mark_gated`), never from per-CPU memory, which another packet could have written
+    // (`Hook::mark_gated`), never from per-CPU memory, which another packet could have written
     // meanwhile where BPF programs can be preempted (PREEMPT_RT).
-    let gated = take_gated_mark(ctx);
+    let gated = ctx.take_gated_mark();
     let (Some(cpu), Some(settings)) = (Cpu::get(), SETTINGS.get(0)) else { return XDP_DROP };
     // SAFETY: the loop reads the hand-over, which `knockgate` wrote on this CPU for this
     // packet; should another packet's overwrite it, only the matching of that packet runs
@@ -74,15 +102,14 @@ fn secret_walk(ctx: &XdpContext) -> u32 {
     if doors & !settings.secret_mask == 0 && !gated {
         return XDP_PASS;
     }
-    // SAFETY: `ctx` is this program's context; on success this does not return.
-    unsafe { DOOR_WALK.tail_call(ctx, WALK_PLAIN) };
+    ctx.walk(WALK_PLAIN);
     // Only with an empty program array: plain doors are not matched, and the gate drops.
     cpu.count(Counter::MapErrors);
     if gated { XDP_DROP } else { XDP_PASS }
 }
 
 #[inline(always)]
-fn run<const ALL_DOORS: bool>(ctx: &XdpContext) -> u32 {
+fn run<H: Hook, const ALL_DOORS: bool>(ctx: &H) -> u32 {
     // The common case, a port that is neither a knock port nor gated, ends in `parse` at
     // the `PORT_BITS` test.
     match parse::parse(ctx, port_listed) {
@@ -97,9 +124,9 @@ fn run<const ALL_DOORS: bool>(ctx: &XdpContext) -> u32 {
             // path is compiled without the secret doors' work and its registers.
             if !ALL_DOORS && settings.secret_mask != 0 {
                 // A secret door's later step (any port) reaches here with nothing in `PORTS`.
-                on_packet::<ALL_DOORS, true>(ctx, parsed, doors, settings)
+                on_packet::<H, ALL_DOORS, true>(ctx, parsed, doors, settings)
             } else if doors.knock | doors.gate != 0 {
-                on_packet::<ALL_DOORS, false>(ctx, parsed, doors, settings)
+                on_packet::<H, ALL_DOORS, false>(ctx, parsed, doors, settings)
             } else {
                 XDP_PASS
             }
@@ -137,8 +164,8 @@ fn port_listed(proto: u8, port: u16, tcp_flags: u8) -> bool {
 }
 /// The verdict for a parsed TCP/UDP packet: knock matching, then stealth and the gate.
 #[inline(always)]
-fn on_packet<const ALL_DOORS: bool, const SECRETS: bool>(
-    ctx: &XdpContext,
+fn on_packet<H: Hook, const ALL_DOORS: bool, const SECRETS: bool>(
+    ctx: &H,
     parsed: Parsed,
     PortDoors { knock: doors, gate }: PortDoors,
     settings: &Settings,
@@ -177,7 +204,7 @@ fn on_packet<const ALL_DOORS: bool, const SECRETS: bool>(
     } else {
         0
     };
-    let secret = secret_visits != 0 && (!gated || mark_gated(ctx));
+    let secret = secret_visits != 0 && (!gated || ctx.mark_gated());
     if !secret && !walk && !gated {
         // A new packet from a source no secret door has an attempt of.
         return XDP_PASS;
@@ -188,8 +215,7 @@ fn on_packet<const ALL_DOORS: bool, const SECRETS: bool>(
         let to_local = LOCAL_ADDRS.get(0).is_some_and(|l| l.contains(&dst));
         let source_hash = SourceKey::new(settings.hash_key, &src).hash();
         cpu.hand_over(&Packet { src, dst, knock }, now, doors, secret_visits, source_hash, to_local);
-        // SAFETY: `ctx` is this program's context; on success this does not return.
-        unsafe { DOOR_WALK.tail_call(ctx, WALK_SECRET) };
+        ctx.walk(WALK_SECRET);
         // Only with an empty program array, never after a successful load: the knock is
         // not matched, but stealth and the gate still apply.
         cpu.count(Counter::MapErrors);
@@ -197,7 +223,7 @@ fn on_packet<const ALL_DOORS: bool, const SECRETS: bool>(
     }
     let mut verdict = XDP_PASS;
     if walk {
-        knock_doors::<ALL_DOORS>(ctx, &Packet { src, dst, knock }, doors, settings, now, cpu);
+        knock_doors::<H, ALL_DOORS>(ctx, &Packet { src, dst, knock }, doors, settings, now, cpu);
     }
     if doors & settings.stealth_mask != 0 && !parsed.fragment() {
         cpu.count(Counter::StealthDrops);
@@ -221,8 +247,8 @@ fn on_packet<const ALL_DOORS: bool, const SECRETS: bool>(
 /// naming the port may advance, the others' attempts by this source are reset. One door
 /// inline; more by tail call to `knockgate_doors`, which walks them in a loop.
 #[inline(always)]
-fn knock_doors<const ALL_DOORS: bool>(
-    xdp: &XdpContext,
+fn knock_doors<H: Hook, const ALL_DOORS: bool>(
+    hook: &H,
     pkt: &Packet,
     doors: u32,
     settings: &Settings,
@@ -236,8 +262,7 @@ fn knock_doors<const ALL_DOORS: bool>(
     // paths than the verifier explores: it follows each path through the first into the second.
     let (named, others) = (visits & doors, visits & !doors);
     if !ALL_DOORS && visit::rest(named) | visit::rest(others) != 0 {
-        // SAFETY: `xdp` is this program's context; on success this does not return.
-        unsafe { DOOR_WALK.tail_call(xdp, WALK_PLAIN) };
+        hook.walk(WALK_PLAIN);
         // Only with an empty program array, never after a successful load: the knock is
         // not matched, but stealth and the gate still apply.
         cpu.count(Counter::MapErrors);
@@ -262,40 +287,6 @@ fn knock_doors<const ALL_DOORS: bool>(
     // bpf_loop (kernel 5.17+) has the verifier check the body once instead of once per door.
     // SAFETY: the callback matches the callback ABI; it takes no context.
     unsafe { bpf_loop(visit::count(visits), walk_step::<PLAIN> as *mut c_void, core::ptr::null_mut(), 0) };
-}
-
-/// The metadata word `mark_gated` puts before a gated packet for `knockgate_secret`.
-const GATED_MARK: u32 = u32::from_be_bytes(*b"kgGt");
-
-/// Marks the packet, in its XDP metadata, as a new connection to a gated port; false if the
-/// driver keeps no metadata.
-#[inline(always)]
-fn mark_gated(ctx: &XdpContext) -> bool {
-    // SAFETY: the context's own helper; the metadata word is bounds-checked before the write.
-    unsafe {
-        if aya_ebpf::helpers::bpf_xdp_adjust_meta(ctx.ctx, -4) != 0 {
-            return false;
-        }
-        let (meta, data) = (ctx.metadata(), ctx.data());
-        if meta + 4 > data {
-            return false;
-        }
-        *(meta as *mut u32) = GATED_MARK;
-    }
-    true
-}
-
-/// Whether `mark_gated` marked this packet; the mark is removed.
-#[inline(always)]
-fn take_gated_mark(ctx: &XdpContext) -> bool {
-    let (meta, data) = (ctx.metadata(), ctx.data());
-    // SAFETY: bounds-checked; metadata only ever holds what this program wrote.
-    let marked = meta + 4 <= data && unsafe { *(meta as *const u32) } == GATED_MARK;
-    if marked {
-        // SAFETY: the context's own helper, giving back the word `mark_gated` took.
-        unsafe { aya_ebpf::helpers::bpf_xdp_adjust_meta(ctx.ctx, 4) };
-    }
-    marked
 }
 
 /// The doors at which the source may have an attempt, from the tags of its sets; all doors

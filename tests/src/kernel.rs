@@ -1,4 +1,4 @@
-//! The shipped XDP program loaded for `BPF_PROG_TEST_RUN`, with a config applied as the
+//! The shipped program loaded for `BPF_PROG_TEST_RUN` (at the hook `hook` names), with a config applied as the
 //! daemon applies it, and the server's test addresses as its local addresses.
 
 use std::path::Path;
@@ -7,17 +7,47 @@ use knock_common::Counter;
 use knockd_user::{
     config::Config,
     kernel::doors::Doors,
-    kernel::program::{KnockProgram, Limits},
+    kernel::program::{Hook, KnockProgram, Limits},
 };
+
+/// The hook the kernel suites run the program at: TC ingress with `KNOCKGATE_TEST_HOOK=tc`
+/// (`cargo xtask test` runs them at both), XDP otherwise.
+#[must_use]
+pub fn hook() -> Hook {
+    match std::env::var("KNOCKGATE_TEST_HOOK").as_deref() {
+        Ok("tc") => Hook::Tc,
+        Ok("xdp") | Err(_) => Hook::Xdp,
+        Ok(other) => panic!("KNOCKGATE_TEST_HOOK={other}: xdp or tc"),
+    }
+}
 
 /// `198.18.0.1` and `2001:db8::1`: the addresses knocks are sent to.
 pub const SERVER_ADDRS: [&str; 2] = ["198.18.0.1", "2001:db8::1"];
+
+/// Whether `BPF_PROG_TEST_RUN` takes `frame` at `hook()`: at TC the kernel builds an skb of
+/// it, and refuses an IPv4 or IPv6 frame cut short within its fixed IP header. Real ingress
+/// can deliver one to TC; the XDP run of the same parse covers those frames.
+#[must_use]
+pub fn test_runs(frame: &[u8]) -> bool {
+    if hook() == Hook::Xdp {
+        return true;
+    }
+    match frame.get(12..14) {
+        Some([0x08, 0x00]) => frame.len() >= 14 + 20,
+        Some([0x86, 0xdd]) => frame.len() >= 14 + 40,
+        Some(_) => true,
+        None => false,
+    }
+}
 
 /// Loads the program with `limits` and applies the knockd.conf text `config`.
 #[must_use]
 pub fn program_with(config: &str, limits: Limits) -> (KnockProgram, Doors) {
     let config = Config::parse(Path::new("test.conf"), config).expect("config");
     let mut p = KnockProgram::load(limits).expect("load the XDP program");
+    if hook() == Hook::Tc {
+        p.load_tc().expect("load the TC programs");
+    }
     let mut doors = Doors::new();
     doors.install(config.doors);
     p.apply(&doors).expect("apply the config");

@@ -7,7 +7,7 @@ use std::{os::unix::fs::PermissionsExt as _, process::Command};
 use knockd_user::{
     XDP_PASS_EBPF,
     kernel::floor::{self, Feature},
-    kernel::rejection::{LoadError, load_xdp},
+    kernel::rejection::{LoadError, load_program},
 };
 use tests::daemon::bin;
 
@@ -21,7 +21,7 @@ fn this_kernel_has_every_feature_knockgate_needs() {
 fn a_verifier_rejection_is_reported_as_one_with_its_log_saved() {
     let logs = tempfile::tempdir().unwrap();
     let mut ebpf = aya::Ebpf::load(XDP_PASS_EBPF).unwrap();
-    let err = load_xdp(&mut ebpf, "refused", logs.path()).expect_err("the verifier must reject `refused`");
+    let err = load_program(&mut ebpf, "refused", logs.path()).expect_err("the verifier must reject `refused`");
     let LoadError::Rejected { errno, .. } = err else { panic!("not reported as a rejection: {err}") };
     // The verifier's errno, EACCES, reads "Permission denied": it is shown by name.
     assert_eq!(errno, nix::errno::Errno::EACCES, "{err}");

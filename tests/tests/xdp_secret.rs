@@ -14,11 +14,11 @@ use knockd_user::{
     clock::monotonic_ns,
     config::{Config, Knock, Proto},
     kernel::doors::Doors,
-    kernel::program::{KnockProgram, Limits},
+    kernel::program::{Hook, KnockProgram, Limits},
 };
 use tests::{
     frame::{FrameBuilder, SYN},
-    kernel::{SERVER_ADDRS, counter},
+    kernel::{SERVER_ADDRS, counter, hook},
 };
 
 /// A key file of the vector's secret, mode 0600, removed on drop.
@@ -56,6 +56,9 @@ fn program(v: &Vector, key: &KeyFile, unix_secs: u64) -> (KnockProgram, Doors) {
     );
     let config = Config::parse(std::path::Path::new("t.conf"), &text).expect("config");
     let mut p = KnockProgram::load(Limits::default()).expect("load the XDP program");
+    if hook() == Hook::Tc {
+        p.load_tc().expect("load the TC programs");
+    }
     let mut doors = Doors::new();
     doors.install(config.doors);
     p.apply_at(&doors, &clock_at(unix_secs)).expect("apply");
@@ -74,7 +77,7 @@ fn hit(p: &KnockProgram, v: &Vector, src: &str, port: u16) -> u32 {
     } else {
         FrameBuilder::tcp(src, server_for(src), port, SYN)
     };
-    p.test_run(&f.build()).expect("test_run")
+    p.test_run(hook(), &f.build()).expect("test_run")
 }
 
 fn knock(p: &KnockProgram, v: &Vector, src: &str, ports: &[u16]) {
@@ -88,7 +91,7 @@ fn open_for(p: &KnockProgram, src: &str) -> bool {
 }
 
 fn ssh(p: &KnockProgram, src: &str) -> u32 {
-    p.test_run(&FrameBuilder::tcp(src, server_for(src), 22, SYN).build()).unwrap()
+    p.test_run(hook(), &FrameBuilder::tcp(src, server_for(src), 22, SYN).build()).unwrap()
 }
 
 #[test]

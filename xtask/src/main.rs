@@ -298,6 +298,21 @@ fn test(release: bool, kernels: &[PathBuf], all_kernels: bool) -> anyhow::Result
             );
         }
     }
+    // The kernel suites once more with the program at TC ingress (`tests::kernel::hook`).
+    let mut args = vec!["test", "--package", "tests"];
+    for suite in vm::HOOK_SUITES {
+        args.extend(["--test", suite]);
+    }
+    args.extend(["--", "--test-threads=1"]);
+    let status = Command::new(env!("CARGO"))
+        .args(&args)
+        .current_dir(root())
+        .env("KNOCKGATE_TEST_HOOK", "tc")
+        .status()
+        .context("running the kernel suites at TC")?;
+    if !status.success() {
+        bail!("the kernel suites failed at TC ingress on kernel {} (this machine's)", host_kernel());
+    }
     // The benchmark at tiny sizes, so that it cannot rot.
     run_bench(false, &target_dir()?.join("bench-smoke"), true)?;
     println!("bench smoke: ok");

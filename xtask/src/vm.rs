@@ -202,6 +202,10 @@ fn shell_quote(s: &str) -> String {
     }
 }
 
+/// The kernel suites that run the program through `BPF_PROG_TEST_RUN` at the hook
+/// `KNOCKGATE_TEST_HOOK` names: run at XDP, then again at TC ingress.
+pub(crate) const HOOK_SUITES: [&str; 3] = ["xdp_test_run", "xdp_gate", "xdp_secret"];
+
 /// What `cargo xtask guest` is told.
 pub(crate) struct GuestPlan {
     pub(crate) kernel_label: String,
@@ -221,8 +225,12 @@ pub(crate) fn guest(plan: &GuestPlan) -> anyhow::Result<()> {
     }
     println!("guest: Linux {release} ({}), {} test binaries", plan.kernel_label, plan.tests.len());
     let mut failed = Vec::new();
-    for exe in &plan.tests {
-        let name = test_name(exe);
+    let runs = plan.tests.iter().flat_map(|exe| {
+        let hooks: &[&str] = if HOOK_SUITES.contains(&test_name(exe).as_str()) { &["xdp", "tc"] } else { &["xdp"] };
+        hooks.iter().map(move |hook| (exe, *hook))
+    });
+    for (exe, hook) in runs {
+        let name = if hook == "tc" { format!("{} (TC)", test_name(exe)) } else { test_name(exe) };
         println!("guest [{release}]: {name}");
         let started = Instant::now();
         let mut run = Command::new(exe);
@@ -234,6 +242,7 @@ pub(crate) fn guest(plan: &GuestPlan) -> anyhow::Result<()> {
             .env("KNOCKGATE_BIN_DIR", &plan.bin_dir)
             .env("KNOCKGATE_DEB", &plan.deb)
             .env("KNOCKGATE_TEST_PACE", GUEST_PACE)
+            .env("KNOCKGATE_TEST_HOOK", hook)
             .status()
             .with_context(|| format!("running {}", exe.display()))?
             .success();

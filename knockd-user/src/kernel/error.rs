@@ -27,6 +27,8 @@ pub enum KernelError {
     MissingMap(&'static str),
     #[error("program {0} is missing from the XDP object")]
     MissingProgram(&'static str),
+    #[error("the TC program returned {0}, which is neither TC_ACT_SHOT nor TC_ACT_UNSPEC")]
+    Verdict(i32),
     #[error("drawing the attempt tables' hash key from /dev/urandom: {0}")]
     Random(std::io::Error),
     #[error("pinned map {name}: {error}")]

@@ -22,7 +22,7 @@ const BPF_FS_MAGIC: u32 = 0xcafe_4a11;
 /// unmatched. The ring buffer and the global data (`PORT_BITS`) are made anew with each load:
 /// a restarted daemon does not run the commands of knocks completed while none ran, and the
 /// bitmap is rewritten whole from `PORTS` before the new program is swapped in.
-pub const PINNED_MAPS: [&str; 11] = [
+pub const PINNED_MAPS: [&str; 12] = [
     maps::DOORS,
     maps::SETTINGS,
     maps::PORTS,
@@ -32,6 +32,7 @@ pub const PINNED_MAPS: [&str; 11] = [
     maps::CPU,
     maps::ALLOW,
     maps::DOOR_WALK,
+    maps::DOOR_WALK_TC,
     maps::WINDOWS,
     maps::USED,
 ];

@@ -10,11 +10,12 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, ProgramArray, RingBuf},
-    programs::{ProgramError, TestRun, TestRunOptions, Xdp, links::FdLink},
+    programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp, links::FdLink},
 };
 use knock_common::{
     AddrKey, AllowKey, Attempt, Counter, CpuState, DoorSpec, DoorWindows, LocalAddrs, MAX_DOORS, MAX_LOCAL_ADDRS,
-    PORT_SLOTS, PortBits, PortDoors, Rate, Set, Settings, SlotKey, UsedKey, WAYS, maps, port_bit, sets_for,
+    PORT_SLOTS, PortBits, PortDoors, Rate, Set, Settings, SlotKey, UsedKey, WAYS, XDP_DROP, XDP_PASS, maps, port_bit,
+    sets_for,
 };
 
 use crate::{
@@ -25,15 +26,30 @@ use crate::{
     kernel::error::{KernelError, map_err, map_err_named, map_of},
     kernel::pin::{PINNED_MAPS, PinDir},
     kernel::ports::{port_doors, sync_ports, write_port_bits},
-    kernel::rejection::load_xdp,
+    kernel::rejection::load_program,
     kernel::spec::{addr_key, gate_table, port_table},
 };
+
+/// Where the program runs: at XDP, or at TC ingress (where another program owns XDP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Xdp,
+    Tc,
+}
+
+/// The TC verdicts the TC programs return: drop, or on to the next filter and the stack.
+const TC_ACT_SHOT: i32 = 2;
+const TC_ACT_UNSPEC: i32 = -1;
 
 /// Name of the XDP function in the object.
 pub const PROGRAM: &str = "knockgate";
 /// The programs `knockgate` tail-calls, by their slot in `DOOR_WALK`: for ports that several
 /// sequences name, and for new packets while secret doors exist.
 const WALK_PROGRAMS: [&str; 2] = ["knockgate_doors", "knockgate_secret"];
+/// `knockgate` at TC ingress, for an interface where another program owns XDP.
+pub const TC_PROGRAM: &str = "knockgate_tc";
+/// The programs `knockgate_tc` tail-calls, by their slot in `DOOR_WALK_TC`.
+const TC_WALK_PROGRAMS: [&str; 2] = ["knockgate_tc_doors", "knockgate_tc_secret"];
 
 /// Sizes and budgets fixed at load time.
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +96,10 @@ pub struct KnockProgram {
     reused: bool,
     /// The XDP links, one per interface, each pinned in the interface's directory (`attach`).
     pub(crate) links: Vec<(String, PinDir, FdLink)>,
+    /// Where a verifier's log goes should it reject a program loaded later (`load_tc`).
+    logs: PathBuf,
+    /// Whether `load_tc` has loaded the TC programs.
+    tc_loaded: bool,
 }
 
 /// Attempts per set of the attempt tables.
@@ -103,9 +123,24 @@ fn pinned_shape(name: &str) -> (usize, usize, Option<u32>) {
         maps::ALLOW => (size_of::<AllowKey>(), size_of::<u64>(), None),
         maps::WINDOWS => (array, size_of::<DoorWindows>(), Some(MAX_DOORS)),
         maps::USED => (size_of::<UsedKey>(), size_of::<u64>(), None),
-        maps::DOOR_WALK => (array, array, Some(2)),
+        maps::DOOR_WALK | maps::DOOR_WALK_TC => (array, array, Some(2)),
         _ => (0, 0, None),
     }
+}
+
+/// Loads the programs `names` and puts them in the program array `table`, by slot.
+fn load_walk(ebpf: &mut Ebpf, table: &'static str, names: [&'static str; 2], logs: &Path) -> Result<(), KernelError> {
+    let mut fds = Vec::new();
+    for name in names {
+        load_program(ebpf, name, logs)?;
+        let fd = ebpf.program(name).ok_or(KernelError::MissingProgram(name))?.fd()?;
+        fds.push(fd.try_clone().map_err(|e| KernelError::Program(ProgramError::from(e)))?);
+    }
+    let mut array = ProgramArray::try_from(map_of(ebpf, table)?).map_err(map_err(table))?;
+    for (slot, fd) in (0u32..).zip(&fds) {
+        array.set(slot, fd, 0).map_err(map_err(table))?;
+    }
+    Ok(())
 }
 
 impl KnockProgram {
@@ -190,18 +225,8 @@ impl KnockProgram {
             }
             e => KernelError::Load(e),
         })?;
-        load_xdp(&mut ebpf, PROGRAM, logs)?;
-        let mut table_fds = Vec::new();
-        for name in WALK_PROGRAMS {
-            load_xdp(&mut ebpf, name, logs)?;
-            let walk: &mut Xdp = ebpf.program_mut(name).ok_or(KernelError::MissingProgram(name))?.try_into()?;
-            table_fds.push(walk.fd()?.try_clone().map_err(|e| KernelError::Program(ProgramError::from(e)))?);
-        }
-        let mut table =
-            ProgramArray::try_from(map_of(&mut ebpf, maps::DOOR_WALK)?).map_err(map_err(maps::DOOR_WALK))?;
-        for (slot, fd) in (0u32..).zip(&table_fds) {
-            table.set(slot, fd, 0).map_err(map_err(maps::DOOR_WALK))?;
-        }
+        load_program(&mut ebpf, PROGRAM, logs)?;
+        load_walk(&mut ebpf, maps::DOOR_WALK, WALK_PROGRAMS, logs)?;
         let mut key = [0u8; 8];
         std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut key)).map_err(KernelError::Random)?;
         Ok(Self {
@@ -213,7 +238,20 @@ impl KnockProgram {
             pins: pins.cloned(),
             reused: false,
             links: Vec::new(),
+            logs: logs.to_path_buf(),
+            tc_loaded: false,
         })
+    }
+
+    /// Loads the TC programs (`knockgate_tc` and the programs it tail-calls) and fills their
+    /// table, if not done yet: only an interface that another XDP program owns needs them.
+    pub fn load_tc(&mut self) -> Result<(), KernelError> {
+        if !self.tc_loaded {
+            load_program(&mut self.ebpf, TC_PROGRAM, &self.logs)?;
+            load_walk(&mut self.ebpf, maps::DOOR_WALK_TC, TC_WALK_PROGRAMS, &self.logs)?;
+            self.tc_loaded = true;
+        }
+        Ok(())
     }
 
     /// Takes over the state in reused maps: the attempt tables' hash key (the attempts were
@@ -401,18 +439,41 @@ impl KnockProgram {
         map.set(0, local, 0).map_err(map_err(maps::LOCAL_ADDRS))
     }
 
-    /// Runs the program once on `frame` with `BPF_PROG_TEST_RUN`; returns the XDP verdict.
-    pub fn test_run(&self, frame: &[u8]) -> Result<u32, KernelError> {
-        let opts = TestRunOptions { data_in: Some(frame), ..Default::default() };
-        Ok(self.xdp()?.test_run(opts)?.return_value)
+    /// Runs the program at `hook` once on `frame` with `BPF_PROG_TEST_RUN`; returns the verdict
+    /// as XDP says it (TC's `TC_ACT_SHOT` is `XDP_DROP`, its `TC_ACT_UNSPEC` `XDP_PASS`). At
+    /// TC the frame must hold an Ethernet header (the kernel refuses a shorter one), and the
+    /// TC programs must be loaded (`load_tc`).
+    pub fn test_run(&self, hook: Hook, frame: &[u8]) -> Result<u32, KernelError> {
+        Ok(self.test_run_timed(hook, frame, 1)?.0)
     }
 
-    /// Runs the program `repeat` times on `frame`; returns the verdict and the kernel's mean
-    /// time per run.
-    pub fn test_run_timed(&self, frame: &[u8], repeat: u32) -> Result<(u32, std::time::Duration), KernelError> {
+    /// Runs the program at `hook` `repeat` times on `frame`; returns the verdict (as
+    /// `test_run` does) and the kernel's mean time per run.
+    pub fn test_run_timed(
+        &self,
+        hook: Hook,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, std::time::Duration), KernelError> {
         let opts = TestRunOptions { data_in: Some(frame), repeat, ..Default::default() };
-        let r = self.xdp()?.test_run(opts)?;
-        Ok((r.return_value, r.duration))
+        match hook {
+            Hook::Xdp => {
+                let r = self.xdp()?.test_run(opts)?;
+                Ok((r.return_value, r.duration))
+            }
+            Hook::Tc => {
+                let prog: &SchedClassifier =
+                    self.ebpf.program(TC_PROGRAM).ok_or(KernelError::MissingProgram(TC_PROGRAM))?.try_into()?;
+                let r = prog.test_run(opts)?;
+                #[expect(clippy::cast_possible_wrap, reason = "a TC verdict is an i32 returned as u32")]
+                let verdict = match r.return_value as i32 {
+                    TC_ACT_SHOT => XDP_DROP,
+                    TC_ACT_UNSPEC => XDP_PASS,
+                    other => return Err(KernelError::Verdict(other)),
+                };
+                Ok((verdict, r.duration))
+            }
+        }
     }
 
     /// Fills the allowance table with `n` synthetic allowances for port 22/tcp (sources

@@ -1,4 +1,4 @@
-//! Loading one XDP program of an object, with a refusal reported as what it is: the
+//! Loading one program of the object (XDP or TC), with a refusal reported as what it is: the
 //! verifier's rejection (its last lines, and the whole log saved to a file), or a missing
 //! capability. Neither is ever blamed on the other.
 
@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf,
-    programs::{ProgramError, Xdp},
+    programs::{Program, ProgramError},
 };
 
 /// Lines of the verifier's log shown in the error; the rest is in the file.
@@ -14,8 +14,11 @@ const TAIL_LINES: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("the kernel's verifier rejected the XDP program {program} ({errno:?}); its last lines:\n{tail}\n{saved}")]
+    #[error(
+        "the kernel's verifier rejected the {kind} program {program} ({errno:?}); its last lines:\n{tail}\n{saved}"
+    )]
     Rejected {
+        kind: &'static str,
         program: String,
         /// The syscall's error, shown by name: the verifier's `EACCES` reads "Permission
         /// denied", which is not about permissions.
@@ -25,32 +28,33 @@ pub enum LoadError {
         saved: String,
     },
     #[error(
-        "the kernel refused to load the XDP program {program}: operation not permitted; knockd needs \
+        "the kernel refused to load the {kind} program {program}: operation not permitted; knockd needs \
          CAP_BPF and CAP_NET_ADMIN (run it as root)"
     )]
-    NotPermitted { program: String },
+    NotPermitted { kind: &'static str, program: String },
     #[error("program {0} is missing from the XDP object")]
     Missing(String),
-    #[error("XDP program {program}: {error}")]
+    #[error("program {program}: {error}")]
     Program { program: String, error: ProgramError },
 }
 
-/// Loads the XDP program `name` of `ebpf` into the kernel. A verifier rejection writes the
-/// whole log to `logs/verifier-NAME.log`.
-pub fn load_xdp(ebpf: &mut Ebpf, name: &str, logs: &Path) -> Result<(), LoadError> {
+/// Loads the program `name` of `ebpf` (XDP or TC) into the kernel. A verifier rejection
+/// writes the whole log to `logs/verifier-NAME.log`.
+pub fn load_program(ebpf: &mut Ebpf, name: &str, logs: &Path) -> Result<(), LoadError> {
     let program = || name.to_owned();
-    let prog: &mut Xdp = ebpf
-        .program_mut(name)
-        .ok_or_else(|| LoadError::Missing(program()))?
-        .try_into()
-        .map_err(|error| LoadError::Program { program: program(), error })?;
-    match prog.load() {
+    let prog = ebpf.program_mut(name).ok_or_else(|| LoadError::Missing(program()))?;
+    let (kind, loaded) = match prog {
+        Program::Xdp(p) => ("XDP", p.load()),
+        Program::SchedClassifier(p) => ("TC", p.load()),
+        _ => return Err(LoadError::Program { program: program(), error: ProgramError::UnexpectedProgramType }),
+    };
+    match loaded {
         Ok(()) => Ok(()),
         Err(ProgramError::LoadError { io_error, verifier_log }) => {
             let log = verifier_log.to_string();
             if io_error.raw_os_error() == Some(libc::EPERM) && log.trim().is_empty() {
                 // Refused before the verifier ran: the capability checks.
-                return Err(LoadError::NotPermitted { program: program() });
+                return Err(LoadError::NotPermitted { kind, program: program() });
             }
             let path = logs.join(format!("verifier-{name}.log"));
             let saved = match std::fs::create_dir_all(logs).and_then(|()| std::fs::write(&path, &log)) {
@@ -58,13 +62,12 @@ pub fn load_xdp(ebpf: &mut Ebpf, name: &str, logs: &Path) -> Result<(), LoadErro
                 Err(e) => format!("the whole verifier log could not be written to {}: {e}", path.display()),
             };
             let errno = nix::errno::Errno::from_raw(io_error.raw_os_error().unwrap_or(0));
-            Err(LoadError::Rejected { program: program(), errno, tail: tail(&log), saved })
+            Err(LoadError::Rejected { kind, program: program(), errno, tail: tail(&log), saved })
         }
         Err(error) => Err(LoadError::Program { program: program(), error }),
     }
 }
 
-/// The log's last `TAIL_LINES` lines that say something, indented.
 fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
     let from = lines.len().saturating_sub(TAIL_LINES);

@@ -8,7 +8,7 @@ use knock_common::{
 };
 use knockd_user::{
     XDP_PASS_EBPF,
-    kernel::program::{KnockProgram, Limits},
+    kernel::program::{Hook, KnockProgram, Limits},
 };
 use serde_json::{Value, json};
 use tests::{
@@ -53,7 +53,7 @@ impl Measured<'_> {
     pub(crate) fn run(self, references: &aya::Ebpf, frame: &[u8], repeat: u32) -> (u32, f64) {
         match self {
             Measured::Knockgate(p) => {
-                let (verdict, d) = p.test_run_timed(frame, repeat).unwrap();
+                let (verdict, d) = p.test_run_timed(Hook::Xdp, frame, repeat).unwrap();
                 (verdict, d.as_nanos() as f64)
             }
             Measured::Reference(name) => reference_run(references, name, frame, repeat),
@@ -111,8 +111,8 @@ fn repeat_doors(c: &str, s: &str, before: &str) -> RepeatDoors {
         first_port,
         _keys: keys,
     };
-    doors.secret.test_run(&FrameBuilder::tcp(c, s, first_port, SYN).build()).unwrap();
-    doors.plain.test_run(&FrameBuilder::tcp(c, s, 7200, SYN).build()).unwrap();
+    doors.secret.test_run(Hook::Xdp, &FrameBuilder::tcp(c, s, first_port, SYN).build()).unwrap();
+    doors.plain.test_run(Hook::Xdp, &FrameBuilder::tcp(c, s, 7200, SYN).build()).unwrap();
     doors
 }
 
@@ -337,8 +337,8 @@ fn measure_paired(cases: &[Paired<'_>], references: &aya::Ebpf, rounds: u32, rep
             let resets = counter(case.program, Counter::Resets);
             let (mut one, mut empty_one) = (Vec::new(), Vec::new());
             for _ in 0..per_round {
-                case.program.test_run(&case.setup).unwrap();
-                let (verdict, d) = case.program.test_run_timed(&case.frame, 1).unwrap();
+                case.program.test_run(Hook::Xdp, &case.setup).unwrap();
+                let (verdict, d) = case.program.test_run_timed(Hook::Xdp, &case.frame, 1).unwrap();
                 assert_eq!(verdict, XDP_PASS, "{}", case.case);
                 one.push(d.as_nanos() as f64);
                 empty_one.push(reference_run(references, "xdp_pass", &case.frame, 1).1);
