@@ -22,11 +22,11 @@ use crate::{
     commands::keeper::Keeper,
     commands::state::StateDir,
     config::one_time,
-    config::{Config, Gate, Knock},
-    kernel::attach::Attached,
+    config::{Attach, Config, Gate, Knock},
     kernel::doors::Doors,
     kernel::pin::PinDir,
     kernel::program::KnockProgram,
+    kernel::program::{Attached, Hooked},
     kernel::spec::event_addr,
     kernel::windows::Installed,
     observe::log::KnockLog,
@@ -55,6 +55,8 @@ pub struct Daemon {
     pub logfile_flag: Option<PathBuf>,
     /// The interfaces served, each with its pinned state's directory.
     pub interfaces: Vec<(String, PinDir)>,
+    /// The hook asked for (`Attach`, `--attach`), for attaching again.
+    pub attach: Attach,
     pub ipv4_only: bool,
     /// The interface's addresses already written to `LOCAL_ADDRS` at start-up.
     pub addrs: Vec<IpAddr>,
@@ -200,8 +202,12 @@ impl Daemon {
         }
         if self.doors.active().any(|(_, s)| matches!(s.door.gate, Gate::Open { .. })) {
             for (iface, pins) in &self.interfaces {
+                let at = match self.program.hooked(iface) {
+                    Some(Hooked::Xdp) | None => "XDP",
+                    Some(_) => "TC",
+                };
                 self.log.line(&format!(
-                    "the gate stays shut: the XDP program stays on {iface}, pinned in {}; `knockd --unload -i {iface}` removes it",
+                    "the gate stays shut: the {at} program stays on {iface}, pinned in {}; `knockd --unload -i {iface}` removes it",
                     pins.root().display()
                 ));
             }
@@ -282,10 +288,10 @@ impl Daemon {
                 }
                 false
             }
-            Ok(Some(false)) => match self.program.attach(&iface, &pins) {
-                Ok(how) => {
+            Ok(Some(false)) => match self.program.attach(&iface, &pins, self.attach) {
+                Ok((how, hooked)) => {
                     let how = if how == Attached::New { "attached" } else { "attached again" };
-                    self.log.line(&format!("interface {iface} is back: {how}"));
+                    self.log.line(&format!("interface {iface} is back: {how} ({})", hooked.name()));
                     true
                 }
                 Err(e) => {
@@ -296,7 +302,7 @@ impl Daemon {
                 }
             },
             Err(e) => {
-                tracing::warn!("checking the XDP program on {iface}: {e}");
+                tracing::warn!("checking the program on {iface}: {e}");
                 was_present
             }
         }

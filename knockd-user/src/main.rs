@@ -13,11 +13,12 @@ use knockd_user::{
     commands::journal::{Journal, Opened},
     commands::keeper::{DEFAULT_MAX_COMMANDS, Keeper},
     commands::state::StateDir,
-    config::{Config, DEFAULT_INTERFACE, DEFAULT_STATE_DIR, Options},
+    config::{Attach, Config, DEFAULT_INTERFACE, DEFAULT_STATE_DIR, Options, values::parse_attach},
     daemon::Daemon,
-    kernel::attach::Attached,
+    kernel::attach::hooked_now,
     kernel::doors::Doors,
     kernel::pin::{DEFAULT_BPF_DIR, PinDir},
+    kernel::program::{Attached, Hooked},
     kernel::program::{KnockProgram, Limits},
     observe::log::KnockLog,
 };
@@ -58,6 +59,11 @@ struct Args {
     /// Print the parsed configuration in knockgate's TOML form and exit.
     #[arg(long)]
     dump_config: bool,
+    /// Where the program runs on each interface (overrides `Attach`): `xdp`; `tc` (TC ingress,
+    /// behind another XDP program); or `auto`, XDP unless the interface has another XDP
+    /// program, TC then [default: auto]
+    #[arg(long, value_name = "MODE", value_parser = parse_attach)]
+    attach: Option<Attach>,
     /// Serve Prometheus metrics at `http://ADDR/metrics` (overrides `MetricsAddress`).
     #[arg(long, value_name = "ADDR")]
     metrics_address: Option<std::net::SocketAddr>,
@@ -101,6 +107,10 @@ impl Args {
         let mut seen = std::collections::HashSet::new();
         list.retain(|i| seen.insert(i.clone()));
         list
+    }
+
+    fn attach(&self, options: &Options) -> Attach {
+        self.attach.or(options.attach).unwrap_or_default()
     }
 
     fn bpf_dir(&self, options: &Options) -> PathBuf {
@@ -194,12 +204,11 @@ fn start(args: &Args) -> anyhow::Result<()> {
 
     let options = config.options.clone();
     // Bound before anything is attached: a taken port is an error at start-up.
-    let metrics = match args.metrics_address.or(options.metrics_address) {
-        Some(addr) => {
-            Some((addr, std::net::TcpListener::bind(addr).with_context(|| format!("serving metrics on {addr}"))?))
-        }
-        None => None,
-    };
+    let metrics = args.metrics_address.or(options.metrics_address).map(|addr| {
+        let listener = std::net::TcpListener::bind(addr).with_context(|| format!("serving metrics on {addr}"));
+        listener.map(|l| (addr, l))
+    });
+    let metrics = metrics.transpose()?;
     let (mut program, doors, addrs) = bring_up(args, config, &log, &ifaces)?;
     let previous = StateDir::read_labels(&state_root, &interfaces[0]);
     let labels = knockd_user::observe::status::labels(&doors, &program.door_counters()?, &previous);
@@ -246,6 +255,7 @@ fn start(args: &Args) -> anyhow::Result<()> {
             config_path,
             logfile_flag: args.logfile.clone(),
             interfaces: ifaces,
+            attach: args.attach(&options),
             ipv4_only: args.only_ipv4,
             addrs,
             log,
@@ -298,6 +308,7 @@ fn bring_up(
     log: &KnockLog,
     ifaces: &[(String, PinDir)],
 ) -> anyhow::Result<(KnockProgram, Doors, Vec<std::net::IpAddr>)> {
+    let attach = args.attach(&config.options);
     let Config { options, doors: doors_conf } = config;
     let defaults = Limits::default();
     let limits = Limits {
@@ -341,14 +352,23 @@ fn bring_up(
         }
     }
     for (iface, pins) in ifaces {
-        match program.attach(iface, pins) {
-            Ok(Attached::New) => log.line(&format!("attached to {iface}; pinned in {}", pins.root().display())),
-            Ok(Attached::Swapped { old_program }) => log.line(&format!(
-                "took over {iface} from the pinned program {old_program} (replaced atomically by {})",
-                program.program_id()?
+        match program.attach(iface, pins, attach) {
+            Ok((Attached::New, at)) => log.line(&format!(
+                "attached to {iface} at {}{}; pinned in {}",
+                at.name(),
+                if attach == Attach::Auto && at != Hooked::Xdp { " (another program has its XDP hook)" } else { "" },
+                pins.root().display()
             )),
-            Ok(Attached::Reattached) => {
-                log.line(&format!("the pinned link on {iface} was dead (interface re-created): attached anew"));
+            Ok((Attached::Swapped { old_program }, at)) => log.line(&format!(
+                "took over {iface} from the pinned program {old_program} (replaced atomically by {}, at {})",
+                if at == Hooked::Xdp { program.program_id()? } else { program.tc_program_id()? },
+                at.name()
+            )),
+            Ok((Attached::Reattached, at)) => {
+                log.line(&format!(
+                    "the pinned link on {iface} was dead (interface re-created): attached anew at {}",
+                    at.name()
+                ));
             }
             Err(e) => {
                 if !program.reused_state() && !pins.link().exists() {
@@ -357,7 +377,7 @@ fn bring_up(
                         tracing::warn!("{e}");
                     }
                 }
-                return Err(e).with_context(|| format!("attaching XDP to interface {iface}"));
+                return Err(e).with_context(|| format!("attaching to interface {iface}"));
             }
         }
     }
@@ -414,6 +434,8 @@ fn status(args: &Args) -> anyhow::Result<()> {
     #[derive(serde::Serialize)]
     struct Status<'a> {
         interface: &'a str,
+        /// `xdp`, `tcx`, `tc` (`cls_bpf`), or `none`.
+        attached: &'static str,
         #[serde(flatten)]
         snapshot: &'a knockd_user::observe::status::Snapshot,
     }
@@ -422,10 +444,11 @@ fn status(args: &Args) -> anyhow::Result<()> {
         let labels = StateDir::read_labels(&args.state_dir(&options), &interface);
         let pins = PinDir::new(&args.bpf_dir(&options), &interface);
         let snapshot = knockd_user::observe::status::read(&pins, &labels)?;
+        let attached = hooked_now(&interface, &pins).map_or("none", Hooked::name);
         if args.json {
-            println!("{}", serde_json::to_string(&Status { interface: &interface, snapshot: &snapshot })?);
+            println!("{}", serde_json::to_string(&Status { interface: &interface, attached, snapshot: &snapshot })?);
         } else {
-            print!("{}", snapshot.text(&interface));
+            print!("{}", snapshot.text(&format!("{interface} (attached at {attached})")));
         }
     }
     Ok(())
@@ -450,6 +473,9 @@ fn unload(args: &Args) -> anyhow::Result<()> {
             keeper.shutdown(SHUTDOWN_LIMIT).await;
         });
         let pins = PinDir::new(&args.bpf_dir(&options), &interface);
+        if knockd_user::kernel::tc::detach_tc(&interface, &pins)? {
+            log.line(&format!("unloaded: knockgate's TC program removed from {interface}"));
+        }
         if pins.exists() {
             pins.remove()?;
             log.line(&format!("unloaded: knockgate removed from {interface} ({} unpinned)", pins.root().display()));

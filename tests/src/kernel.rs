@@ -10,8 +10,9 @@ use knockd_user::{
     kernel::program::{Hook, KnockProgram, Limits},
 };
 
-/// The hook the kernel suites run the program at: TC ingress with `KNOCKGATE_TEST_HOOK=tc`
-/// (`cargo xtask test` runs them at both), XDP otherwise.
+/// The hook the suites run the program at: TC ingress with `KNOCKGATE_TEST_HOOK=tc`
+/// (`BPF_PROG_TEST_RUN` there, and knockd started with `--attach tc` by `Scenario`; `cargo
+/// xtask test` runs those suites at both hooks), XDP otherwise.
 #[must_use]
 pub fn hook() -> Hook {
     match std::env::var("KNOCKGATE_TEST_HOOK").as_deref() {

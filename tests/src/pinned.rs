@@ -35,10 +35,15 @@ pub struct PinnedState {
     pub state_dir: tempfile::TempDir,
 }
 
+/// Mounts the tests' BPF filesystem on `TEST_BPFFS`, if it is not there yet.
+pub fn mount_test_bpffs() {
+    sh(&format!("mountpoint -q {TEST_BPFFS} || {{ mkdir -p {TEST_BPFFS} && mount -t bpf bpf {TEST_BPFFS}; }}"));
+}
+
 impl PinnedState {
     #[must_use]
     pub fn new() -> Self {
-        sh(&format!("mountpoint -q {TEST_BPFFS} || {{ mkdir -p {TEST_BPFFS} && mount -t bpf bpf {TEST_BPFFS}; }}"));
+        mount_test_bpffs();
         let bpf_dir =
             Path::new(TEST_BPFFS).join(format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
         Self { bpf_dir, state_dir: tempfile::tempdir().expect("tempdir") }

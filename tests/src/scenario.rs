@@ -40,7 +40,15 @@ impl Scenario {
     /// As `start`, with extra knockd arguments and files (name, content) made in `{DIR}` first.
     #[must_use]
     pub fn start_full(config: &str, extra: &[&str], files: &[(&str, &str)]) -> Self {
+        Self::start_after(config, extra, files, |_| {})
+    }
+
+    /// As `start_full`, with `setup` done on the namespaces before knockd starts (another
+    /// program on the server's interface, say).
+    #[must_use]
+    pub fn start_after(config: &str, extra: &[&str], files: &[(&str, &str)], setup: impl FnOnce(&NetPair)) -> Self {
         let net = NetPair::new();
+        setup(&net);
         let dir = tempfile::tempdir().expect("tempdir");
         for (name, content) in files {
             std::fs::write(dir.path().join(name), content).expect("write file");
@@ -63,6 +71,10 @@ impl Scenario {
     ) -> Daemon {
         let state_args = state.args();
         let mut args = vec!["-i", net.server_if.as_str(), "-c", conf.to_str().expect("utf-8 path")];
+        // `KNOCKGATE_TEST_HOOK=tc`: the suite runs with knockd at TC ingress.
+        if crate::kernel::hook() == knockd_user::kernel::program::Hook::Tc {
+            args.extend(["--attach", "tc"]);
+        }
         args.extend(state_args.iter().map(String::as_str));
         args.extend_from_slice(extra);
         Daemon::start(&net.server, &bin("knockd"), &args, log)

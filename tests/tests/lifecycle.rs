@@ -445,7 +445,7 @@ fn an_interface_made_anew_gets_the_program_again() {
          ip -n {server} addr add 198.18.0.1/24 dev {si} && ip -n {client} addr add 198.18.0.2/24 dev {ci} && \
          ip -n {server} link set {si} up && ip -n {client} link set {ci} up"
     ));
-    assert!(s.logged(&format!("interface {si} is back: attached again")), "{}", s.log());
+    assert!(s.logged(&format!("interface {si} is back: attached again (xdp)")), "{}", s.log());
     assert!(!xdp_ids(server, si).is_empty());
     assert!(shut_out(&s, "198.18.0.2"), "the gate holds on the new interface");
     sh(&s.net.in_client(&format!("{} 198.18.0.1 7000 8000 9000", bin("knock").display())));
@@ -453,7 +453,7 @@ fn an_interface_made_anew_gets_the_program_again() {
 }
 
 #[test]
-fn a_foreign_xdp_program_is_refused_by_name() {
+fn with_attach_xdp_a_foreign_xdp_program_is_refused_by_name() {
     let net = NetPair::new();
     let state = PinnedState::new();
     let iface = net.server_if.clone();
@@ -472,7 +472,7 @@ fn a_foreign_xdp_program_is_refused_by_name() {
     let out = Command::new("ip")
         .args(["netns", "exec", &net.server])
         .arg(bin("knockd"))
-        .args(["-i", &iface, "-c"])
+        .args(["-i", &iface, "--attach", "xdp", "-c"])
         .arg(&conf)
         .args(state.args())
         .output()

@@ -77,7 +77,14 @@ fn promtool_finds_a_scrape_clean_and_no_label_names_a_source() {
     s.syns("198.18.0.2", &[7100, 7200]);
     s.syns("198.18.0.3", &[7000]);
     assert!(s.logged("198.18.0.2: cmd: OPEN SESAME"), "{}", s.log());
-    let text = http_get(&s.net.server, METRICS, "/metrics").unwrap();
+    // The start command is counted once it has run: its duration is encoded early in a
+    // scrape, its count late, and in an emulated guest a scrape takes long enough for the
+    // command to end in between. Scraped until a whole scrape has it.
+    let mut text = String::new();
+    wait_for(Duration::from_secs(30), || {
+        text = http_get(&s.net.server, METRICS, "/metrics").unwrap();
+        text.contains("knockgate_command_duration_seconds_count 1")
+    });
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -112,6 +119,15 @@ fn promtool_finds_a_scrape_clean_and_no_label_names_a_source() {
         assert!(text.contains(want), "no {want} in:\n{text}");
     }
     assert!(text.contains(&format!(r#"knockgate_xdp_attached{{interface="{}",mode="#, s.net.server_if)), "{text}");
+    let hook = match tests::kernel::hook() {
+        knockd_user::kernel::program::Hook::Xdp => "xdp",
+        knockd_user::kernel::program::Hook::Tc if knockd_user::kernel::tc::has_tcx() => "tcx",
+        knockd_user::kernel::program::Hook::Tc => "tc",
+    };
+    assert!(
+        text.contains(&format!(r#"knockgate_attached{{interface="{}",hook="{hook}"}} 1"#, s.net.server_if)),
+        "{text}"
+    );
 }
 
 fn status(s: &Scenario, json: bool) -> String {

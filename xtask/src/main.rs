@@ -298,7 +298,7 @@ fn test(release: bool, kernels: &[PathBuf], all_kernels: bool) -> anyhow::Result
             );
         }
     }
-    // The kernel suites once more with the program at TC ingress (`tests::kernel::hook`).
+    // The hook's suites once more with the program at TC ingress (`tests::kernel::hook`).
     let mut args = vec!["test", "--package", "tests"];
     for suite in vm::HOOK_SUITES {
         args.extend(["--test", suite]);
@@ -308,6 +308,7 @@ fn test(release: bool, kernels: &[PathBuf], all_kernels: bool) -> anyhow::Result
         .args(&args)
         .current_dir(root())
         .env("KNOCKGATE_TEST_HOOK", "tc")
+        .env("KNOCKGATE_BIN_DIR", build_bins(false)?)
         .status()
         .context("running the kernel suites at TC")?;
     if !status.success() {

@@ -13,8 +13,8 @@ use crate::config::{
     Config, ConfigError, DEFAULT_GATE_TIMEOUT, Door, Gate, OneTime, V6Command, one_time,
     secret::Draft,
     values::{
-        absolute_dir, apply_tcp_flags, max_commands, parse_address, parse_bool, parse_gate_ports, parse_sequence,
-        secret_door_fits, table_size,
+        absolute_dir, apply_tcp_flags, max_commands, parse_address, parse_attach, parse_bool, parse_gate_ports,
+        parse_sequence, secret_door_fits, table_size,
     },
 };
 
@@ -142,6 +142,7 @@ impl Parser<'_> {
             "BPFDIR" => opts.bpf_dir = Some(absolute_dir(value).map_err(|m| err(n, m))?),
             "STATEDIR" => opts.state_dir = Some(absolute_dir(value).map_err(|m| err(n, m))?),
             "MAXCOMMANDS" => opts.max_commands = Some(max_commands(value).map_err(|m| err(n, m))?),
+            "ATTACH" => opts.attach = Some(parse_attach(value).map_err(|m| err(n, m))?),
             "METRICSADDRESS" => {
                 opts.metrics_address = Some(parse_address(value).map_err(|m| err(n, m))?);
             }
@@ -231,7 +232,7 @@ mod tests {
     use knock_common::TcpFlags;
 
     use super::*;
-    use crate::config::{DEFAULT_CMD_TIMEOUT, DEFAULT_SEQ_TIMEOUT, Knock, Options, Proto};
+    use crate::config::{Attach, DEFAULT_CMD_TIMEOUT, DEFAULT_SEQ_TIMEOUT, Knock, Options, Proto};
 
     const DEBIAN_EXAMPLE: &str = include_str!("../../../examples/knockd.conf");
 
@@ -420,6 +421,18 @@ mod tests {
         ] {
             assert_eq!(err(text), want, "{text:?}");
         }
+    }
+
+    #[test]
+    fn attach_option() {
+        assert_eq!(parse("[options]\nAttach = TC\n").unwrap().options.attach, Some(Attach::Tc));
+        assert_eq!(parse("[options]\nattach = auto\n").unwrap().options.attach, Some(Attach::Auto));
+        assert_eq!(parse("").unwrap().options.attach, None);
+        assert_eq!(err("[options]\nattach = ebpf\n"), "knockd.conf:2: attach 'ebpf' is not auto, xdp or tc");
+        let toml = Config::parse(Path::new("t.toml"), "[options]\nattach = \"xdp\"\n").unwrap();
+        assert_eq!(toml.options.attach, Some(Attach::Xdp));
+        let again = Config::parse(Path::new("t.toml"), &crate::config::toml_form::dump(&toml).unwrap()).unwrap();
+        assert_eq!(again.options.attach, Some(Attach::Xdp), "dumped and read back");
     }
 
     #[test]

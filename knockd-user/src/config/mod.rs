@@ -101,6 +101,32 @@ pub struct Options {
     pub max_commands: Option<u32>,
     /// knockgate: where `/metrics` is served (off when `None`).
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// knockgate: the hook the program runs at; `Attach::Auto` when the config names none.
+    pub attach: Option<Attach>,
+}
+
+/// `Attach`: where the program runs on an interface.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Attach {
+    /// XDP where the interface has no XDP program, TC ingress where another program has it.
+    #[default]
+    Auto,
+    /// XDP only: an interface with another XDP program is refused.
+    Xdp,
+    /// TC ingress (TCX from Linux 6.6, a `cls_bpf` filter on `clsact` below), behind whatever
+    /// runs at XDP.
+    Tc,
+}
+
+impl Attach {
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Attach::Auto => "auto",
+            Attach::Xdp => "xdp",
+            Attach::Tc => "tc",
+        }
+    }
 }
 
 impl Options {

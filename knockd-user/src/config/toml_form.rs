@@ -28,8 +28,8 @@ use crate::config::{
     Options, Proto, V6Command, one_time,
     secret::Draft,
     values::{
-        absolute_dir, apply_tcp_flags, max_commands, parse_address, parse_gate_ports, parse_sequence, secret_door_fits,
-        table_size, tcp_flags_text,
+        absolute_dir, apply_tcp_flags, max_commands, parse_address, parse_attach, parse_gate_ports, parse_sequence,
+        secret_door_fits, table_size, tcp_flags_text,
     },
 };
 
@@ -67,6 +67,8 @@ struct FileOptions {
     max_commands: Option<Spanned<u32>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     metrics_address: Option<Spanned<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attach: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -143,7 +145,11 @@ fn options(fo: FileOptions, err: &impl Fn(usize, String) -> ConfigError) -> Resu
         state_dir: None,
         max_commands: None,
         metrics_address: None,
+        attach: None,
     };
+    if let Some(v) = &fo.attach {
+        options.attach = Some(parse_attach(v.get_ref()).map_err(|m| err(v.span().start, m))?);
+    }
     if let Some(v) = &fo.metrics_address {
         options.metrics_address = Some(parse_address(v.get_ref()).map_err(|m| err(v.span().start, m))?);
     }
@@ -284,6 +290,7 @@ pub fn dump(config: &Config) -> Result<String, toml::ser::Error> {
             state_dir: config.options.state_dir.as_ref().map(|p| Spanned::new(0..0, p.display().to_string())),
             max_commands: config.options.max_commands.map(spanned),
             metrics_address: config.options.metrics_address.map(|a| Spanned::new(0..0, a.to_string())),
+            attach: config.options.attach.map(|a| Spanned::new(0..0, a.name().to_owned())),
         },
         doors: config
             .doors

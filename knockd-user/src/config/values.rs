@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use knock_common::{MAX_GATE_PORTS, MAX_STEPS, TcpFlags};
 
-use crate::config::{Door, Knock, MAX_MAX_COMMANDS, Proto};
+use crate::config::{Attach, Door, Knock, MAX_MAX_COMMANDS, Proto};
 
 /// Whether a door with `secret_file` is otherwise well formed: no fixed sequence, no stealth.
 pub fn secret_door_fits(door: &Door) -> Result<(), String> {
@@ -158,6 +158,16 @@ pub fn parse_knock(item: &str) -> Result<Knock, String> {
         Err(_) => return Err(format!("'{port}' in '{item}' is not a port number")),
     };
     Ok(Knock { port, proto })
+}
+
+/// `Attach`: `auto`, `xdp` or `tc`.
+pub fn parse_attach(value: &str) -> Result<Attach, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "auto" => Ok(Attach::Auto),
+        "xdp" => Ok(Attach::Xdp),
+        "tc" => Ok(Attach::Tc),
+        _ => Err(format!("attach '{value}' is not auto, xdp or tc")),
+    }
 }
 
 /// `MetricsAddress`: an address and port.

@@ -1,7 +1,7 @@
-//! The XDP link's life: attached once and pinned, adopted by the next daemon and swapped to
-//! its program atomically (`bpf_link_update`), attached again when the interface comes back,
-//! and removed only by an explicit act (`release`). A program that knockgate did not attach
-//! is never replaced.
+//! The attachment's life: at the hook `Attach` picks (XDP, or TC ingress: `tc`), attached
+//! once and pinned, adopted by the next daemon and swapped to its program atomically
+//! (`bpf_link_update`), attached again when the interface comes back, and removed only by an
+//! explicit act (`release`). A program that knockgate did not attach is never replaced.
 
 use std::path::Path;
 
@@ -16,10 +16,12 @@ use aya::{
 use knock_common::{AllowKey, UsedKey, maps};
 
 use crate::{
+    config::Attach,
     kernel::error::{KernelError, map_err},
     kernel::netlink,
-    kernel::pin::{PINNED_MAPS, PinDir},
-    kernel::program::KnockProgram,
+    kernel::pin::{PINNED_MAPS, PinDir, remove_pin},
+    kernel::program::{At, Attached, Attachment, Hooked, KnockProgram},
+    kernel::tc::{cls_bpf_program, detach_tc, tcx_programs},
 };
 
 /// The map data behind any kind of map.
@@ -36,16 +38,13 @@ fn map_data(map: &aya::maps::Map) -> Option<&MapData> {
     }
 }
 
-/// How `attach` found the interface.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Attached {
-    /// Nothing was attached: a new link, now pinned.
-    New,
-    /// The pinned link was live: its program (this id) was replaced by this one, atomically.
-    Swapped { old_program: u32 },
-    /// A link was pinned but dead (the interface was re-created, or its driver reloaded,
-    /// since): a new link replaces it.
-    Reattached,
+/// Whether the XDP link pinned in `pins` is live, holding one of the programs `on_iface` runs.
+fn pinned_xdp_runs(pins: &PinDir, on_iface: &[u32]) -> Result<bool, KernelError> {
+    if !pins.link().exists() {
+        return Ok(false);
+    }
+    let fd = FdLink::from(PinnedLink::from_pin(pins.link())?);
+    Ok(on_iface.contains(&fd.info()?.program_id()))
 }
 
 /// Allowances copied from another layout's maps, to reconcile after the swap.
@@ -72,16 +71,37 @@ impl KnockProgram {
         Ok(self.xdp()?.info()?.id())
     }
 
-    /// Attaches to `iface` through the link pinned in `pins` (the interface's directory): a
-    /// live pinned link gets this program swapped in (the interface is never without a
-    /// program), a dead one is replaced, and with none a new link is made and pinned. Refuses
-    /// when the interface has a program that is not the pinned link's.
-    pub fn attach(&mut self, iface: &str, pins: &PinDir) -> Result<Attached, KernelError> {
-        let link_path = pins.link();
+    /// Attaches to `iface` at the hook `mode` asks for (`Attach::Auto`: XDP, unless another
+    /// program has the interface's XDP hook, then TC ingress), through what knockgate pinned
+    /// there before: a live pinned link gets this program swapped in (the interface is never
+    /// without a program), a dead one is replaced, and with none a new one is made. Another's
+    /// XDP program is never replaced: `Attach::Xdp` refuses such an interface. Once attached
+    /// at one hook, knockgate's attachment at the other (a previous run's) is removed.
+    pub fn attach(&mut self, iface: &str, pins: &PinDir, mode: Attach) -> Result<(Attached, Hooked), KernelError> {
         let ifindex = netlink::ifindex(iface).ok_or_else(|| KernelError::NoInterface(iface.to_owned()))?;
         let on_iface = netlink::xdp_programs(ifindex)
             .map_err(|error| KernelError::Netlink { iface: iface.to_owned(), error })?
             .ok_or_else(|| KernelError::NoInterface(iface.to_owned()))?;
+        let tc = match mode {
+            Attach::Xdp => false,
+            Attach::Tc => true,
+            Attach::Auto => !on_iface.is_empty() && !pinned_xdp_runs(pins, &on_iface)?,
+        };
+        if tc {
+            let done = self.attach_tc(iface, pins)?;
+            if pins.link().exists() {
+                // A previous run's XDP link: the TC program gates now. Unpinned, it goes.
+                remove_pin(&pins.link()).map_err(KernelError::PinDir)?;
+            }
+            return Ok(done);
+        }
+        let done = self.attach_xdp(iface, pins, &on_iface)?;
+        detach_tc(iface, pins)?;
+        Ok((done, Hooked::Xdp))
+    }
+
+    fn attach_xdp(&mut self, iface: &str, pins: &PinDir, on_iface: &[u32]) -> Result<Attached, KernelError> {
+        let link_path = pins.link();
         let mut outcome = Attached::New;
         if link_path.exists() {
             let fd = FdLink::from(PinnedLink::from_pin(&link_path)?);
@@ -90,12 +110,16 @@ impl KnockProgram {
                 let link = XdpLink::try_from(fd)?;
                 let id = self.xdp_mut()?.attach_to_link(link)?;
                 let link = self.xdp_mut()?.take_link(id)?;
-                self.keep_link(iface, pins, FdLink::try_from(link)?);
+                self.keep(Attachment {
+                    iface: iface.to_owned(),
+                    pins: pins.clone(),
+                    at: At::Xdp(FdLink::try_from(link)?),
+                });
                 return Ok(Attached::Swapped { old_program });
             }
             // Dead: its interface is gone. Unpinning releases it.
             drop(fd);
-            remove_pin(&link_path)?;
+            remove_pin(&link_path).map_err(KernelError::PinDir)?;
             outcome = Attached::Reattached;
         }
         if let Some(&other) = on_iface.first() {
@@ -105,9 +129,9 @@ impl KnockProgram {
         Ok(outcome)
     }
 
-    fn keep_link(&mut self, iface: &str, pins: &PinDir, fd: FdLink) {
-        self.links.retain(|(i, _, _)| i != iface);
-        self.links.push((iface.to_owned(), pins.clone(), fd));
+    pub(crate) fn keep(&mut self, attachment: Attachment) {
+        self.links.retain(|l| l.iface != attachment.iface);
+        self.links.push(attachment);
     }
 
     /// A new link on `iface` (driver mode where the driver has it, else generic), pinned.
@@ -124,19 +148,36 @@ impl KnockProgram {
         let link = xdp.take_link(id)?;
         let fd = FdLink::try_from(link).map_err(|_| KernelError::NotALink(iface.to_owned()))?;
         let pinned = fd.pin(&link_path).map_err(|error| KernelError::Pin { path: link_path.clone(), error })?;
-        self.keep_link(iface, pins, FdLink::from(pinned));
+        self.keep(Attachment { iface: iface.to_owned(), pins: pins.clone(), at: At::Xdp(FdLink::from(pinned)) });
         Ok(())
     }
 
-    /// Whether this program is what `iface` runs now. `None` if the interface is gone.
+    /// Where this program runs on `iface`, as attached by `attach`.
+    #[must_use]
+    pub fn hooked(&self, iface: &str) -> Option<Hooked> {
+        self.links.iter().find(|l| l.iface == iface).map(|l| match l.at {
+            At::Xdp(_) => Hooked::Xdp,
+            At::Tcx(_) => Hooked::Tcx,
+            At::ClsBpf { .. } => Hooked::ClsBpf,
+        })
+    }
+
+    /// Whether this program runs on `iface` where `attach` put it. `None` if the interface
+    /// is gone.
     pub fn attached_to(&self, iface: &str) -> Result<Option<bool>, KernelError> {
         let Some(ifindex) = netlink::ifindex(iface) else {
             return Ok(None);
         };
-        let id = self.program_id()?;
-        Ok(netlink::xdp_programs(ifindex)
-            .map_err(|error| KernelError::Netlink { iface: iface.to_owned(), error })?
-            .map(|ids| ids.contains(&id)))
+        match self.links.iter().find(|l| l.iface == iface).map(|l| &l.at) {
+            None => Ok(Some(false)),
+            Some(At::Xdp(_)) => {
+                let id = self.program_id()?;
+                Ok(netlink::xdp_programs(ifindex)
+                    .map_err(|error| KernelError::Netlink { iface: iface.to_owned(), error })?
+                    .map(|ids| ids.contains(&id)))
+            }
+            Some(at) => self.tc_attached(iface, ifindex, at).map(Some),
+        }
     }
 
     /// Pins this program's maps in `pins` too (another interface's directory, so that each
@@ -175,8 +216,11 @@ impl KnockProgram {
     /// Removes every interface's pins (links and maps) and lets go of the links: the program
     /// leaves every interface. For an exit when no door has a gate.
     pub fn release(&mut self) -> Result<(), KernelError> {
-        for (_, pins, _) in &self.links {
-            pins.remove()?;
+        for l in &self.links {
+            if matches!(l.at, At::ClsBpf { .. }) {
+                detach_tc(&l.iface, &l.pins)?;
+            }
+            l.pins.remove()?;
         }
         if let Some(pins) = &self.pins {
             pins.remove()?;
@@ -273,7 +317,24 @@ fn old_allow(dir: &Path) -> Result<Option<HashMap<MapData, AllowKey, u64>>, Kern
     Ok(Some(HashMap::try_from(map).map_err(map_err(maps::ALLOW))?))
 }
 
-fn remove_pin(path: &Path) -> Result<(), KernelError> {
-    std::fs::remove_file(path)
-        .map_err(|error| KernelError::PinDir(crate::kernel::pin::PinError::Io { path: path.to_path_buf(), error }))
+/// Where knockgate runs on `iface` now, read from the kernel and the pins in `pins` alone
+/// (while knockd runs or after it died: `--status`, the metrics); `None` if nowhere.
+#[must_use]
+pub fn hooked_now(iface: &str, pins: &PinDir) -> Option<Hooked> {
+    let ifindex = netlink::ifindex(iface)?;
+    let pinned = |path: &Path| -> Option<u32> {
+        let fd = FdLink::from(PinnedLink::from_pin(path).ok()?);
+        Some(fd.info().ok()?.program_id())
+    };
+    if let Some(id) = pins.link().exists().then(|| pinned(&pins.link())).flatten()
+        && netlink::xdp_programs(ifindex).ok().flatten().is_some_and(|ids| ids.contains(&id))
+    {
+        return Some(Hooked::Xdp);
+    }
+    if let Some(id) = pins.tcx_link().exists().then(|| pinned(&pins.tcx_link())).flatten()
+        && tcx_programs(iface).is_ok_and(|ids| ids.contains(&id))
+    {
+        return Some(Hooked::Tcx);
+    }
+    cls_bpf_program(ifindex).ok().flatten().map(|_| Hooked::ClsBpf)
 }

@@ -11,4 +11,5 @@ pub mod ports;
 pub mod program;
 pub mod rejection;
 pub mod spec;
+pub mod tc;
 pub mod windows;

@@ -73,6 +73,12 @@ impl PinDir {
         self.root.join("link")
     }
 
+    /// The pinned TCX link (TC ingress, Linux 6.6+).
+    #[must_use]
+    pub fn tcx_link(&self) -> PathBuf {
+        self.root.join("tcx-link")
+    }
+
     /// This build's map directory.
     #[must_use]
     pub fn maps(&self) -> PathBuf {
@@ -212,6 +218,11 @@ fn mount_device(mountinfo: &str, path: &Path) -> Option<String> {
         })
         .max_by_key(|(len, _)| *len)
         .map(|(_, d)| d)
+}
+
+/// Removes one pin (a link's: the link goes once no process holds it).
+pub fn remove_pin(path: &Path) -> Result<(), PinError> {
+    std::fs::remove_file(path).map_err(|error| PinError::Io { path: path.to_path_buf(), error })
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use prometheus_client::{
 
 use crate::{
     kernel::netlink,
-    kernel::pin::PinDir,
+    kernel::{attach::hooked_now, pin::PinDir, program::Hooked},
     observe::status::{self, DoorLabel},
 };
 
@@ -106,6 +106,47 @@ fn f(v: u64) -> f64 {
     v as f64
 }
 
+/// Where the program runs on each interface: `knockgate_xdp_attached` (the XDP hook's mode,
+/// whoever's program it is) and `knockgate_attached` (knockgate's own hook).
+fn attachments(e: &mut DescriptorEncoder, s: &Source) -> Result<(), std::fmt::Error> {
+    let modes: Vec<(String, &str)> = s
+        .interfaces
+        .iter()
+        .map(|i| {
+            let mode = netlink::ifindex(i)
+                .and_then(|x| netlink::xdp_state(x).ok().flatten())
+                .map_or("none", |st| if st.programs.is_empty() { "none" } else { st.mode });
+            (i.clone(), mode)
+        })
+        .collect();
+    let mode_rows: Vec<[(&str, &str); 2]> =
+        modes.iter().map(|(i, m)| [("interface", i.as_str()), ("mode", *m)]).collect();
+    let rows: Vec<(&[(&str, &str)], f64)> =
+        mode_rows.iter().map(|r| (&r[..], if r[1].1 == "none" { 0.0 } else { 1.0 })).collect();
+    gauge(e, "knockgate_xdp_attached", "1 while the program is attached to the interface, in this mode.", &rows)?;
+
+    let hooks: Vec<(String, &str)> = s
+        .interfaces
+        .iter()
+        .map(|i| {
+            let pins = PinDir::new(s.pins.root().parent().unwrap_or(s.pins.root()), i);
+            (i.clone(), hooked_now(i, &pins).map_or("none", Hooked::name))
+        })
+        .collect();
+    let hook_rows: Vec<[(&str, &str); 2]> =
+        hooks.iter().map(|(i, h)| [("interface", i.as_str()), ("hook", *h)]).collect();
+    let rows: Vec<(&[(&str, &str)], f64)> =
+        hook_rows.iter().map(|r| (&r[..], if r[1].1 == "none" { 0.0 } else { 1.0 })).collect();
+    gauge(
+        e,
+        "knockgate_attached",
+        "1 while the program runs on the interface at this hook: xdp, tcx, or tc (cls_bpf); 0 with hook none.",
+        &rows,
+    )?;
+
+    Ok(())
+}
+
 impl Collector for Kernel {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let began = Instant::now();
@@ -116,26 +157,7 @@ impl Collector for Kernel {
             "The running build (value 1).",
             &[(&[("version", env!("CARGO_PKG_VERSION"))], 1.0)],
         )?;
-        let modes: Vec<(String, &str)> = s
-            .interfaces
-            .iter()
-            .map(|i| {
-                let mode = netlink::ifindex(i)
-                    .and_then(|x| netlink::xdp_state(x).ok().flatten())
-                    .map_or("none", |st| if st.programs.is_empty() { "none" } else { st.mode });
-                (i.clone(), mode)
-            })
-            .collect();
-        let mode_rows: Vec<[(&str, &str); 2]> =
-            modes.iter().map(|(i, m)| [("interface", i.as_str()), ("mode", *m)]).collect();
-        let rows: Vec<(&[(&str, &str)], f64)> =
-            mode_rows.iter().map(|r| (&r[..], if r[1].1 == "none" { 0.0 } else { 1.0 })).collect();
-        gauge(
-            &mut e,
-            "knockgate_xdp_attached",
-            "1 while the program is attached to the interface, in this mode.",
-            &rows,
-        )?;
+        attachments(&mut e, s)?;
 
         let labels = s.labels.lock().map(|l| l.clone()).unwrap_or_default();
         let snap = match status::read(&s.pins, &labels) {
