@@ -309,6 +309,7 @@ fn bring_up(
     ifaces: &[(String, PinDir)],
 ) -> anyhow::Result<(KnockProgram, Doors, Vec<std::net::IpAddr>)> {
     let attach = args.attach(&config.options);
+    wait_for_interfaces(ifaces, log)?;
     let Config { options, doors: doors_conf } = config;
     let defaults = Limits::default();
     let limits = Limits {
@@ -406,6 +407,30 @@ fn all_addrs(ifaces: &[(String, PinDir)], ipv4_only: bool) -> anyhow::Result<Vec
     addrs.sort_unstable();
     addrs.dedup();
     Ok(addrs)
+}
+
+/// How long knockd waits at start for an interface that does not exist yet (one the network's
+/// configuration makes, say): below systemd's default start timeout of 90 s.
+const INTERFACE_WAIT: std::time::Duration = std::time::Duration::from_mins(1);
+
+/// Waits until every interface exists, up to `INTERFACE_WAIT`, saying which it waits for.
+fn wait_for_interfaces(ifaces: &[(String, PinDir)], log: &KnockLog) -> anyhow::Result<()> {
+    let missing = || -> Vec<&str> {
+        ifaces.iter().map(|(i, _)| i.as_str()).filter(|i| knockd_user::kernel::netlink::ifindex(i).is_none()).collect()
+    };
+    if missing().is_empty() {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    log.line(&format!("waiting up to {}s for interface {} to exist", INTERFACE_WAIT.as_secs(), missing().join(", ")));
+    while !missing().is_empty() {
+        if started.elapsed() > INTERFACE_WAIT {
+            anyhow::bail!("interface {} did not appear within {}s", missing().join(", "), INTERFACE_WAIT.as_secs());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    log.line(&format!("every interface exists after {} ms", started.elapsed().as_millis()));
+    Ok(())
 }
 
 /// The journal of pending stops, with what could not be read of it logged.

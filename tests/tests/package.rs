@@ -104,6 +104,17 @@ fn lintian_reports_no_error() {
 fn the_unit_verifies_and_its_exposure_is_low() {
     let root = extracted();
     let unit = root.path().join("usr/lib/systemd/system/knockd.service");
+    // In place before the network is configured (the boot window): ordered before
+    // network-pre.target, and after nothing of the network.
+    let content = std::fs::read_to_string(&unit).unwrap();
+    let lines: Vec<&str> = content.lines().collect();
+    for want in ["Before=network-pre.target", "Wants=network-pre.target", "Type=notify"] {
+        assert!(lines.contains(&want), "no {want} in the unit:\n{content}");
+    }
+    assert!(
+        !lines.iter().any(|l| l.starts_with("After=") && l.contains("network")),
+        "the unit waits for the network:\n{content}"
+    );
     // Against the host's units and binaries, with the package's manual pages for man:knockd(8).
     let out = Command::new("systemd-analyze")
         .arg("verify")

@@ -204,7 +204,8 @@ fn shell_quote(s: &str) -> String {
 
 /// The suites that run the program at the hook `KNOCKGATE_TEST_HOOK` names (through
 /// `BPF_PROG_TEST_RUN`, or knockd with `--attach tc`): run at XDP, then again at TC ingress.
-pub(crate) const HOOK_SUITES: [&str; 5] = ["xdp_test_run", "xdp_gate", "xdp_secret", "conformance", "e2e_gate"];
+pub(crate) const HOOK_SUITES: [&str; 6] =
+    ["xdp_test_run", "xdp_gate", "xdp_secret", "conformance", "e2e_gate", "boot_window"];
 
 /// What `cargo xtask guest` is told.
 pub(crate) struct GuestPlan {
