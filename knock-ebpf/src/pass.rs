@@ -1,6 +1,7 @@
 //! Reference programs that `cargo xtask bench` measures the knockgate program against, in the
 //! same run:
 //! - `xdp_pass` passes every frame and does nothing else: the baseline of the ratios;
+//! - `tc_pass` is the same at TC ingress (on to the next filter): the baseline at TC;
 //! - `port_floor` and `knock_floor` do the least any port-knocking filter must do, for a
 //!   frame to another port and for a knock. They show how much of a ratio is the task's own
 //!   floor on the machine at hand, rather than knockgate's design.
@@ -26,10 +27,10 @@ fn main() {}
 #[cfg(target_arch = "bpf")]
 mod program {
     use aya_ebpf::{
-        bindings::xdp_action,
-        macros::{map, xdp},
+        bindings::{TC_ACT_UNSPEC, xdp_action},
+        macros::{classifier, map, xdp},
         maps::Array,
-        programs::XdpContext,
+        programs::{TcContext, XdpContext},
     };
 
     /// The one knock port of the floors.
@@ -40,6 +41,12 @@ mod program {
     #[xdp]
     fn xdp_pass(_ctx: XdpContext) -> u32 {
         xdp_action::XDP_PASS
+    }
+
+    /// `xdp_pass` at TC ingress: on to the next filter, as knockgate passes there.
+    #[classifier]
+    fn tc_pass(_ctx: TcContext) -> i32 {
+        TC_ACT_UNSPEC
     }
 
     /// The destination port, for untagged TCP or UDP over IPv4 without options.

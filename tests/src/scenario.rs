@@ -40,16 +40,21 @@ impl Scenario {
     /// As `start`, with extra knockd arguments and files (name, content) made in `{DIR}` first.
     #[must_use]
     pub fn start_full(config: &str, extra: &[&str], files: &[(&str, &str)]) -> Self {
-        Self::start_after(config, extra, files, |_| {})
+        Self::start_after(config, extra, files, |_, _| {})
     }
 
     /// As `start_full`, with `setup` done on the namespaces before knockd starts (another
-    /// program on the server's interface, say).
+    /// program on the server's interface, say); it is given the scenario's directory too.
     #[must_use]
-    pub fn start_after(config: &str, extra: &[&str], files: &[(&str, &str)], setup: impl FnOnce(&NetPair)) -> Self {
+    pub fn start_after(
+        config: &str,
+        extra: &[&str],
+        files: &[(&str, &str)],
+        setup: impl FnOnce(&NetPair, &std::path::Path),
+    ) -> Self {
         let net = NetPair::new();
-        setup(&net);
         let dir = tempfile::tempdir().expect("tempdir");
+        setup(&net, dir.path());
         for (name, content) in files {
             std::fs::write(dir.path().join(name), content).expect("write file");
         }

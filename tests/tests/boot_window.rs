@@ -33,14 +33,17 @@ const SERVICE: &str = "198.18.0.1:2222";
 #[test]
 fn an_interface_made_after_knockd_and_brought_up_under_syns_never_answers_one_unknocked() {
     let mut si_ci = (String::new(), String::new());
-    let s = Scenario::start_after(GATE, &[], &[], |net| {
+    let s = Scenario::start_after(GATE, &[], &[], |net, dir| {
         // The pair goes; it is made again, down and unaddressed, once knockd waits for it.
         sh(&format!("ip -n {} link del {}", net.server, net.server_if));
         let (server, client) = (net.server.clone(), net.client.clone());
         let (si, ci) = (net.server_if.clone(), net.client_if.clone());
         si_ci = (si.clone(), ci.clone());
+        let log = dir.join("knockd.log");
         std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(1500));
+            // Wide: knockd starts slowly in an emulated guest.
+            let waiting = format!("] waiting up to 60s for interface {si} to exist\n");
+            wait_for(Duration::from_mins(2), || std::fs::read_to_string(&log).is_ok_and(|l| l.contains(&waiting)));
             sh(&format!("ip link add {si} netns {server} type veth peer name {ci} netns {client}"));
         });
     });

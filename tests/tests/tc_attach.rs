@@ -72,7 +72,7 @@ fn foreign(net: &NetPair) -> aya::Ebpf {
 #[test]
 fn behind_a_foreign_xdp_program_the_gate_runs_at_tc_and_outlives_a_sigkill_and_the_program() {
     let mut other = None;
-    let mut s = Scenario::start_after(GATE, &[], &[], |net| other = Some(foreign(net)));
+    let mut s = Scenario::start_after(GATE, &[], &[], |net, _| other = Some(foreign(net)));
     let (hook, name) = tc_hook();
     let iface = s.net.server_if.clone();
     let line = format!("] attached to {iface} at {name} (another program has its XDP hook); pinned in ");
@@ -160,7 +160,7 @@ impl Drop for XdpFilter {
 #[test]
 fn behind_xdp_filter_what_it_drops_never_reaches_the_knock_tables() {
     let mut filter = None;
-    let s = Scenario::start_after(GATE, &[], &[], |net| filter = Some(XdpFilter::load(net, "198.18.0.3")));
+    let s = Scenario::start_after(GATE, &[], &[], |net, _| filter = Some(XdpFilter::load(net, "198.18.0.3")));
     let (hook, name) = tc_hook();
     let iface = s.net.server_if.clone();
     let line = format!("] attached to {iface} at {name} (another program has its XDP hook); pinned in ");

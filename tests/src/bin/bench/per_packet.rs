@@ -26,6 +26,8 @@ pub(crate) fn reference_programs() -> aya::Ebpf {
         let prog: &mut aya::programs::Xdp = ebpf.program_mut(name).unwrap().try_into().unwrap();
         prog.load().unwrap();
     }
+    let prog: &mut aya::programs::SchedClassifier = ebpf.program_mut("tc_pass").unwrap().try_into().unwrap();
+    prog.load().unwrap();
     ebpf
 }
 
@@ -35,9 +37,11 @@ pub(crate) fn reference_programs() -> aya::Ebpf {
 /// runs, which costs milliseconds of waiting.
 pub(crate) fn reference_run(ebpf: &aya::Ebpf, name: &str, frame: &[u8], repeat: u32) -> (u32, f64) {
     use aya::programs::TestRun as _;
-    let prog: &aya::programs::Xdp = ebpf.program(name).unwrap().try_into().unwrap();
-    let r =
-        prog.test_run(aya::programs::TestRunOptions { data_in: Some(frame), repeat, ..Default::default() }).unwrap();
+    let opts = aya::programs::TestRunOptions { data_in: Some(frame), repeat, ..Default::default() };
+    let r = match ebpf.program(name).unwrap() {
+        aya::programs::Program::SchedClassifier(prog) => prog.test_run(opts).unwrap(),
+        prog => <&aya::programs::Xdp>::try_from(prog).unwrap().test_run(opts).unwrap(),
+    };
     (r.return_value, r.duration.as_nanos() as f64)
 }
 
@@ -45,15 +49,26 @@ pub(crate) fn reference_run(ebpf: &aya::Ebpf, name: &str, frame: &[u8], repeat: 
 #[derive(Clone, Copy)]
 pub(crate) enum Measured<'a> {
     Knockgate(&'a KnockProgram),
+    /// knockgate at TC ingress (`knockgate_tc`), against `tc_pass`.
+    KnockgateTc(&'a KnockProgram),
     /// A reference program, by name.
     Reference(&'static str),
 }
 
 impl Measured<'_> {
+    /// The empty program it is measured against: at its hook.
+    pub(crate) fn empty(self) -> &'static str {
+        if matches!(self, Measured::KnockgateTc(_)) { "tc_pass" } else { "xdp_pass" }
+    }
+
     pub(crate) fn run(self, references: &aya::Ebpf, frame: &[u8], repeat: u32) -> (u32, f64) {
         match self {
             Measured::Knockgate(p) => {
                 let (verdict, d) = p.test_run_timed(Hook::Xdp, frame, repeat).unwrap();
+                (verdict, d.as_nanos() as f64)
+            }
+            Measured::KnockgateTc(p) => {
+                let (verdict, d) = p.test_run_timed(Hook::Tc, frame, repeat).unwrap();
                 (verdict, d.as_nanos() as f64)
             }
             Measured::Reference(name) => reference_run(references, name, frame, repeat),
@@ -207,13 +222,47 @@ pub(crate) fn per_packet(opts: &Opts) -> Value {
         ),
     ];
     let rows = measure(&cases, &references, rounds, repeat);
+    let tc_rows = tc_rows(&config, &adv, &references, rounds, repeat);
     json!({
         "runs": rounds,
         "repeat": repeat,
         "rows": rows,
+        "tc_rows": tc_rows,
         "by_doors": by_doors(&references, rounds, repeat),
         "paired_per_round": paired_per_round(repeat),
     })
+}
+
+/// The per-packet rows of the program at TC ingress (`knockgate_tc`), against `tc_pass`: the
+/// two-door config `config` and the one-door one with sequence `adv`.
+fn tc_rows(config: &str, adv: &str, references: &aya::Ebpf, rounds: u32, repeat: u32) -> Vec<Value> {
+    let (c, s) = ("198.18.0.2", "198.18.0.1");
+    // The same program at TC ingress, against an empty TC program.
+    let (mut tc, _) = program_with(config, Limits::default());
+    tc.load_tc().unwrap();
+    let (mut tc_single, _) =
+        program_with(&format!("[adv]\nsequence = {adv}\nseq_timeout = 3600\ntcpflags = syn\n"), Limits::default());
+    tc_single.load_tc().unwrap();
+    let mut arp = FrameBuilder::tcp(c, s, 80, SYN).build();
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    let tc_cases: Vec<(&str, Vec<u8>, u32, Measured<'_>)> = vec![
+        ("non-IP frame (ARP)", arp, XDP_PASS, Measured::KnockgateTc(&tc)),
+        ("TCP ACK", FrameBuilder::tcp(c, s, 443, ACK).build(), XDP_PASS, Measured::KnockgateTc(&tc)),
+        ("SYN to a non-knock port", FrameBuilder::tcp(c, s, 443, SYN).build(), XDP_PASS, Measured::KnockgateTc(&tc)),
+        (
+            "SYN that advances a knock (one door)",
+            FrameBuilder::tcp(c, s, 7000, SYN).build(),
+            XDP_PASS,
+            Measured::KnockgateTc(&tc_single),
+        ),
+        (
+            "gated SYN dropped",
+            FrameBuilder::tcp("198.18.0.3", s, 22, SYN).build(),
+            XDP_DROP,
+            Measured::KnockgateTc(&tc),
+        ),
+    ];
+    measure(&tc_cases, references, rounds, repeat)
 }
 
 /// Door counts of the cost-against-doors table.
@@ -377,9 +426,9 @@ fn measure(
     let mut samples = vec![(Vec::new(), Vec::new(), Vec::new(), Vec::new()); cases.len()];
     for _ in 0..rounds {
         for ((name, frame, want, p), (k, e, r, a)) in cases.iter().zip(&mut samples) {
-            let (_, before) = reference_run(references, "xdp_pass", frame, repeat);
+            let (_, before) = reference_run(references, p.empty(), frame, repeat);
             let (verdict, kn) = p.run(references, frame, repeat);
-            let (_, after) = reference_run(references, "xdp_pass", frame, repeat);
+            let (_, after) = reference_run(references, p.empty(), frame, repeat);
             assert_eq!(verdict, *want, "{name}");
             let en = f64::midpoint(before, after);
             k.push(kn);
