@@ -21,6 +21,21 @@ pub struct Scenario {
     pub conf: PathBuf,
 }
 
+/// A gated door (SSH's port as 2222) and two more, so that knocks go through the tail-called
+/// door walk.
+pub const GATE: &str = "
+[ssh]
+\tsequence = 7000,8000,9000
+\tseq_timeout = 30
+\ttcpflags = syn
+\tgate = 2222/tcp
+\tgate_timeout = 120
+[other]
+\tsequence = 6001,6002
+[third]
+\tsequence = 6101,6102
+";
+
 /// The server's IPv4 address, for frames.
 pub const SERVER: &str = NetPair::SERVER_V4;
 

@@ -99,3 +99,18 @@ pub fn http_get(ns: &str, addr: &str, path: &str) -> std::io::Result<String> {
         Ok(body.to_owned())
     })
 }
+
+/// Whether `src` in namespace `ns` gets through to the echo service at `service` and back.
+#[must_use]
+pub fn opens(ns: &str, src: &str, service: &str) -> bool {
+    connect_from(ns, src, service, Duration::from_millis(700)).is_ok_and(|mut c| echo_ok(&mut c))
+}
+
+/// Whether a connection from `src` to `service` goes unanswered (a dropped SYN), not refused.
+#[must_use]
+pub fn shut_out(ns: &str, src: &str, service: &str) -> bool {
+    matches!(
+        connect_from(ns, src, service, Duration::from_millis(500)),
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut || e.kind() == std::io::ErrorKind::WouldBlock
+    )
+}

@@ -15,18 +15,9 @@ use std::{
 use tests::{
     daemon::{bin, wait_for},
     netns::{NetPair, sh},
-    scenario::Scenario,
-    service::{Echo, connect_from, echo_ok},
+    scenario::{GATE, Scenario},
+    service::{Echo, connect_from, opens},
 };
-
-const GATE: &str = "
-[ssh]
-\tsequence = 7000,8000,9000
-\tseq_timeout = 30
-\ttcpflags = syn
-\tgate = 2222/tcp
-\tgate_timeout = 120
-";
 
 const SERVICE: &str = "198.18.0.1:2222";
 
@@ -93,11 +84,5 @@ fn an_interface_made_after_knockd_and_brought_up_under_syns_never_answers_one_un
     );
     // The SYNs did reach the server: a knock opens the same port.
     sh(&s.net.in_client(&format!("{} {} 7000 8000 9000", bin("knock").display(), NetPair::SERVER_V4)));
-    assert!(
-        wait_for(Duration::from_secs(10), || {
-            connect_from(&client, "198.18.0.2", SERVICE, Duration::from_millis(700)).is_ok_and(|mut c| echo_ok(&mut c))
-        }),
-        "{}",
-        s.log()
-    );
+    assert!(wait_for(Duration::from_secs(10), || opens(&client, "198.18.0.2", SERVICE)), "{}", s.log());
 }

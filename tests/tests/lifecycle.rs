@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests panic on failure")]
 
 use std::{
-    io::ErrorKind,
     process::Command,
     sync::{
         Arc,
@@ -18,24 +17,9 @@ use tests::{
     daemon::{bin, pace, wait_for},
     netns::{NetPair, in_netns, sh},
     pinned::{PinnedState, xdp_ids},
-    scenario::Scenario,
-    service::{Echo, connect_from, echo_ok},
+    scenario::{GATE, Scenario},
+    service::{self, Echo, connect_from},
 };
-
-/// A gated door and two more, so that knocks go through the tail-called door walk (whose
-/// table the kernel would empty when the last daemon's descriptor goes, were it not pinned).
-const GATE: &str = "
-[ssh]
-\tsequence = 7000,8000,9000
-\tseq_timeout = 30
-\ttcpflags = syn
-\tgate = 2222/tcp
-\tgate_timeout = 120
-[other]
-\tsequence = 6001,6002
-[third]
-\tsequence = 6101,6102
-";
 
 const SERVICE: &str = "198.18.0.1:2222";
 
@@ -47,14 +31,11 @@ fn add_client_addrs(s: &Scenario, last_octets: &[u8]) {
 }
 
 fn opens(s: &Scenario, src: &str) -> bool {
-    connect_from(&s.net.client, src, SERVICE, Duration::from_millis(700)).is_ok_and(|mut c| echo_ok(&mut c))
+    service::opens(&s.net.client, src, SERVICE)
 }
 
 fn shut_out(s: &Scenario, src: &str) -> bool {
-    matches!(
-        connect_from(&s.net.client, src, SERVICE, Duration::from_millis(500)),
-        Err(e) if e.kind() == ErrorKind::TimedOut || e.kind() == ErrorKind::WouldBlock
-    )
+    service::shut_out(&s.net.client, src, SERVICE)
 }
 
 #[test]

@@ -4,29 +4,16 @@
 //! it shut, the foreign program can go, and `--unload` removes only knockgate's part.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests panic on failure")]
 
-use std::{io::ErrorKind, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
 use knockd_user::kernel::{attach::hooked_now, pin::PinDir, program::Hooked, tc::has_tcx};
 use tests::{
     daemon::{bin, wait_for},
     netns::{NetPair, in_netns, sh},
     pinned::{TEST_BPFFS, mount_test_bpffs, xdp_ids},
-    scenario::Scenario,
-    service::{Echo, connect_from, echo_ok},
+    scenario::{GATE, Scenario},
+    service::{Echo, opens, shut_out},
 };
-
-const GATE: &str = "
-[ssh]
-\tsequence = 7000,8000,9000
-\tseq_timeout = 30
-\ttcpflags = syn
-\tgate = 2222/tcp
-\tgate_timeout = 120
-[other]
-\tsequence = 6001,6002
-[third]
-\tsequence = 6101,6102
-";
 
 const SERVICE: &str = "198.18.0.1:2222";
 const SERVICE6: &str = "[2001:db8::1]:2222";
@@ -34,17 +21,6 @@ const SERVICE6: &str = "[2001:db8::1]:2222";
 /// The hook this kernel's TC attachment takes.
 fn tc_hook() -> (Hooked, &'static str) {
     if has_tcx() { (Hooked::Tcx, "tcx") } else { (Hooked::ClsBpf, "tc") }
-}
-
-fn opens(ns: &str, src: &str, service: &str) -> bool {
-    connect_from(ns, src, service, Duration::from_millis(700)).is_ok_and(|mut c| echo_ok(&mut c))
-}
-
-fn shut_out(ns: &str, src: &str, service: &str) -> bool {
-    matches!(
-        connect_from(ns, src, service, Duration::from_millis(500)),
-        Err(e) if e.kind() == ErrorKind::TimedOut || e.kind() == ErrorKind::WouldBlock
-    )
 }
 
 fn hooked(s: &Scenario) -> Option<Hooked> {
