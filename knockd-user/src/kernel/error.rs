@@ -50,6 +50,11 @@ pub enum KernelError {
     )]
     Foreign { iface: String, program: String },
     #[error(
+        "interface {iface} already has a TC filter at knockgate's priority 1 and handle 0x4b47, running \
+         {program}, that knockgate did not attach; knockd will not replace it"
+    )]
+    ForeignFilter { iface: String, program: String },
+    #[error(
         "the kernel attached the program to {0} without a BPF link (netlink), which cannot be pinned: kernel 5.9 or later is needed"
     )]
     NotALink(String),

@@ -109,7 +109,16 @@ impl KnockProgram {
             .map_err(netlink_err(iface))?
             .ok_or_else(|| KernelError::NoInterface(iface.to_owned()))?;
         let handle = TcHandle::from(TC_HANDLE);
-        let (outcome, id) = if let Some(old) = ours(&filters) {
+        let existing = ours(&filters);
+        if let Some(f) = existing
+            && netlink::program_name(f.program).as_deref() != Some(TC_PROGRAM)
+        {
+            return Err(KernelError::ForeignFilter {
+                iface: iface.to_owned(),
+                program: netlink::describe_program(f.program),
+            });
+        }
+        let (outcome, id) = if let Some(old) = existing {
             // Replaced in place: the filter is never missing.
             let link = SchedClassifierLink::attached(iface, TcAttachType::Ingress, TC_PRIORITY, handle, None)
                 .map_err(|_| KernelError::NoInterface(iface.to_owned()))?;
