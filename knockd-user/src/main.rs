@@ -17,8 +17,8 @@ use knockd_user::{
     daemon::Daemon,
     kernel::attach::hooked_now,
     kernel::doors::Doors,
+    kernel::hooks::{Attached, Hooked},
     kernel::pin::{DEFAULT_BPF_DIR, PinDir},
-    kernel::program::{Attached, Hooked},
     kernel::program::{KnockProgram, Limits},
     observe::log::KnockLog,
 };

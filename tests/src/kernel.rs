@@ -7,7 +7,8 @@ use knock_common::Counter;
 use knockd_user::{
     config::Config,
     kernel::doors::Doors,
-    kernel::program::{Hook, KnockProgram, Limits},
+    kernel::hooks::Hook,
+    kernel::program::{KnockProgram, Limits},
 };
 
 /// The hook the suites run the program at: TC ingress with `KNOCKGATE_TEST_HOOK=tc`

@@ -92,7 +92,7 @@ impl Scenario {
         let state_args = state.args();
         let mut args = vec!["-i", net.server_if.as_str(), "-c", conf.to_str().expect("utf-8 path")];
         // `KNOCKGATE_TEST_HOOK=tc`: the suite runs with knockd at TC ingress.
-        if crate::kernel::hook() == knockd_user::kernel::program::Hook::Tc {
+        if crate::kernel::hook() == knockd_user::kernel::hooks::Hook::Tc {
             args.extend(["--attach", "tc"]);
         }
         args.extend(state_args.iter().map(String::as_str));

@@ -6,7 +6,7 @@
 
 use std::{process::Command, time::Duration};
 
-use knockd_user::kernel::{attach::hooked_now, pin::PinDir, program::Hooked, tc::has_tcx};
+use knockd_user::kernel::{attach::hooked_now, hooks::Hooked, pin::PinDir, tc::has_tcx};
 use tests::{
     daemon::{bin, wait_for},
     netns::{NetPair, in_netns, sh},

@@ -14,7 +14,8 @@ use knockd_user::{
     clock::monotonic_ns,
     config::{Config, Knock, Proto},
     kernel::doors::Doors,
-    kernel::program::{Hook, KnockProgram, Limits},
+    kernel::hooks::Hook,
+    kernel::program::{KnockProgram, Limits},
 };
 use tests::{
     frame::{FrameBuilder, SYN},

@@ -18,9 +18,10 @@ use knock_common::{AllowKey, UsedKey, maps};
 use crate::{
     config::Attach,
     kernel::error::{KernelError, map_err},
+    kernel::hooks::{At, Attached, Attachment, Hooked},
     kernel::netlink,
     kernel::pin::{PINNED_MAPS, PinDir, remove_pin},
-    kernel::program::{At, Attached, Attachment, Hooked, KnockProgram},
+    kernel::program::KnockProgram,
     kernel::tc::{cls_bpf_program, detach_tc, tcx_programs},
 };
 

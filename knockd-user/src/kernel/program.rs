@@ -10,12 +10,11 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, ProgramArray, RingBuf},
-    programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp, links::FdLink},
+    programs::{ProgramError, Xdp},
 };
 use knock_common::{
     AddrKey, AllowKey, Attempt, Counter, CpuState, DoorSpec, DoorWindows, LocalAddrs, MAX_DOORS, MAX_LOCAL_ADDRS,
-    PORT_SLOTS, PortBits, PortDoors, Rate, Set, Settings, SlotKey, UsedKey, WAYS, XDP_DROP, XDP_PASS, maps, port_bit,
-    sets_for,
+    PORT_SLOTS, PortBits, PortDoors, Rate, Set, Settings, SlotKey, UsedKey, WAYS, maps, port_bit, sets_for,
 };
 
 use crate::{
@@ -24,74 +23,12 @@ use crate::{
     config::{Gate, Knock},
     kernel::doors::Doors,
     kernel::error::{KernelError, map_err, map_err_named, map_of},
+    kernel::hooks::Attachment,
     kernel::pin::{PINNED_MAPS, PinDir},
     kernel::ports::{port_doors, sync_ports, write_port_bits},
     kernel::rejection::load_program,
     kernel::spec::{addr_key, gate_table, port_table},
 };
-
-/// Where the program runs: at XDP, or at TC ingress (where another program owns XDP).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hook {
-    Xdp,
-    Tc,
-}
-
-/// Where the program runs on an interface.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hooked {
-    Xdp,
-    /// TC ingress through TCX (Linux 6.6+).
-    Tcx,
-    /// TC ingress through a `cls_bpf` filter on `clsact`.
-    ClsBpf,
-}
-
-impl Hooked {
-    /// As `--status` and the metrics name it.
-    #[must_use]
-    pub const fn name(self) -> &'static str {
-        match self {
-            Hooked::Xdp => "xdp",
-            Hooked::Tcx => "tcx",
-            Hooked::ClsBpf => "tc",
-        }
-    }
-}
-
-/// How `attach` found the interface.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Attached {
-    /// Nothing was attached: a new link, now pinned.
-    New,
-    /// The pinned link was live: its program (this id) was replaced by this one, atomically.
-    Swapped { old_program: u32 },
-    /// A link was pinned but dead (the interface was re-created, or its driver reloaded,
-    /// since): a new link replaces it.
-    Reattached,
-}
-
-/// What knockgate attached to one interface.
-pub(crate) struct Attachment {
-    pub(crate) iface: String,
-    pub(crate) pins: PinDir,
-    pub(crate) at: At,
-}
-
-/// An attachment's hook, with what holds it.
-pub(crate) enum At {
-    /// The XDP link, pinned in the interface's directory (held open for the daemon's life).
-    Xdp(#[expect(dead_code, reason = "held, not read")] FdLink),
-    /// The TCX link, pinned in the interface's directory.
-    Tcx(#[expect(dead_code, reason = "held, not read")] FdLink),
-    /// A `cls_bpf` filter on `clsact` ingress, kept by the kernel (nothing to hold), on the
-    /// interface that had this index.
-    ClsBpf { ifindex: u32 },
-}
-
-/// The TC verdicts the TC programs return: drop, or on to the next filter and the stack.
-const TC_ACT_SHOT: i32 = 2;
-const TC_ACT_UNSPEC: i32 = -1;
 
 /// Name of the XDP function in the object.
 pub const PROGRAM: &str = "knockgate";
@@ -489,43 +426,6 @@ impl KnockProgram {
         let mut map: Array<_, LocalAddrs> =
             Array::try_from(self.map_mut(maps::LOCAL_ADDRS)?).map_err(map_err(maps::LOCAL_ADDRS))?;
         map.set(0, local, 0).map_err(map_err(maps::LOCAL_ADDRS))
-    }
-
-    /// Runs the program at `hook` once on `frame` with `BPF_PROG_TEST_RUN`; returns the verdict
-    /// as XDP says it (TC's `TC_ACT_SHOT` is `XDP_DROP`, its `TC_ACT_UNSPEC` `XDP_PASS`). At
-    /// TC the frame must hold an Ethernet header (the kernel refuses a shorter one), and the
-    /// TC programs must be loaded (`load_tc`).
-    pub fn test_run(&self, hook: Hook, frame: &[u8]) -> Result<u32, KernelError> {
-        Ok(self.test_run_timed(hook, frame, 1)?.0)
-    }
-
-    /// Runs the program at `hook` `repeat` times on `frame`; returns the verdict (as
-    /// `test_run` does) and the kernel's mean time per run.
-    pub fn test_run_timed(
-        &self,
-        hook: Hook,
-        frame: &[u8],
-        repeat: u32,
-    ) -> Result<(u32, std::time::Duration), KernelError> {
-        let opts = TestRunOptions { data_in: Some(frame), repeat, ..Default::default() };
-        match hook {
-            Hook::Xdp => {
-                let r = self.xdp()?.test_run(opts)?;
-                Ok((r.return_value, r.duration))
-            }
-            Hook::Tc => {
-                let prog: &SchedClassifier =
-                    self.ebpf.program(TC_PROGRAM).ok_or(KernelError::MissingProgram(TC_PROGRAM))?.try_into()?;
-                let r = prog.test_run(opts)?;
-                #[expect(clippy::cast_possible_wrap, reason = "a TC verdict is an i32 returned as u32")]
-                let verdict = match r.return_value as i32 {
-                    TC_ACT_SHOT => XDP_DROP,
-                    TC_ACT_UNSPEC => XDP_PASS,
-                    other => return Err(KernelError::Verdict(other)),
-                };
-                Ok((verdict, r.duration))
-            }
-        }
     }
 
     /// Fills the allowance table with `n` synthetic allowances for port 22/tcp (sources

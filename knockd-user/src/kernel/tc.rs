@@ -15,9 +15,10 @@ use aya::{
 
 use crate::kernel::{
     error::KernelError,
+    hooks::{At, Attached, Attachment, Hooked},
     netlink::{self, TcFilter},
     pin::{PinDir, remove_pin},
-    program::{At, Attached, Attachment, Hooked, KnockProgram, TC_PROGRAM},
+    program::{KnockProgram, TC_PROGRAM},
 };
 
 /// The priority of knockgate's `cls_bpf` filter: the first to run.

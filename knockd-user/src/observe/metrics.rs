@@ -24,7 +24,7 @@ use prometheus_client::{
 
 use crate::{
     kernel::netlink,
-    kernel::{attach::hooked_now, pin::PinDir, program::Hooked},
+    kernel::{attach::hooked_now, hooks::Hooked, pin::PinDir},
     observe::status::{self, DoorLabel},
 };
 

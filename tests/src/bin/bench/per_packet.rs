@@ -8,7 +8,8 @@ use knock_common::{
 };
 use knockd_user::{
     XDP_PASS_EBPF,
-    kernel::program::{Hook, KnockProgram, Limits},
+    kernel::hooks::Hook,
+    kernel::program::{KnockProgram, Limits},
 };
 use serde_json::{Value, json};
 use tests::{
