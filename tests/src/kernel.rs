@@ -7,7 +7,7 @@ use knock_common::Counter;
 use knockd_user::{
     config::Config,
     kernel::doors::Doors,
-    kernel::hooks::Hook,
+    kernel::hooks::{Hook, Hooked},
     kernel::program::{KnockProgram, Limits},
 };
 
@@ -25,6 +25,12 @@ pub fn hook() -> Hook {
 
 /// `198.18.0.1` and `2001:db8::1`: the addresses knocks are sent to.
 pub const SERVER_ADDRS: [&str; 2] = ["198.18.0.1", "2001:db8::1"];
+
+/// Where knockd's TC attachment goes on this kernel: TCX from Linux 6.6, `cls_bpf` below.
+#[must_use]
+pub fn tc_hooked() -> Hooked {
+    if knockd_user::kernel::tc::has_tcx() { Hooked::Tcx } else { Hooked::ClsBpf }
+}
 
 /// Whether `BPF_PROG_TEST_RUN` takes `frame` at `hook()`: at TC the kernel builds an skb of
 /// it, and refuses an IPv4 or IPv6 frame cut short within its fixed IP header. Real ingress

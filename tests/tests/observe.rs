@@ -121,8 +121,7 @@ fn promtool_finds_a_scrape_clean_and_no_label_names_a_source() {
     assert!(text.contains(&format!(r#"knockgate_xdp_attached{{interface="{}",mode="#, s.net.server_if)), "{text}");
     let hook = match tests::kernel::hook() {
         knockd_user::kernel::hooks::Hook::Xdp => "xdp",
-        knockd_user::kernel::hooks::Hook::Tc if knockd_user::kernel::tc::has_tcx() => "tcx",
-        knockd_user::kernel::hooks::Hook::Tc => "tc",
+        knockd_user::kernel::hooks::Hook::Tc => tests::kernel::tc_hooked().name(),
     };
     assert!(
         text.contains(&format!(r#"knockgate_attached{{interface="{}",hook="{hook}"}} 1"#, s.net.server_if)),

@@ -6,9 +6,10 @@
 
 use std::{process::Command, time::Duration};
 
-use knockd_user::kernel::{attach::hooked_now, hooks::Hooked, pin::PinDir, tc::has_tcx};
+use knockd_user::kernel::{attach::hooked_now, hooks::Hooked, pin::PinDir};
 use tests::{
     daemon::{bin, wait_for},
+    kernel::tc_hooked,
     netns::{NetPair, in_netns, sh},
     pinned::{TEST_BPFFS, mount_test_bpffs, xdp_ids},
     scenario::{GATE, Scenario},
@@ -20,7 +21,8 @@ const SERVICE6: &str = "[2001:db8::1]:2222";
 
 /// The hook this kernel's TC attachment takes.
 fn tc_hook() -> (Hooked, &'static str) {
-    if has_tcx() { (Hooked::Tcx, "tcx") } else { (Hooked::ClsBpf, "tc") }
+    let hooked = tc_hooked();
+    (hooked, hooked.name())
 }
 
 fn hooked(s: &Scenario) -> Option<Hooked> {

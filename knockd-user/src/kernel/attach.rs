@@ -323,16 +323,14 @@ fn old_allow(dir: &Path) -> Result<Option<HashMap<MapData, AllowKey, u64>>, Kern
 #[must_use]
 pub fn hooked_now(iface: &str, pins: &PinDir) -> Option<Hooked> {
     let ifindex = netlink::ifindex(iface)?;
-    let pinned = |path: &Path| -> Option<u32> {
-        let fd = FdLink::from(PinnedLink::from_pin(path).ok()?);
-        Some(fd.info().ok()?.program_id())
-    };
-    if let Some(id) = pins.link().exists().then(|| pinned(&pins.link())).flatten()
-        && netlink::xdp_programs(ifindex).ok().flatten().is_some_and(|ids| ids.contains(&id))
-    {
+    if netlink::xdp_programs(ifindex).ok().flatten().is_some_and(|ids| pinned_xdp_runs(pins, &ids).unwrap_or(false)) {
         return Some(Hooked::Xdp);
     }
-    if let Some(id) = pins.tcx_link().exists().then(|| pinned(&pins.tcx_link())).flatten()
+    let tcx = || -> Option<u32> {
+        let fd = FdLink::from(PinnedLink::from_pin(pins.tcx_link()).ok()?);
+        Some(fd.info().ok()?.program_id())
+    };
+    if let Some(id) = pins.tcx_link().exists().then(tcx).flatten()
         && tcx_programs(iface).is_ok_and(|ids| ids.contains(&id))
     {
         return Some(Hooked::Tcx);
