@@ -1,6 +1,8 @@
 //! Every way knockd can end leaves the gate shut: SIGKILL, SIGTERM, a restart, an upgrade, an
 //! interface made anew. The XDP link and maps are pinned (on a host bpffs of the test's own),
 //! so the kernel keeps enforcing while no daemon runs, and the next daemon adopts the state.
+//! The restarts under fire and the interface made anew are run at TC ingress too (TCX, or
+//! `cls_bpf` below Linux 6.6), where the pins and the swaps differ.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests panic on failure")]
 
 use std::{
@@ -13,6 +15,10 @@ use std::{
 };
 
 use knock_common::{Counter, STATE_VERSION};
+use knockd_user::kernel::{
+    hooks::{Hook, Hooked},
+    netlink, tc,
+};
 use tests::{
     daemon::{bin, pace, wait_for},
     netns::{NetPair, in_netns, sh},
@@ -36,6 +42,21 @@ fn opens(s: &Scenario, src: &str) -> bool {
 
 fn shut_out(s: &Scenario, src: &str) -> bool {
     service::shut_out(&s.net.client, src, SERVICE)
+}
+
+/// knockd's arguments that put it at `hook`.
+fn attach_args(hook: Hook) -> [&'static str; 2] {
+    ["--attach", if hook == Hook::Tc { "tc" } else { "xdp" }]
+}
+
+/// The ids of the programs at `hook` on interface `index` (named `iface`), as the kernel
+/// reports them now.
+fn programs_at(hook: Hook, iface: &str, index: u32) -> Vec<u32> {
+    match hook {
+        Hook::Xdp => netlink::xdp_programs(index).expect("rtnetlink"),
+        Hook::Tc => tc::ingress_programs(iface, index).expect("TC programs"),
+    }
+    .unwrap_or_default()
 }
 
 #[test]
@@ -92,7 +113,7 @@ struct UnderFire {
 }
 
 impl UnderFire {
-    fn start(s: &Scenario) -> Self {
+    fn start(s: &Scenario, hook: Hook) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let (tries, let_in, bare) =
             (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -123,10 +144,9 @@ impl UnderFire {
             );
             threads.push(std::thread::spawn(move || {
                 in_netns(&server, || {
-                    let index = knockd_user::kernel::netlink::ifindex(&iface).expect("interface");
+                    let index = netlink::ifindex(&iface).expect("interface");
                     while !stop.load(Ordering::Relaxed) {
-                        let ids =
-                            knockd_user::kernel::netlink::xdp_programs(index).expect("rtnetlink").unwrap_or_default();
+                        let ids = programs_at(hook, &iface, index);
                         checks.fetch_add(1, Ordering::Relaxed);
                         match ids.as_slice() {
                             [] => {
@@ -168,27 +188,38 @@ impl UnderFire {
 
 #[test]
 fn restarts_and_an_upgrade_under_fire_never_let_an_unknocked_source_in() {
-    let mut s = Scenario::start(GATE);
+    under_fire(Hook::Xdp);
+}
+
+#[test]
+fn at_tc_restarts_and_an_upgrade_under_fire_never_let_an_unknocked_source_in() {
+    under_fire(Hook::Tc);
+}
+
+fn under_fire(hook: Hook) {
+    let attach = attach_args(hook);
+    let mut s = Scenario::start_with(GATE, &attach);
     add_client_addrs(&s, &[3]);
     let _echo = Echo::start(&s.net.server, 2222);
     let iface = s.net.server_if.clone();
     sh(&s.net.in_client(&format!("{} 198.18.0.1 7000 8000 9000", bin("knock").display())));
     assert!(opens(&s, "198.18.0.2"));
-    let fire = UnderFire::start(&s);
+    let fire = UnderFire::start(&s, hook);
     std::thread::sleep(Duration::from_millis(300));
 
     // SIGTERM: with a gate the program stays, and the log says how to remove it.
     s.daemon.stop();
-    assert!(s.log().contains(&format!("the gate stays shut: the XDP program stays on {iface}")), "{}", s.log());
+    let at = if hook == Hook::Tc { "TC" } else { "XDP" };
+    assert!(s.log().contains(&format!("the gate stays shut: the {at} program stays on {iface}")), "{}", s.log());
     assert!(s.log().contains(&format!("`knockd --unload -i {iface}` removes it")));
     std::thread::sleep(Duration::from_millis(300));
-    s.restart(&[]);
+    s.restart(&attach);
     std::thread::sleep(Duration::from_millis(300));
 
     // SIGKILL, then a restart.
     s.daemon.kill();
     std::thread::sleep(Duration::from_millis(300));
-    s.restart(&[]);
+    s.restart(&attach);
     std::thread::sleep(Duration::from_millis(300));
 
     // An upgrade to a build of another state layout: its maps are made anew, the allowances
@@ -197,7 +228,7 @@ fn restarts_and_an_upgrade_under_fire_never_let_an_unknocked_source_in() {
     s.daemon.kill();
     let old = s.state.pins(&iface).join(format!("maps-v{}", STATE_VERSION - 1));
     std::fs::rename(s.state.maps(&iface), &old).unwrap();
-    s.restart(&[]);
+    s.restart(&attach);
     assert!(s.log().contains("carried 1 allowance(s) over from another build's state"), "{}", s.log());
     assert!(!old.exists(), "the old layout's maps are unpinned once carried over");
     std::thread::sleep(Duration::from_millis(300));
@@ -210,6 +241,9 @@ fn restarts_and_an_upgrade_under_fire_never_let_an_unknocked_source_in() {
     assert_eq!(let_in, 0, "an unknocked source got in {let_in} of {tries} times");
     assert_eq!(bare, 0, "the interface was without a program {bare} times");
     assert_eq!(programs.len(), 4, "a program per daemon, each swapped in on the pinned link: {programs:?}");
+    if hook == Hook::Tc {
+        assert!(xdp_ids(&s.net.server, &iface).is_empty(), "nothing at XDP");
+    }
     assert!(opens(&s, "198.18.0.2"), "the knocker's allowance came through the upgrade");
 }
 
@@ -422,7 +456,16 @@ fn an_open_storm_stays_within_max_commands_and_every_start_gets_its_stop() {
 
 #[test]
 fn an_interface_made_anew_gets_the_program_again() {
-    let s = Scenario::start(GATE);
+    made_anew(Hook::Xdp);
+}
+
+#[test]
+fn at_tc_an_interface_made_anew_gets_the_program_again() {
+    made_anew(Hook::Tc);
+}
+
+fn made_anew(hook: Hook) {
+    let s = Scenario::start_with(GATE, &attach_args(hook));
     let _echo = Echo::start(&s.net.server, 2222);
     let (server, client, si, ci) = (&s.net.server, &s.net.client, &s.net.server_if, &s.net.client_if);
     sh(&format!("ip -n {server} link del {si}"));
@@ -432,8 +475,13 @@ fn an_interface_made_anew_gets_the_program_again() {
          ip -n {server} addr add 198.18.0.1/24 dev {si} && ip -n {client} addr add 198.18.0.2/24 dev {ci} && \
          ip -n {server} link set {si} up && ip -n {client} link set {ci} up"
     ));
-    assert!(s.logged(&format!("interface {si} is back: attached again (xdp)")), "{}", s.log());
-    assert!(!xdp_ids(server, si).is_empty());
+    // The XDP link and the TCX link are pinned, and found dead: attached again. A `cls_bpf`
+    // filter went with the interface, and is added anew.
+    let hooked = if hook == Hook::Tc { tests::kernel::tc_hooked() } else { Hooked::Xdp };
+    let how = if hooked == Hooked::ClsBpf { "attached" } else { "attached again" };
+    assert!(s.logged(&format!("interface {si} is back: {how} ({})", hooked.name())), "{}", s.log());
+    let index = in_netns(server, || netlink::ifindex(si)).expect("the new interface");
+    assert_eq!(in_netns(server, || programs_at(hook, si, index)).len(), 1, "the program is on the new interface");
     assert!(shut_out(&s, "198.18.0.2"), "the gate holds on the new interface");
     sh(&s.net.in_client(&format!("{} 198.18.0.1 7000 8000 9000", bin("knock").display())));
     assert!(opens(&s, "198.18.0.2"), "knocks work on the new interface; log:\n{}", s.log());

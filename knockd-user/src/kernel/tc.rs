@@ -47,6 +47,15 @@ pub(crate) fn tcx_programs(iface: &str) -> Result<Vec<u32>, KernelError> {
     Ok(programs.iter().map(aya::programs::ProgramInfo::id).collect())
 }
 
+/// The ids of the programs at interface `ifindex`'s TC ingress: its TCX links' (Linux 6.6+)
+/// and then its `cls_bpf` filters'; `None` if the interface does not exist.
+pub fn ingress_programs(iface: &str, ifindex: u32) -> Result<Option<Vec<u32>>, KernelError> {
+    let Some(filters) = netlink::tc_filters(ifindex).map_err(netlink_err(iface))? else { return Ok(None) };
+    let mut ids = if has_tcx() { tcx_programs(iface)? } else { Vec::new() };
+    ids.extend(filters.iter().map(|f| f.program));
+    Ok(Some(ids))
+}
+
 impl KnockProgram {
     fn tc(&self) -> Result<&SchedClassifier, KernelError> {
         Ok(self.ebpf.program(TC_PROGRAM).ok_or(KernelError::MissingProgram(TC_PROGRAM))?.try_into()?)
