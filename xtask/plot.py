@@ -53,7 +53,7 @@ def main(results_path, out):
         + ("\nmax rate" if x["paced_pps"] == 0 else f"\n{x['paced_pps'] // 1000}k pps")
         for x in fl
     ]
-    colors = ["tab:blue" if x["daemon"] == "knockgate" else "tab:green" if x["daemon"].startswith("nftables") else "tab:red" for x in fl]
+    colors = ["tab:blue" if x["daemon"] == "knockgate" else "tab:cyan" if x["daemon"].startswith("knockgate") else "tab:green" if x["daemon"].startswith("nftables") else "tab:red" for x in fl]
     a1.bar(labels, [x["opened"] for x in fl], color=colors)
     a1.set_ylim(0, max(x["knocks"] for x in fl))
     a1.set_title(f"legitimate opens of {fl[0]['knocks']} under a SYN flood")

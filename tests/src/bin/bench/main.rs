@@ -47,13 +47,13 @@ fn main() {
             "--smoke" => opts.smoke = true,
             "--out" => opts.out = PathBuf::from(args.next().expect("--out DIR")),
             // Diagnostics: one flood run at RATE packets/s (0: unpaced) against knockgate, or
-            // with `nft` after it against the nftables ruleset.
+            // with `nft` after it against the nftables ruleset, with `tc` against knockgate at TC.
             "--flood-only" => {
                 let rate = args.next().and_then(|r| r.parse().ok()).unwrap_or(0);
-                let defender = if args.next().as_deref() == Some("nft") {
-                    Defender::Nftables
-                } else {
-                    Defender::Daemon(Peer::Knockgate)
+                let defender = match args.next().as_deref() {
+                    Some("nft") => Defender::Nftables,
+                    Some("tc") => Defender::Daemon(Peer::KnockgateTc),
+                    _ => Defender::Daemon(Peer::Knockgate),
                 };
                 println!("{}", flood(&opts, defender, rate, false));
                 return;
@@ -90,7 +90,9 @@ fn main() {
         flood(&opts, Defender::Daemon(Peer::Knockd), 0, false),
         flood(&opts, Defender::Nftables, 0, false),
         flood(&opts, Defender::Daemon(Peer::Knockgate), 0, true),
+        flood(&opts, Defender::Daemon(Peer::KnockgateTc), 0, false),
         flood(&opts, Defender::Daemon(Peer::Knockgate), paced, false),
+        flood(&opts, Defender::Daemon(Peer::KnockgateTc), paced, false),
         flood(&opts, Defender::Daemon(Peer::Knockd), paced, false),
         flood(&opts, Defender::Nftables, paced, false),
     ];

@@ -205,7 +205,9 @@ pub(crate) fn report(r: &Value) -> String {
          limit. Without XDP (knockd's and nftables' runs) the veth hands frames straight to the kernel's backlog queue, where losses are \
          not counted here. The drops come in bursts while the knock client starts and runs, so a knock is lost far more \
          often than the share of dropped frames suggests. Sender and receiver share this machine's two CPUs. With \
-         `stealth = yes`, knockgate drops the knocks in XDP, and the stack's work for them goes.\n\n\
+         `stealth = yes`, knockgate drops the knocks in XDP, and the stack's work for them goes. \
+         `knockgate at TC` is the same daemon with `--attach tc` (TCX on Linux 6.6+, `cls_bpf` below): with no XDP program \
+         on the veth, its frames take the backlog path as knockd's do, and each one is an skb before knockgate sees it.\n\n\
          The nftables rows are what an operator would write instead of any daemon: the nftables wiki's port-knocking \
          example (`tests/src/bin/bench/nft.rs`), one set of (source, next port) with a 5 s element timeout per step, a set \
          of allowed clients, and `ct state established` for the open port. Nothing leaves the kernel; an open is seen by \

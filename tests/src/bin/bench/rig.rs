@@ -13,6 +13,8 @@ use tests::{
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Peer {
     Knockgate,
+    /// knockgate with `--attach tc`: at TC ingress (TCX, or `cls_bpf` below Linux 6.6).
+    KnockgateTc,
     Knockd,
 }
 
@@ -20,13 +22,14 @@ impl Peer {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Peer::Knockgate => "knockgate",
+            Peer::KnockgateTc => "knockgate at TC",
             Peer::Knockd => "knockd 0.8",
         }
     }
 
     pub(crate) fn binary(self) -> PathBuf {
         match self {
-            Peer::Knockgate => bin("knockd"),
+            Peer::Knockgate | Peer::KnockgateTc => bin("knockd"),
             Peer::Knockd => PathBuf::from("/usr/sbin/knockd"),
         }
     }
@@ -54,9 +57,12 @@ impl Rig {
             config.replace("{DIR}", &dir.path().display().to_string())
         );
         std::fs::write(&conf, text).unwrap();
-        let state = (peer == Peer::Knockgate).then(PinnedState::new);
+        let state = (peer != Peer::Knockd).then(PinnedState::new);
         let state_args = state.as_ref().map(PinnedState::args).unwrap_or_default();
         let mut args = vec!["-i", &net.server_if, "-c", conf.to_str().unwrap()];
+        if peer == Peer::KnockgateTc {
+            args.extend(["--attach", "tc"]);
+        }
         args.extend(state_args.iter().map(String::as_str));
         let daemon = Daemon::start(&net.server, &peer.binary(), &args, &log);
         let inject = Injector::new(&net.client, &net.client_if, mac_of(&net.server, &net.server_if));
