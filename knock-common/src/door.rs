@@ -67,7 +67,11 @@ pub struct DoorSpec {
     pub secret: u8,
     /// A secret door's knock protocol, `PROTO_TCP` or `PROTO_UDP`.
     pub secret_proto: u8,
-    pub _pad: [u8; 3],
+    /// 1: a completed knock leaves the gate to the daemon, which opens it once the fleet has
+    /// granted the knock's single use (a fleet's secret door); the kernel still spends the
+    /// knock's single use and reports the open.
+    pub gate_by_daemon: u8,
+    pub _pad: [u8; 2],
     /// A secret door's key fingerprint (`Secret::id`): the kernel ignores it, but a new key
     /// makes a new door.
     pub key_id: u32,
@@ -99,7 +103,8 @@ impl DoorSpec {
         stealth: 0,
         secret: 0,
         secret_proto: 0,
-        _pad: [0; 3],
+        gate_by_daemon: 0,
+        _pad: [0; 2],
         key_id: 0,
         _pad2: 0,
     };

@@ -473,8 +473,11 @@ fn carry_out<const KIND: u8>(door: &DoorSpec, index: u8, ctx: &DoorLoop<'_>, d: 
                 c.reached(door.len);
                 c.opens += 1;
             });
-            // The gate opens before user space even hears of the knock.
-            gate(door, pkt, now, cpu);
+            // The gate opens before user space even hears of the knock, unless the fleet
+            // must grant it first.
+            if door.gate_by_daemon == 0 {
+                gate(door, pkt, now, cpu);
+            }
             emit(pkt, EventKind::Open, index, &Attempt::new(door.len, d.found_started_ns, door.epoch), cpu);
         }
         Decision::RESET => {

@@ -14,6 +14,12 @@ pub fn monotonic_ns() -> u64 {
     })
 }
 
+/// The wall clock in ms since the Unix epoch: journal due times, a fleet's grants.
+#[must_use]
+pub fn wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// The two clocks a window key ties together: wall-clock time, which says which window it is
 /// (client and server agree on it), and `CLOCK_MONOTONIC` (the kernel's `ktime`), in which
 /// the kernel's deadlines are written.
@@ -37,6 +43,12 @@ impl Clock {
         let mono = u128::from(self.mono_ns);
         let t = if at >= self.unix_ns { mono + (at - self.unix_ns) } else { mono.saturating_sub(self.unix_ns - at) };
         u64::try_from(t).unwrap_or(u64::MAX)
+    }
+
+    /// The wall clock in ms.
+    #[must_use]
+    pub fn unix_ms(&self) -> u64 {
+        u64::try_from(self.unix_ns / 1_000_000).unwrap_or(u64::MAX)
     }
 
     /// The wall clock in whole seconds.

@@ -13,7 +13,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("kernel", &["clock", "config"]),
     ("observe", &["clock", "config", "kernel"]),
     ("commands", &["clock", "config", "observe"]),
-    ("daemon", &["clock", "config", "kernel", "observe", "commands"]),
+    ("fleet", &["clock", "config", "observe"]),
+    ("daemon", &["clock", "config", "kernel", "observe", "commands", "fleet"]),
 ];
 
 /// Every `.rs` file under `dir`, as (module path, text); `a/mod.rs` is module `a`.

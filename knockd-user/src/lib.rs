@@ -1,12 +1,14 @@
 //! knockgate's daemon as a library; the `knockd` binary is a thin shell around it, and tests
 //! drive the same code. Arrows run one way: `config` is parsing and the model and imports
-//! nothing else of the crate; `kernel`, `observe` and `commands` read its model (`observe`
-//! reads the kernel's pins, `commands` logs through `observe`); `daemon` sits on top.
+//! nothing else of the crate; `kernel`, `observe`, `commands` and `fleet` read its model
+//! (`observe` reads the kernel's pins, `commands` and `fleet` log and count through
+//! `observe`); `daemon` sits on top.
 
 pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod fleet;
 pub mod kernel;
 pub mod observe;
 

@@ -14,7 +14,8 @@ use knockd_user::{
     commands::keeper::{DEFAULT_MAX_COMMANDS, Keeper},
     commands::state::StateDir,
     config::{Attach, Config, DEFAULT_INTERFACE, DEFAULT_STATE_DIR, Options, values::parse_attach},
-    daemon::Daemon,
+    daemon::{Daemon, FleetSide},
+    fleet::{FleetLink, applied::Applied},
     kernel::attach::hooked_now,
     kernel::doors::Doors,
     kernel::hooks::{Attached, Hooked},
@@ -218,32 +219,20 @@ fn start(args: &Args) -> anyhow::Result<()> {
     let labels = Arc::new(std::sync::Mutex::new(labels));
     let events = program.take_events()?;
     log_tables(&log, &program, &doors);
-    let mut pidfile = None;
-    if args.daemon {
-        let path =
-            options.pid_file.clone().or(args.pidfile.clone()).unwrap_or_else(|| PathBuf::from("/var/run/knockd.pid"));
-        nix::unistd::daemon(false, false).context("daemonizing")?;
-        for state in &mut states {
-            if let Err(e) = state.note_pid() {
-                tracing::warn!("noting the pid in the state lock: {e}");
-            }
-        }
-        match std::fs::write(&path, format!("{}\n", std::process::id())) {
-            Ok(()) => pidfile = Some(path),
-            Err(e) => log.line(&format!("could not create pid file {}: {e}", path.display())),
-        }
-    }
+    let pidfile = if args.daemon { daemonize(args, &options, &mut states, &log)? } else { None };
 
     let max_commands = options.max_commands.unwrap_or(DEFAULT_MAX_COMMANDS);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
         let keeper = Keeper::start(Arc::clone(&log), journal.journal, journal.entries, max_commands);
+        let fleet = options.fleet.as_ref().map(|f| fleet_side(f, &states[0], &log));
         if let (Some((addr, listener)), Some(home)) = (metrics, program.home()) {
             let source = knockd_user::observe::metrics::Source {
                 pins: home.clone(),
                 interfaces: ifaces.iter().map(|(i, _)| i.clone()).collect(),
                 labels: Arc::clone(&labels),
                 keeper: Arc::clone(keeper.stats()),
+                fleet: fleet.as_ref().map(|f| Arc::clone(&f.link.stats)),
             };
             knockd_user::observe::metrics::serve(listener, source)
                 .with_context(|| format!("serving metrics on {addr}"))?;
@@ -263,9 +252,58 @@ fn start(args: &Args) -> anyhow::Result<()> {
             keeper,
             states,
             labels,
+            fleet,
         };
         daemon.run(events, SHUTDOWN_LIMIT).await
     })
+}
+
+/// `-d`: goes to the background, notes the pid in the state locks and writes the pid file
+/// (whose path is returned, for removal at exit).
+fn daemonize(
+    args: &Args,
+    options: &Options,
+    states: &mut [StateDir],
+    log: &KnockLog,
+) -> anyhow::Result<Option<PathBuf>> {
+    let path =
+        options.pid_file.clone().or(args.pidfile.clone()).unwrap_or_else(|| PathBuf::from("/var/run/knockd.pid"));
+    nix::unistd::daemon(false, false).context("daemonizing")?;
+    for state in states {
+        if let Err(e) = state.note_pid() {
+            tracing::warn!("noting the pid in the state lock: {e}");
+        }
+    }
+    match std::fs::write(&path, format!("{}\n", std::process::id())) {
+        Ok(()) => Ok(Some(path)),
+        Err(e) => {
+            log.line(&format!("could not create pid file {}: {e}", path.display()));
+            Ok(None)
+        }
+    }
+}
+
+/// Starts the link to the fleet (on the running Tokio runtime), its record of applied grants
+/// in `state`.
+fn fleet_side(fleet: &knockd_user::config::fleet::Fleet, state: &StateDir, log: &Arc<KnockLog>) -> FleetSide {
+    let applied = match Applied::open(state.dir(), knockd_user::clock::wall_ms()) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            log.line(&format!(
+                "fleet: cannot keep the record of applied grants in {}: {e}; a restart may run a grant's start command again",
+                state.dir().display()
+            ));
+            None
+        }
+    };
+    log.line(&format!(
+        "fleet: node {} of the fleet at {} (single use: {})",
+        fleet.name,
+        fleet.servers.join(", "),
+        fleet.single_use.name()
+    ));
+    let (link, grants) = FleetLink::start(fleet, Arc::clone(log));
+    FleetSide::new(link, grants, applied)
 }
 
 /// Readies `BpfDir` (once) and each interface's directory in it.

@@ -91,6 +91,12 @@ impl Secret {
         })
     }
 
+    /// The key's bytes, for the fleet's grant signatures (`fleet`).
+    #[cfg(feature = "fleet")]
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
         // HMAC takes keys of any length.
         let mut mac = <Hmac<Sha256>>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!());

@@ -55,6 +55,12 @@ impl Keeper {
     /// While a stop is owed for the same door and address, the start is not run again (no
     /// second firewall rule): the stop is pushed back by `cmd_timeout` instead.
     pub fn open(&self, door: &Door, ip: IpAddr) {
+        self.open_for(door, ip, door.cmd_timeout);
+    }
+
+    /// As `open`, with the stop command due `timeout` after the start (a fleet's grant: when
+    /// the grant ends) rather than the door's `cmd_timeout`.
+    pub fn open_for(&self, door: &Door, ip: IpAddr, timeout: std::time::Duration) {
         let v6 = ip.is_ipv6();
         // knockd: no start command, nothing runs (not even a stop command).
         let Some(start) = door.start_for(v6) else {
@@ -65,7 +71,7 @@ impl Keeper {
             ip,
             start: substitute(start, ip),
             stop: door.stop_for(v6).map(|s| substitute(s, ip)),
-            timeout: door.cmd_timeout,
+            timeout,
         };
         if self.inbox.try_send(Msg::Open(open)).is_err() {
             self.stats.shed.fetch_add(1, Ordering::Relaxed);

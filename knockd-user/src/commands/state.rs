@@ -103,6 +103,12 @@ impl StateDir {
     pub fn journal(&self) -> PathBuf {
         self.dir.join("stops.journal")
     }
+
+    /// The directory itself (a fleet keeps its record of applied grants there).
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::{
     collections::{BinaryHeap, HashMap, VecDeque},
     net::IpAddr,
     sync::{Arc, atomic::Ordering},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use tokio::{sync::mpsc, task::JoinSet};
@@ -103,7 +103,7 @@ pub(super) struct Task {
 }
 
 pub(super) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    crate::clock::wall_ms()
 }
 
 fn ms(d: Duration) -> u64 {

@@ -10,7 +10,7 @@ use std::{
 use knock_common::MAX_DOORS;
 
 use crate::config::{
-    Config, ConfigError, DEFAULT_GATE_TIMEOUT, Door, Gate, OneTime, V6Command, one_time,
+    Config, ConfigError, DEFAULT_GATE_TIMEOUT, Door, Gate, OneTime, V6Command, fleet, one_time,
     secret::Draft,
     values::{
         absolute_dir, apply_tcp_flags, max_commands, parse_address, parse_attach, parse_bool, parse_gate_ports,
@@ -20,7 +20,14 @@ use crate::config::{
 
 /// Parses knockd.conf text; `path` only names the file in errors.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-    Parser { path, config: Config::default(), section: Section::None, drafts: Vec::new() }.run(text)
+    Parser {
+        path,
+        config: Config::default(),
+        section: Section::None,
+        drafts: Vec::new(),
+        fleet: fleet::Draft::default(),
+    }
+    .run(text)
 }
 
 enum Section {
@@ -36,6 +43,8 @@ struct Parser<'a> {
     section: Section,
     /// Per door, its secret directives so far.
     drafts: Vec<Draft>,
+    /// The fleet options so far.
+    fleet: fleet::Draft,
 }
 
 impl Parser<'_> {
@@ -56,6 +65,8 @@ impl Parser<'_> {
                 self.directive(n, line)?;
             }
         }
+        self.config.options.fleet =
+            std::mem::take(&mut self.fleet).finish(fleet::hostname).map_err(|(line, m)| self.err(line, m))?;
         for (door, draft) in self.config.doors.iter_mut().zip(std::mem::take(&mut self.drafts)) {
             let line = draft.line();
             let path = self.path.to_path_buf();
@@ -127,6 +138,9 @@ impl Parser<'_> {
     }
 
     fn option(&mut self, n: usize, key: &str, value: &str) -> Result<(), ConfigError> {
+        if self.fleet.option(n, key, value).map_err(|m| self.err(n, m))? {
+            return Ok(());
+        }
         let path = self.path.to_path_buf();
         let err = |line: usize, message: String| ConfigError { path: path.clone(), line: Some(line), message };
         let opts = &mut self.config.options;

@@ -19,10 +19,17 @@ impl Config {
     /// Parses a config: the TOML form for a `.toml` file, knockd.conf grammar otherwise;
     /// `path` only names the file in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        if path.extension().is_some_and(|e| e == "toml") {
-            return toml_form::parse(path, text);
+        let mut config = if path.extension().is_some_and(|e| e == "toml") {
+            toml_form::parse(path, text)
+        } else {
+            knockd_form::parse(path, text)
+        }?;
+        // In a fleet, a secret door's single use is claimed across the fleet before it opens.
+        let fleet = config.options.fleet.is_some();
+        for secret in config.doors.iter_mut().filter_map(|d| d.secret.as_mut()) {
+            secret.fleet_claim = fleet;
         }
-        knockd_form::parse(path, text)
+        Ok(config)
     }
 }
 

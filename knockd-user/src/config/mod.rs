@@ -13,6 +13,7 @@ use knock_common::{
 };
 
 pub mod check;
+pub mod fleet;
 pub mod knockd_form;
 pub mod load;
 pub mod one_time;
@@ -103,6 +104,8 @@ pub struct Options {
     pub metrics_address: Option<std::net::SocketAddr>,
     /// knockgate: the hook the program runs at; `Attach::Auto` when the config names none.
     pub attach: Option<Attach>,
+    /// knockgate: the fleet this node shares its opens with (`FleetServers`); `None` alone.
+    pub fleet: Option<fleet::Fleet>,
 }
 
 /// `Attach`: where the program runs on an interface.
@@ -285,6 +288,9 @@ pub struct SecretDoor {
     pub path: PathBuf,
     pub key: Secret,
     pub params: Params,
+    /// In a fleet: an open waits until the knock's single use is claimed across the fleet
+    /// (`FleetSingleUse`); the kernel leaves the gate to the daemon.
+    pub fleet_claim: bool,
 }
 
 impl SecretDoor {

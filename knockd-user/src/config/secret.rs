@@ -59,7 +59,7 @@ impl Draft {
             window_secs: self.window.map_or(DEFAULT_WINDOW_SECS, |(w, _)| w),
             proto: proto.number(),
         };
-        Ok(Some(SecretDoor { path, key, params }))
+        Ok(Some(SecretDoor { path, key, params, fleet_claim: false }))
     }
 
     /// The line of `secret_file`, if the door has one.

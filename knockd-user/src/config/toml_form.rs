@@ -25,7 +25,9 @@ use toml::Spanned;
 
 use crate::config::{
     Config, ConfigError, DEFAULT_CMD_TIMEOUT, DEFAULT_GATE_TIMEOUT, DEFAULT_SEQ_TIMEOUT, Door, Gate, Knock, OneTime,
-    Options, Proto, V6Command, one_time,
+    Options, Proto, V6Command,
+    fleet::{self, Fleet},
+    one_time,
     secret::Draft,
     values::{
         absolute_dir, apply_tcp_flags, max_commands, parse_address, parse_attach, parse_gate_ports, parse_sequence,
@@ -69,6 +71,26 @@ struct FileOptions {
     metrics_address: Option<Spanned<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     attach: Option<Spanned<String>>,
+    /// `["nats://10.0.0.5:4222", "tls://..."]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fleet_servers: Option<Spanned<Vec<String>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fleet_name: Option<Spanned<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fleet_key_file: Option<Spanned<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fleet_single_use: Option<Spanned<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fleet_credentials: Option<Spanned<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fleet_nkey: Option<Spanned<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fleet_ca_file: Option<Spanned<String>>,
+    /// Seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fleet_max_skew: Option<Spanned<u32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fleet_replicas: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -146,7 +168,28 @@ fn options(fo: FileOptions, err: &impl Fn(usize, String) -> ConfigError) -> Resu
         max_commands: None,
         metrics_address: None,
         attach: None,
+        fleet: None,
     };
+    let mut draft = fleet::Draft::default();
+    let text = |v: &Option<Spanned<String>>| v.as_ref().map(|v| (v.span().start, v.get_ref().clone()));
+    let number = |v: &Option<Spanned<u32>>| v.as_ref().map(|v| (v.span().start, v.get_ref().to_string()));
+    let fleet_options = [
+        ("FLEETSERVERS", fo.fleet_servers.as_ref().map(|v| (v.span().start, v.get_ref().join(",")))),
+        ("FLEETNAME", text(&fo.fleet_name)),
+        ("FLEETKEYFILE", text(&fo.fleet_key_file)),
+        ("FLEETSINGLEUSE", text(&fo.fleet_single_use)),
+        ("FLEETCREDENTIALS", text(&fo.fleet_credentials)),
+        ("FLEETNKEY", text(&fo.fleet_nkey)),
+        ("FLEETCAFILE", text(&fo.fleet_ca_file)),
+        ("FLEETMAXSKEW", number(&fo.fleet_max_skew)),
+        ("FLEETREPLICAS", number(&fo.fleet_replicas)),
+    ];
+    for (key, value) in fleet_options {
+        if let Some((at, value)) = value {
+            draft.option(at, key, &value).map_err(|m| err(at, m))?;
+        }
+    }
+    options.fleet = draft.finish(fleet::hostname).map_err(|(at, m)| err(at, m))?;
     if let Some(v) = &fo.attach {
         options.attach = Some(parse_attach(v.get_ref()).map_err(|m| err(v.span().start, m))?);
     }
@@ -274,6 +317,25 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     Ok(Config { options, doors })
 }
 
+/// A fleet's options as the TOML form writes them.
+fn fleet_file(fleet: Option<&Fleet>) -> FileOptions {
+    let Some(f) = fleet else { return FileOptions::default() };
+    let text = |v: String| Some(Spanned::new(0..0, v));
+    let path = |p: &Option<PathBuf>| p.as_ref().and_then(|p| text(p.display().to_string()));
+    FileOptions {
+        fleet_servers: Some(Spanned::new(0..0, f.servers.clone())),
+        fleet_name: text(f.name.clone()),
+        fleet_key_file: text(f.key_file.display().to_string()),
+        fleet_single_use: text(f.single_use.name().to_owned()),
+        fleet_credentials: path(&f.credentials),
+        fleet_nkey: path(&f.nkey),
+        fleet_ca_file: path(&f.ca_file),
+        fleet_max_skew: Some(Spanned::new(0..0, u32::try_from(f.max_skew.as_secs()).unwrap_or(u32::MAX))),
+        fleet_replicas: Some(Spanned::new(0..0, u32::try_from(f.replicas).unwrap_or(5))),
+        ..FileOptions::default()
+    }
+}
+
 /// The TOML form of a parsed configuration.
 pub fn dump(config: &Config) -> Result<String, toml::ser::Error> {
     let spanned = |v| Spanned::new(0..0, v);
@@ -291,6 +353,7 @@ pub fn dump(config: &Config) -> Result<String, toml::ser::Error> {
             max_commands: config.options.max_commands.map(spanned),
             metrics_address: config.options.metrics_address.map(|a| Spanned::new(0..0, a.to_string())),
             attach: config.options.attach.map(|a| Spanned::new(0..0, a.name().to_owned())),
+            ..fleet_file(config.options.fleet.as_ref())
         },
         doors: config
             .doors

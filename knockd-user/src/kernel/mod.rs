@@ -5,6 +5,7 @@ pub mod attach;
 pub mod doors;
 pub mod error;
 pub mod floor;
+pub mod grants;
 pub mod hooks;
 pub mod netlink;
 pub mod pin;

@@ -46,6 +46,7 @@ pub fn door_spec(door: &Door, epoch: u32) -> DoorSpec {
         spec.secret_proto = secret.params.proto;
         spec.len = secret.params.length;
         spec.key_id = secret.key.id();
+        spec.gate_by_daemon = u8::from(secret.fleet_claim);
     }
     spec
 }

@@ -86,6 +86,7 @@ mod tests {
             path: PathBuf::from("/k"),
             key: Secret::from_bytes(&[3; 32]),
             params: Params { length: 4, window_secs, proto: PROTO_TCP },
+            fleet_claim: false,
         }
     }
 

@@ -14,6 +14,7 @@ use std::{
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
+use knock_common::fleet::Refusal;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _, prometheus_text},
@@ -25,7 +26,10 @@ use prometheus_client::{
 use crate::{
     kernel::netlink,
     kernel::{attach::hooked_now, hooks::Hooked, pin::PinDir},
-    observe::status::{self, DoorLabel},
+    observe::{
+        fleet::{Claim, FleetStats},
+        status::{self, DoorLabel},
+    },
 };
 
 /// What the command keeper (`commands::keeper`) counts, for the metrics.
@@ -69,6 +73,8 @@ pub struct Source {
     pub interfaces: Vec<String>,
     pub labels: Arc<Mutex<Vec<DoorLabel>>>,
     pub keeper: Arc<CommandStats>,
+    /// The fleet's link, when the node is in one.
+    pub fleet: Option<Arc<FleetStats>>,
 }
 
 /// The scrape-time collector of everything but the command-duration histogram.
@@ -158,6 +164,9 @@ impl Collector for Kernel {
             &[(&[("version", env!("CARGO_PKG_VERSION"))], 1.0)],
         )?;
         attachments(&mut e, s)?;
+        if let Some(fleet) = &s.fleet {
+            self::fleet(&mut e, fleet)?;
+        }
 
         let labels = s.labels.lock().map(|l| l.clone()).unwrap_or_default();
         let snap = match status::read(&s.pins, &labels) {
@@ -274,11 +283,48 @@ impl Kernel {
     }
 }
 
+/// The fleet's metrics but the delay histogram (registered on its own).
+fn fleet(e: &mut DescriptorEncoder, s: &FleetStats) -> Result<(), std::fmt::Error> {
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    gauge(
+        e,
+        "knockgate_fleet_connected",
+        "1 while a NATS server of the fleet is reached.",
+        &[(&[], f(load(&s.connected)))],
+    )?;
+    counter(
+        e,
+        "knockgate_fleet_grants_published",
+        "Grants of this node's opens published to the fleet.",
+        &[(&[], load(&s.published))],
+    )?;
+    gauge(
+        e,
+        "knockgate_fleet_grants_unsent",
+        "Grants waiting for NATS to be published.",
+        &[(&[], f(load(&s.unsent)))],
+    )?;
+    counter(e, "knockgate_fleet_grants_applied", "Other nodes' grants applied here.", &[(&[], load(&s.applied))])?;
+    let reasons: Vec<[(&str, &str); 1]> = Refusal::ALL.iter().map(|r| [("reason", r.name())]).collect();
+    let rows: Vec<(&[(&str, &str)], u64)> = reasons.iter().zip(&s.refused).map(|(l, v)| (&l[..], load(v))).collect();
+    counter(e, "knockgate_fleet_grants_refused", "Grants refused, by reason.", &rows)?;
+    let results: Vec<[(&str, &str); 1]> = Claim::ALL.iter().map(|c| [("result", c.name())]).collect();
+    let rows: Vec<(&[(&str, &str)], u64)> = results.iter().zip(&s.claims).map(|(l, v)| (&l[..], load(v))).collect();
+    counter(e, "knockgate_fleet_claims", "Secret doors' single-use claims across the fleet, by result.", &rows)
+}
+
 /// The registry of everything `/metrics` shows.
 #[must_use]
 pub fn registry(source: Source) -> Registry {
     let mut registry = Registry::default();
     registry.register("knockgate_command_duration_seconds", "How long commands ran.", source.keeper.durations.clone());
+    if let Some(fleet) = &source.fleet {
+        registry.register(
+            "knockgate_fleet_replication_delay_seconds",
+            "From a grant's issue on its node to its being applied here.",
+            fleet.delay.clone(),
+        );
+    }
     registry.register_collector(Box::new(Kernel(source)));
     registry
 }

@@ -85,8 +85,13 @@ pub(crate) fn scrape_time(smoke: bool) -> Value {
     doors.install(config.doors);
     p.apply(&doors).unwrap();
     let labels = Arc::new(Mutex::new(knockd_user::observe::status::labels(&doors, &p.door_counters().unwrap(), &[])));
-    let source =
-        Source { pins: pins.clone(), interfaces: Vec::new(), labels, keeper: Arc::new(CommandStats::default()), fleet: None };
+    let source = Source {
+        pins: pins.clone(),
+        interfaces: Vec::new(),
+        labels,
+        keeper: Arc::new(CommandStats::default()),
+        fleet: None,
+    };
     let registry = metrics::registry(source);
     let time = |runs: u32| {
         let mut ms: Vec<f64> = (0..runs)

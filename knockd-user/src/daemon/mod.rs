@@ -17,6 +17,10 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
+mod fleet;
+
+pub use fleet::FleetSide;
+
 use crate::{
     clock::{Clock, monotonic_ns},
     commands::keeper::Keeper,
@@ -69,6 +73,8 @@ pub struct Daemon {
     pub states: Vec<StateDir>,
     /// Which door holds which kernel slot (for the metrics, and written for `--status`).
     pub labels: Arc<Mutex<Vec<DoorLabel>>>,
+    /// The fleet this node is in (`FleetServers`).
+    pub fleet: Option<FleetSide>,
 }
 
 /// An attempt whose timeout the daemon logs when it happens.
@@ -141,8 +147,11 @@ impl Daemon {
         let mut present = vec![true; self.interfaces.len()];
         let mut watched: HashMap<(IpAddr, u8), Watched> = HashMap::new();
         let mut addrs = std::mem::take(&mut self.addrs);
+        let (mut grants, mut claimed) = self.fleet.as_mut().map(FleetSide::take_receivers).unzip();
         loop {
             tokio::select! {
+                Some(grant) = recv(grants.as_mut()) => self.on_grant(&grant),
+                Some(done) = recv(claimed.as_mut()) => self.on_claimed(done),
                 guard = events.readable_mut() => {
                     let mut guard = guard?;
                     let mut batch = Vec::new();
@@ -150,11 +159,7 @@ impl Daemon {
                         batch.extend(parse_event(&item));
                     }
                     guard.clear_ready();
-                    for ev in &batch {
-                        if let Err(e) = self.on_event(&mut watched, ev) {
-                            tracing::error!("handling {ev:?}: {e:#}");
-                        }
-                    }
+                    self.on_events(&mut watched, &batch);
                 }
                 _ = timeouts.tick() => {
                     if let Err(e) = self.check_timeouts(&mut watched) {
@@ -308,6 +313,14 @@ impl Daemon {
         }
     }
 
+    fn on_events(&mut self, watched: &mut HashMap<(IpAddr, u8), Watched>, batch: &[KnockEvent]) {
+        for ev in batch {
+            if let Err(e) = self.on_event(watched, ev) {
+                tracing::error!("handling {ev:?}: {e:#}");
+            }
+        }
+    }
+
     fn on_event(&mut self, watched: &mut HashMap<(IpAddr, u8), Watched>, ev: &KnockEvent) -> anyhow::Result<()> {
         let Some(ip) = event_addr(ev.family, ev.addr) else {
             tracing::warn!("malformed event ignored: {ev:?}");
@@ -334,21 +347,17 @@ impl Daemon {
             }
             Some(EventKind::Open) => {
                 watched.remove(&(ip, ev.door));
+                // A fleet's secret door: the kernel has left the gate to the daemon, which
+                // opens it once the fleet grants the knock's single use.
+                if door.secret.as_ref().is_some_and(|s| s.fleet_claim) && self.fleet.is_some() {
+                    self.claim_first(ev.door, ev.epoch, &door, ip);
+                    return Ok(());
+                }
                 self.log.line(&format!("{ip}: {}: OPEN SESAME", door.name));
                 // The XDP program has already changed the gate; this only says so.
-                match &door.gate {
-                    Gate::None => {}
-                    Gate::Open { ports, ttl } => self.log.line(&format!(
-                        "{ip}: {}: gate open for {}s: {}",
-                        door.name,
-                        ttl.as_secs(),
-                        gate_ports(ports)
-                    )),
-                    Gate::Close { ports } => {
-                        self.log.line(&format!("{ip}: {}: gate closed: {}", door.name, gate_ports(ports)));
-                    }
-                }
+                self.log_gate(&door, ip);
                 self.keeper.open(&door, ip);
+                self.publish_open(&door, ip);
                 if let Some(ot) = &door.one_time {
                     match one_time::advance(&ot.path, ot.offset) {
                         Ok(Some((sequence, offset))) => self.doors.set_sequence(ev.door, sequence, offset),
@@ -436,8 +445,31 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// The log line of what an open did to the door's gate.
+    fn log_gate(&self, door: &crate::config::Door, ip: IpAddr) {
+        match &door.gate {
+            Gate::None => {}
+            Gate::Open { ports, ttl } => {
+                self.log.line(&format!("{ip}: {}: gate open for {}s: {}", door.name, ttl.as_secs(), gate_ports(ports)));
+            }
+            Gate::Close { ports } => {
+                self.log.line(&format!("{ip}: {}: gate closed: {}", door.name, gate_ports(ports)));
+            }
+        }
+    }
+}
+
 fn gate_ports(ports: &[Knock]) -> String {
     ports.iter().map(|k| format!("{}/{}", k.port, k.proto.name())).collect::<Vec<_>>().join(", ")
+}
+
+/// The next message of an optional receiver; never, without one.
+async fn recv<T>(rx: Option<&mut tokio::sync::mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn parse_event(bytes: &[u8]) -> Option<KnockEvent> {
