@@ -3,6 +3,7 @@
 #![allow(clippy::expect_used, clippy::missing_panics_doc, reason = "test helpers panic by design")]
 
 pub mod daemon;
+pub mod fleet;
 pub mod frame;
 pub mod inject;
 pub mod kernel;

@@ -246,7 +246,11 @@ async fn take(shared: &Shared, quiet: &mut Quiet, key: &str, value: &[u8], incom
 /// Publishes what waits, oldest first, dropping what expired meanwhile; stops at the first
 /// grant NATS does not take.
 async fn flush(shared: &Shared, unsent: &mut VecDeque<Grant>) {
+    shared.stats.unsent.store(unsent.len() as u64, Ordering::Relaxed);
     let Some(store) = shared.store.borrow().clone() else { return };
+    if !shared.connected.load(Ordering::Relaxed) {
+        return;
+    }
     while let Some(g) = unsent.front() {
         let now = wall_ms();
         if g.expires_ms <= now {
