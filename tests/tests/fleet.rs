@@ -22,19 +22,26 @@ fn wide() -> Duration {
     Duration::from_secs(20 * pace())
 }
 
+/// Seconds an open lasts: long enough for NATS to be restarted and the cluster to form
+/// again before the grant expires.
 fn gate_timeout() -> u64 {
     20 * pace()
 }
 
-/// A gate door, a command door with an iptables rule (2223), and a secret door (2224).
-fn doors() -> String {
+/// A shorter one, for the test that waits for a grant to expire.
+fn short_timeout() -> u64 {
+    8 * pace()
+}
+
+/// A gate door, a command door with an iptables rule (2223), and a secret door (2224); opens
+/// last `gt` seconds.
+fn doors(gt: u64) -> String {
     format!(
         "[ssh]\n\tsequence = 7000,8000,9000\n\tseq_timeout = 5\n\ttcpflags = syn\n\tgate = 2222/tcp\n\tgate_timeout = {gt}\n\
          [fw]\n\tsequence = 7100,8100,9100\n\tseq_timeout = 5\n\ttcpflags = syn\n\
          \tstart_command = iptables -A INPUT -s %IP% -p tcp --dport 2223 -j ACCEPT\n\
          \tcmd_timeout = {gt}\n\tstop_command = iptables -D INPUT -s %IP% -p tcp --dport 2223 -j ACCEPT\n\
          [hidden]\n\tsecret_file = {{DIR}}/door.key\n\twindow = 60\n\tseq_timeout = 5\n\ttcpflags = syn\n\tgate = 2224/tcp\n",
-        gt = gate_timeout()
     )
 }
 
@@ -42,6 +49,7 @@ fn doors() -> String {
 const DOOR_KEY: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
 
 struct Fleet {
+    gate_timeout: u64,
     a: Option<Node>,
     b: Option<Node>,
     nats: NatsCluster,
@@ -51,9 +59,13 @@ struct Fleet {
 impl Fleet {
     /// The cluster, and the nodes asked for (A, then B), each with its bucket ready.
     fn start(start_a: bool, start_b: bool) -> Self {
+        Self::start_lasting(gate_timeout(), start_a, start_b)
+    }
+
+    fn start_lasting(gate_timeout: u64, start_a: bool, start_b: bool) -> Self {
         let net = FleetNet::new();
         let nats = NatsCluster::start(&net.bus);
-        let mut f = Self { a: None, b: None, nats, net };
+        let mut f = Self { gate_timeout, a: None, b: None, nats, net };
         if start_a {
             f.start_a();
         }
@@ -72,7 +84,7 @@ impl Fleet {
             name,
             &self.net.servers(a),
             &format!("\tMetricsAddress = {metrics}\n"),
-            &doors(),
+            &doors(self.gate_timeout),
             &[("door.key", DOOR_KEY)],
         );
         assert!(
@@ -122,13 +134,16 @@ impl Fleet {
             .count()
     }
 
-    /// A metric's value on node A (`a`) or B, 0 if absent.
-    fn metric(&self, a: bool, series: &str) -> f64 {
+    /// A metric's value on node A (`a`) or B (whole: these count), 0 if absent.
+    fn metric(&self, a: bool, series: &str) -> u64 {
         let (ns, addr) = if a { (&self.net.a, "127.0.0.1:9781") } else { (&self.net.b, "127.0.0.1:9782") };
         let body = http_get(ns, addr, "/metrics").unwrap_or_default();
         body.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or(0.0)
+            .find_map(|l| {
+                let v = l.strip_prefix(series)?.strip_prefix(' ')?.trim();
+                v.split('.').next()?.parse().ok()
+            })
+            .unwrap_or(0)
     }
 }
 
@@ -142,9 +157,9 @@ fn a_knock_on_a_opens_b_for_a_gate_and_a_command_even_with_a_nats_server_down() 
     assert!(wait_for(wide(), || f.opens(B, 2222)), "B never admitted A's knocker; B:\n{}", f.b().log());
     eprintln!("knock on A to B admitting: {:?}", t.elapsed());
     assert!(f.b().count(&format!("{CLIENT}: ssh: OPEN SESAME (granted by node a)")) == 1, "{}", f.b().log());
-    assert_eq!(f.metric(false, "knockgate_fleet_grants_applied_total"), 1.0);
-    assert_eq!(f.metric(true, "knockgate_fleet_grants_published_total"), 1.0);
-    assert_eq!(f.metric(true, "knockgate_fleet_connected"), 1.0);
+    assert_eq!(f.metric(false, "knockgate_fleet_grants_applied_total"), 1);
+    assert_eq!(f.metric(true, "knockgate_fleet_grants_published_total"), 1);
+    assert_eq!(f.metric(true, "knockgate_fleet_connected"), 1);
 
     // One NATS server of three down: grants still replicate (the bucket has three replicas).
     f.nats.kill(0);
@@ -174,7 +189,7 @@ fn a_secret_knock_of_a_replayed_to_b_is_refused_and_counted() {
     let ports = String::from_utf8(sh(&print).stdout).unwrap().trim().to_owned();
     f.knock(&format!("{A} {ports}"));
     assert!(wait_for(wide(), || f.opens(A, 2224)), "A opened for the secret knock; A:\n{}", f.a().log());
-    assert_eq!(f.metric(true, "knockgate_fleet_claims_total{result=\"claimed\"}"), 1.0);
+    assert_eq!(f.metric(true, "knockgate_fleet_claims_total{result=\"claimed\"}"), 1);
     // The same knock, recorded on its way to A, replayed to B within its window.
     f.knock(&format!("{B} {ports}"));
     assert!(
@@ -185,16 +200,16 @@ fn a_secret_knock_of_a_replayed_to_b_is_refused_and_counted() {
         "B:\n{}",
         f.b().log()
     );
-    assert_eq!(f.metric(false, "knockgate_fleet_claims_total{result=\"replay\"}"), 1.0);
+    assert_eq!(f.metric(false, "knockgate_fleet_claims_total{result=\"replay\"}"), 1);
     assert_eq!(f.b().count(&format!("{CLIENT}: hidden: OPEN SESAME")), 0, "B did not open for it");
 }
 
 #[test]
 fn a_node_started_or_restarted_during_a_grant_applies_it_until_it_expires_and_runs_its_command_once() {
-    let mut f = Fleet::start(true, false);
+    let mut f = Fleet::start_lasting(short_timeout(), true, false);
     f.knock(&format!("{A} 7000 8000 9000"));
     f.knock(&format!("{A} 7100 8100 9100"));
-    assert!(wait_for(wide(), || f.metric(true, "knockgate_fleet_grants_published_total") == 2.0), "{}", f.a().log());
+    assert!(wait_for(wide(), || f.metric(true, "knockgate_fleet_grants_published_total") == 2), "{}", f.a().log());
     let granted = Instant::now();
     // B starts after the grants were made: it applies what is still live.
     f.start_b();
@@ -210,7 +225,7 @@ fn a_node_started_or_restarted_during_a_grant_applies_it_until_it_expires_and_ru
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(Fleet::rules(&f.net.b), 1, "one rule, not two; B:\n{}", f.b().log());
     // Until the grant expires, and not after: the allowance and the rule both go.
-    let end = Duration::from_secs(gate_timeout()) + Duration::from_secs(3 * pace());
+    let end = Duration::from_secs(short_timeout()) + Duration::from_secs(3 * pace());
     assert!(wait_for(end.saturating_sub(granted.elapsed()) + wide(), || Fleet::rules(&f.net.b) == 0), "B's stop ran");
     assert!(f.shut_out(B, 2222), "B's allowance expired with the grant");
 }
@@ -223,11 +238,11 @@ fn with_all_nats_servers_down_each_node_opens_for_its_own_knocks_and_the_fleet_c
     for i in 0..3 {
         f.nats.kill(i);
     }
-    assert!(wait_for(wide(), || f.metric(true, "knockgate_fleet_connected") == 0.0));
+    assert!(wait_for(wide(), || f.metric(true, "knockgate_fleet_connected") == 0));
     f.knock(&format!("{A} 7000 8000 9000"));
     assert!(wait_for(wide(), || f.opens(A, 2222)), "A opens for its own knock; A:\n{}", f.a().log());
     assert!(f.shut_out(B, 2222), "B refuses A's client: no grant reached it");
-    assert!(wait_for(wide(), || f.metric(true, "knockgate_fleet_grants_unsent") == 1.0), "A keeps the grant to send");
+    assert!(wait_for(wide(), || f.metric(true, "knockgate_fleet_grants_unsent") == 1), "A keeps the grant to send");
     for i in 0..3 {
         f.nats.start_server(i);
     }
@@ -238,7 +253,7 @@ fn with_all_nats_servers_down_each_node_opens_for_its_own_knocks_and_the_fleet_c
         f.b().log(),
         f.nats.logs()
     );
-    assert_eq!(f.metric(true, "knockgate_fleet_grants_unsent"), 0.0);
+    assert_eq!(f.metric(true, "knockgate_fleet_grants_unsent"), 0);
 }
 
 #[test]
@@ -263,13 +278,13 @@ fn grants_forged_without_the_fleet_key_are_refused_and_counted() {
     put("grant.0000000000000000000000000000000a", &signed_wrong);
     put("grant.0000000000000000000000000000000b", unsigned.as_bytes());
     assert!(
-        wait_for(wide(), || f.metric(false, "knockgate_fleet_grants_refused_total{reason=\"signature\"}") == 1.0
-            && f.metric(false, "knockgate_fleet_grants_refused_total{reason=\"malformed\"}") == 1.0),
+        wait_for(wide(), || f.metric(false, "knockgate_fleet_grants_refused_total{reason=\"signature\"}") == 1
+            && f.metric(false, "knockgate_fleet_grants_refused_total{reason=\"malformed\"}") == 1),
         "B:\n{}",
         f.b().log()
     );
     assert!(f.shut_out(B, 2222), "a forged grant opens nothing");
-    assert_eq!(f.metric(false, "knockgate_fleet_grants_applied_total"), 0.0);
+    assert_eq!(f.metric(false, "knockgate_fleet_grants_applied_total"), 0);
 }
 
 /// Puts `value` under `key` in the fleet's bucket, from namespace `bus`, with async-nats.

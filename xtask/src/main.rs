@@ -57,6 +57,8 @@ enum Cmd {
         bin_dir: PathBuf,
         #[arg(long)]
         deb: PathBuf,
+        #[arg(long)]
+        nats_server: PathBuf,
         /// A test to leave out (a `cargo test` filter); repeatable.
         #[arg(long)]
         skip: Vec<String>,
@@ -73,8 +75,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::Test { release, kernels, all_kernels } => test(release, &kernels, all_kernels),
         Cmd::Bench => bench(),
         Cmd::Deb => deb().map(|path| println!("built {}", path.display())),
-        Cmd::Guest { kernel_label, bin_dir, deb, skip, bench_smoke, tests } => {
-            vm::guest(&vm::GuestPlan { kernel_label, bin_dir, deb, skip, bench_smoke, tests })
+        Cmd::Guest { kernel_label, bin_dir, deb, nats_server, skip, bench_smoke, tests } => {
+            vm::guest(&vm::GuestPlan { kernel_label, bin_dir, deb, nats_server, skip, bench_smoke, tests })
         }
     }
 }
@@ -181,7 +183,12 @@ fn run_bench(release: bool, out: &Path, smoke: bool) -> anyhow::Result<()> {
     }
     cmd(env!("CARGO"), &args)?;
     let mut bench = Command::new(bins.join("bench"));
-    bench.arg("--out").arg(out).env("KNOCKGATE_BIN_DIR", &bins).current_dir(root());
+    bench
+        .arg("--out")
+        .arg(out)
+        .env("KNOCKGATE_BIN_DIR", &bins)
+        .env("KNOCKGATE_NATS_SERVER", prereq::nats_server()?)
+        .current_dir(root());
     if smoke {
         bench.arg("--smoke");
     }
@@ -288,6 +295,7 @@ fn test(release: bool, kernels: &[PathBuf], all_kernels: bool) -> anyhow::Result
             .current_dir(root())
             .env("KNOCKGATE_BIN_DIR", &bins)
             .env("KNOCKGATE_DEB", &deb)
+            .env("KNOCKGATE_NATS_SERVER", prereq::nats_server()?)
             .status()
             .context("running the privileged tests")?;
         if !status.success() {

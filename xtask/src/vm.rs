@@ -144,6 +144,7 @@ pub(crate) fn suite(kernel: &Kernel, scope: Scope, bins: &Path, deb: &Path) -> a
     let mut guest = vec![xtask.display().to_string(), "guest".into()];
     guest.extend(["--kernel-label".into(), kernel.label.clone()]);
     guest.extend(["--bin-dir".into(), bins.display().to_string(), "--deb".into(), deb.display().to_string()]);
+    guest.extend(["--nats-server".into(), crate::prereq::nats_server()?.display().to_string()]);
     if scope == Scope::Kernel {
         for skip in LOAD_TESTS {
             guest.extend(["--skip".into(), (*skip).to_owned()]);
@@ -212,6 +213,7 @@ pub(crate) struct GuestPlan {
     pub(crate) kernel_label: String,
     pub(crate) bin_dir: PathBuf,
     pub(crate) deb: PathBuf,
+    pub(crate) nats_server: PathBuf,
     pub(crate) skip: Vec<String>,
     pub(crate) bench_smoke: bool,
     pub(crate) tests: Vec<PathBuf>,
@@ -242,6 +244,7 @@ pub(crate) fn guest(plan: &GuestPlan) -> anyhow::Result<()> {
         let ok = run
             .env("KNOCKGATE_BIN_DIR", &plan.bin_dir)
             .env("KNOCKGATE_DEB", &plan.deb)
+            .env("KNOCKGATE_NATS_SERVER", &plan.nats_server)
             .env("KNOCKGATE_TEST_PACE", GUEST_PACE)
             .env("KNOCKGATE_TEST_HOOK", hook)
             .status()

@@ -205,13 +205,18 @@ impl Daemon {
         }
         #[expect(clippy::cast_precision_loss, reason = "ms of delay, far below 2^52")]
         stats.delay.observe(now.saturating_sub(grant.issued_ms) as f64 / 1000.0);
+        // No longer than this node would grant for the door itself: a grant signed with a
+        // far expiry opens no more than a knock here would.
+        let most = self.grant_lifetime(&door) + fleet.link.fleet.max_skew;
+        let remaining = grant.remaining(now).min(most);
         let ip = grant.addr;
         self.log.line(&format!("{ip}: {}: OPEN SESAME (granted by node {})", door.name, grant.node));
-        self.write_gate(&door, ip, grant.deadline_ns(now, monotonic_ns()));
+        let until = monotonic_ns().saturating_add(u64::try_from(remaining.as_nanos()).unwrap_or(u64::MAX));
+        self.write_gate(&door, ip, until);
         self.log_gate(&door, ip);
         let runs = door.start_for(ip.is_ipv6()).is_some();
         if runs && self.fleet.as_mut().is_some_and(|f| f.first_run(grant)) {
-            self.keeper.open_for(&door, ip, grant.remaining(now));
+            self.keeper.open_for(&door, ip, remaining);
         }
         stats.applied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }

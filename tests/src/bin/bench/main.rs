@@ -18,6 +18,7 @@ use std::{
 use serde_json::json;
 use tests::netns::sh;
 
+mod fleet;
 mod flood;
 mod latency;
 mod nft;
@@ -63,6 +64,11 @@ fn main() {
                 println!("{}\n{}", latency(&opts, Peer::Knockgate), spawn_floor(&opts));
                 return;
             }
+            // Diagnostics: the fleet's replication latency alone.
+            "--fleet-only" => {
+                println!("{}", fleet::fleet(&opts));
+                return;
+            }
             // Diagnostics: the per-packet table alone.
             "--per-packet-only" => {
                 println!("{}", serde_json::to_string_pretty(&per_packet(&opts)).unwrap());
@@ -105,6 +111,7 @@ fn main() {
     let scrape = scrape::scrape_time(opts.smoke);
     let gate_latency = gate_latency(&opts);
     let spawn_floor = spawn_floor(&opts);
+    let fleet = fleet::fleet(&opts);
     let results = json!({
         "smoke": opts.smoke,
         "kernel": String::from_utf8_lossy(&sh("uname -r").stdout).trim(),
@@ -118,6 +125,7 @@ fn main() {
         "gate_latency": gate_latency,
         "spawn_floor": spawn_floor,
         "scrape": scrape,
+        "fleet": fleet,
     });
     std::fs::write(opts.out.join("results.json"), serde_json::to_string_pretty(&results).unwrap()).unwrap();
     let report = report(&results);

@@ -72,6 +72,7 @@ pub(crate) fn summary(r: &Value) -> String {
     let g = &r["scrape"];
     writeln!(s, "metrics scrape: full tables p50 {:.1} ms, max {:.1} ms", f(&g["full_p50_ms"]), f(&g["full_max_ms"]))
         .unwrap();
+    writeln!(s, "{}", crate::fleet::summary(r)).unwrap();
     s
 }
 
@@ -281,6 +282,7 @@ pub(crate) fn report(r: &Value) -> String {
     writeln!(s, "\n![latency](bench/latency.png)\n").unwrap();
     report_scale(&mut s, r);
     scrape::report(&mut s, r);
+    crate::fleet::report(&mut s, r);
     s
 }
 
