@@ -286,16 +286,13 @@ fn daemonize(
 /// Starts the link to the fleet (on the running Tokio runtime), its record of applied grants
 /// in `state`.
 fn fleet_side(fleet: &knockd_user::config::fleet::Fleet, state: &StateDir, log: &Arc<KnockLog>) -> FleetSide {
-    let applied = match Applied::open(state.dir(), knockd_user::clock::wall_ms()) {
-        Ok(a) => Some(a),
-        Err(e) => {
-            log.line(&format!(
-                "fleet: cannot keep the record of applied grants in {}: {e}; a restart may run a grant's start command again",
-                state.dir().display()
-            ));
-            None
-        }
-    };
+    let applied = Applied::open(state.dir(), knockd_user::clock::wall_ms()).unwrap_or_else(|e| {
+        log.line(&format!(
+            "fleet: cannot keep the record of applied grants in {}: {e}; a restart may run a grant's start command again",
+            state.dir().display()
+        ));
+        Applied::in_memory()
+    });
     log.line(&format!(
         "fleet: node {} of the fleet at {} (single use: {})",
         fleet.name,

@@ -216,6 +216,53 @@ mod tests {
         assert!(parse_servers(" , ").is_err());
     }
 
+    fn key(dir: &std::path::Path, mode: u32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = dir.join("fleet.key");
+        std::fs::write(&path, "00112233445566778899aabbccddeeff").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    #[test]
+    fn both_forms_read_a_fleet_and_the_toml_dump_reads_back() {
+        use crate::config::Config;
+        let dir = tempfile::tempdir().unwrap();
+        let key = key(dir.path(), 0o600);
+        let text = format!(
+            "[options]\n\tFleetServers = nats://10.0.0.5:4222, tls://10.0.0.6:4222\n\tFleetName = edge-a\n\
+             \tFleetKeyFile = {}\n\tFleetSingleUse = local\n\tFleetMaxSkew = 3\n[ssh]\n\tsequence = 1,2,3\n",
+            key.display()
+        );
+        let c = Config::parse(std::path::Path::new("knockd.conf"), &text).unwrap();
+        let f = c.options.fleet.clone().unwrap();
+        assert_eq!(f.servers, ["nats://10.0.0.5:4222", "tls://10.0.0.6:4222"]);
+        assert_eq!(
+            (f.name.as_str(), f.single_use, f.max_skew, f.replicas),
+            ("edge-a", SingleUse::Local, Duration::from_secs(3), 3)
+        );
+        let toml = crate::config::toml_form::dump(&c).unwrap();
+        let again = Config::parse(std::path::Path::new("knockd.toml"), &toml).unwrap();
+        assert_eq!(again.options.fleet, c.options.fleet, "{toml}");
+        // The default name is the hostname.
+        let unnamed = text.replace("\tFleetName = edge-a\n", "");
+        let c = Config::parse(std::path::Path::new("knockd.conf"), &unnamed).unwrap();
+        assert_eq!(c.options.fleet.unwrap().name, hostname().unwrap());
+    }
+
+    #[test]
+    fn a_key_file_others_can_read_is_refused_naming_the_file_and_the_line() {
+        use crate::config::Config;
+        let dir = tempfile::tempdir().unwrap();
+        let key = key(dir.path(), 0o644);
+        let text = format!("[options]\n\tFleetServers = nats://127.0.0.1:4222\n\tFleetKeyFile = {}\n", key.display());
+        let e = Config::parse(std::path::Path::new("knockd.conf"), &text).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("knockd.conf:3: key file {}: mode 0644", key.display())), "{e}");
+        let missing = "[options]\n\tFleetServers = nats://127.0.0.1:4222\n";
+        let e = Config::parse(std::path::Path::new("knockd.conf"), missing).unwrap_err().to_string();
+        assert_eq!(e, "knockd.conf:2: fleetservers needs fleetkeyfile: the key the fleet's grants are signed with");
+    }
+
     #[test]
     fn stray_options_and_a_missing_key_name_their_line() {
         let mut d = Draft::default();

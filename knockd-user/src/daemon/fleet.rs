@@ -2,7 +2,7 @@
 //! applied as if the knock had been made here, and a secret door's open held until the
 //! fleet grants the knock's single use.
 
-use std::{collections::HashSet, net::IpAddr, time::Duration};
+use std::{net::IpAddr, time::Duration};
 
 use knock_common::fleet::{Action, Grant, Refusal, claim_key};
 use tokio::sync::mpsc;
@@ -29,17 +29,15 @@ pub struct FleetSide {
     grants: Option<mpsc::Receiver<Grant>>,
     claims: mpsc::Sender<Claimed>,
     claimed: Option<mpsc::Receiver<Claimed>>,
-    /// Grants whose commands ran here (`None` if the record cannot be kept: commands of
-    /// grants then run at most once per process).
-    applied: Option<Applied>,
-    ran: HashSet<[u8; 16]>,
+    /// Grants whose commands ran here.
+    applied: Applied,
 }
 
 impl FleetSide {
     #[must_use]
-    pub fn new(link: FleetLink, grants: mpsc::Receiver<Grant>, applied: Option<Applied>) -> Self {
+    pub fn new(link: FleetLink, grants: mpsc::Receiver<Grant>, applied: Applied) -> Self {
         let (claims, claimed) = mpsc::channel(1024);
-        Self { link, grants: Some(grants), claims, claimed: Some(claimed), applied, ran: HashSet::new() }
+        Self { link, grants: Some(grants), claims, claimed: Some(claimed), applied }
     }
 
     /// The receivers of other nodes' grants and of answered claims, for the event loop.
@@ -50,18 +48,12 @@ impl FleetSide {
     }
 
     /// Whether grant `g`'s commands run here: not if they ran already (before a restart too).
-    fn first_run(&mut self, g: &Grant) -> bool {
-        if !self.ran.insert(g.nonce) {
-            return false;
-        }
-        match self.applied.as_mut().map(|a| a.first(g.nonce, g.expires_ms)) {
-            Some(Ok(first)) => first,
-            Some(Err(e)) => {
-                tracing::error!("fleet: recording an applied grant: {e}");
-                true
-            }
-            None => true,
-        }
+    fn first_run(&mut self, g: &Grant, now_ms: u64) -> bool {
+        self.applied.first(g.nonce, g.expires_ms, now_ms).unwrap_or_else(|e| {
+            // Recorded in memory all the same: a restart may run it again.
+            tracing::error!("fleet: recording an applied grant: {e}");
+            true
+        })
     }
 }
 
@@ -85,6 +77,14 @@ impl Daemon {
         open_lifetime(door).unwrap_or_else(|| {
             self.doors.active().filter_map(|(_, s)| open_lifetime(&s.door)).max().unwrap_or(Duration::from_secs(10))
         })
+    }
+
+    /// A reload keeps the running link: new fleet options take effect at a restart.
+    pub(super) fn warn_if_fleet_changed(&self, new: Option<&crate::config::fleet::Fleet>) {
+        let running = self.fleet.as_ref().map(|f| &*f.link.fleet);
+        if new != running {
+            self.log.line("the fleet options changed: they take effect when knockd starts again");
+        }
     }
 
     /// Publishes this node's open of `door` for `ip` to the fleet.
@@ -215,7 +215,7 @@ impl Daemon {
         self.write_gate(&door, ip, until);
         self.log_gate(&door, ip);
         let runs = door.start_for(ip.is_ipv6()).is_some();
-        if runs && self.fleet.as_mut().is_some_and(|f| f.first_run(grant)) {
+        if runs && self.fleet.as_mut().is_some_and(|f| f.first_run(grant, now)) {
             self.keeper.open_for(&door, ip, remaining);
         }
         stats.applied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -434,6 +434,7 @@ impl Daemon {
                         self.names().join(", ")
                     );
                 }
+                self.warn_if_fleet_changed(config.options.fleet.as_ref());
                 let kept = self.doors.install(config.doors);
                 self.program.apply(&self.doors)?;
                 self.log.reopen(config.options.log_file.as_deref().or(self.logfile_flag.as_deref()));
