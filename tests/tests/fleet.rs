@@ -125,6 +125,19 @@ impl Fleet {
         shut_out(&self.net.client, CLIENT, &format!("{host}:{port}"))
     }
 
+    /// This window's ports of the secret door for the client, as `knock --print` gives them.
+    fn secret_ports(&self, host: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let key = tests::fleet::key_file(dir.path(), DOOR_KEY);
+        let print = format!(
+            "ip netns exec {} {} --secret-file {} --window 60 --source {CLIENT} --print {host}",
+            self.net.client,
+            bin("knock").display(),
+            key.display()
+        );
+        String::from_utf8(sh(&print).stdout).unwrap().trim().to_owned()
+    }
+
     /// The iptables rules for the client on node `ns`'s port 2223.
     fn rules(ns: &str) -> usize {
         let out = sh(&format!("ip netns exec {ns} iptables -S INPUT")).stdout;
@@ -177,16 +190,7 @@ fn a_knock_on_a_opens_b_for_a_gate_and_a_command_even_with_a_nats_server_down() 
 fn a_secret_knock_of_a_replayed_to_b_is_refused_and_counted() {
     let f = Fleet::start(true, true);
     let _echo = Echo::start(&f.net.a, 2224);
-    // The client's key file, as the nodes': the ports of this window for its address.
-    let dir = tempfile::tempdir().unwrap();
-    let key = tests::fleet::key_file(dir.path(), DOOR_KEY);
-    let print = format!(
-        "ip netns exec {} {} --secret-file {} --window 60 --source {CLIENT} --print {A}",
-        f.net.client,
-        bin("knock").display(),
-        key.display()
-    );
-    let ports = String::from_utf8(sh(&print).stdout).unwrap().trim().to_owned();
+    let ports = f.secret_ports(A);
     f.knock(&format!("{A} {ports}"));
     assert!(wait_for(wide(), || f.opens(A, 2224)), "A opened for the secret knock; A:\n{}", f.a().log());
     assert_eq!(f.metric(true, "knockgate_fleet_claims_total{result=\"claimed\"}"), 1);
@@ -242,6 +246,15 @@ fn with_all_nats_servers_down_each_node_opens_for_its_own_knocks_and_the_fleet_c
     f.knock(&format!("{A} 7000 8000 9000"));
     assert!(wait_for(wide(), || f.opens(A, 2222)), "A opens for its own knock; A:\n{}", f.a().log());
     assert!(f.shut_out(B, 2222), "B refuses A's client: no grant reached it");
+    // A secret door's single use cannot be claimed: `FleetSingleUse = strict` refuses it.
+    let ports = f.secret_ports(A);
+    f.knock(&format!("{A} {ports}"));
+    assert!(
+        f.a().logged_within(wide(), &format!("{CLIENT}: hidden: open refused: the fleet cannot be reached to claim the knock's single use (FleetSingleUse = strict)")),
+        "A:\n{}",
+        f.a().log()
+    );
+    assert_eq!(f.metric(true, "knockgate_fleet_claims_total{result=\"unreachable\"}"), 1);
     assert!(wait_for(wide(), || f.metric(true, "knockgate_fleet_grants_unsent") == 1), "A keeps the grant to send");
     for i in 0..3 {
         f.nats.start_server(i);
