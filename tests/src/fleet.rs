@@ -155,6 +155,25 @@ impl NatsCluster {
         self.servers[i] = Some(child);
     }
 
+    /// One server in namespace `bus` on port 4222, run with the configuration file `conf`
+    /// (its own TLS and users, say); killed by its pid on drop.
+    #[must_use]
+    pub fn single(bus: &str, conf: &Path) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = std::fs::File::create(dir.path().join("n0.log")).expect("nats log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", bus])
+            .arg(nats_server())
+            .arg("--config")
+            .arg(conf)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("nats log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn nats-server (KNOCKGATE_NATS_SERVER, or nats-server on the PATH)");
+        Self { bus: bus.to_owned(), dir, servers: [Some(child), None, None] }
+    }
+
     /// Kills server `i` (SIGKILL, by its pid).
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.servers[i].take() {

@@ -300,6 +300,80 @@ fn grants_forged_without_the_fleet_key_are_refused_and_counted() {
     assert_eq!(f.metric(false, "knockgate_fleet_grants_applied_total"), 0);
 }
 
+#[test]
+fn over_tls_with_a_nats_user_per_node_a_grant_still_reaches_the_other_node() {
+    let net = FleetNet::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    // A private CA and the server's certificate, for both addresses it is reached at.
+    std::fs::write(dir.path().join("san.ext"), "subjectAltName=IP:198.18.4.254,IP:198.18.5.254\n").unwrap();
+    sh(&format!(
+        "cd {d} && \
+         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=knockgate-test-ca \
+           -keyout ca-key.pem -out ca.pem 2>/dev/null && \
+         openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=nats -keyout server-key.pem \
+           -out server.csr 2>/dev/null && \
+         openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 2 -extfile san.ext \
+           -out server.pem 2>/dev/null"
+    ));
+    // A NATS user per node: an NKey each; the seeds go to the nodes, the public keys to NATS.
+    let users: Vec<nkeys::KeyPair> = (0..2).map(|_| nkeys::KeyPair::new_user()).collect();
+    let seeds: Vec<String> = users.iter().map(|u| u.seed().unwrap()).collect();
+    let conf = dir.path().join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: 0.0.0.0:4222\njetstream {{ store_dir: {d}/js }}\n\
+             tls {{ cert_file: {d}/server.pem, key_file: {d}/server-key.pem }}\n\
+             authorization {{ users: [ {{ nkey: {} }}, {{ nkey: {} }} ] }}\n",
+            users[0].public_key(),
+            users[1].public_key()
+        ),
+    )
+    .unwrap();
+    let nats = NatsCluster::single(&net.bus, &conf);
+    // The server takes no one without TLS and one of the two users.
+    let refused = tests::netns::in_netns(&net.bus, || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let options = async_nats::ConnectOptions::new().retry_on_initial_connect().max_reconnects(3);
+            let plain = options.connect("nats://127.0.0.1:4222").await.unwrap();
+            let tried = tokio::time::timeout(Duration::from_secs(3), plain.flush()).await;
+            !matches!(tried, Ok(Ok(())))
+        })
+    });
+    assert!(refused, "a client without TLS or a user was let on the bus");
+    let node = |a: bool, seed: &str| {
+        let (ns, iface, name, host) =
+            if a { (&net.a, &net.a_if, "a", "198.18.4.254") } else { (&net.b, &net.b_if, "b", "198.18.5.254") };
+        let options = format!("\tFleetCaFile = {d}/ca.pem\n\tFleetNKey = {{DIR}}/node.nk\n");
+        let n = Node::start_with(
+            ns,
+            iface,
+            name,
+            &format!("tls://{host}:4222"),
+            &options,
+            &doors(gate_timeout()),
+            &[("node.nk", seed), ("door.key", DOOR_KEY)],
+        );
+        assert!(
+            n.logged_within(wide(), &format!("fleet: bucket knockgate ready; node {name}")),
+            "node {name} never reached the fleet's bucket over TLS; log:\n{}\n{}",
+            n.log(),
+            nats.logs()
+        );
+        n
+    };
+    let (_a, b) = (node(true, &seeds[0]), node(false, &seeds[1]));
+    let _echo = Echo::start(&net.b, 2222);
+    sh(&format!("ip netns exec {} {} {A} 7000 8000 9000", net.client, bin("knock").display()));
+    assert!(
+        wait_for(wide(), || opens(&net.client, CLIENT, &format!("{B}:2222"))),
+        "B never admitted A's knocker; B:\n{}",
+        b.log()
+    );
+}
+
 /// Puts `value` under `key` in the fleet's bucket, from namespace `bus`, with async-nats.
 fn put_to_bucket(bus: &str, key: &str, value: &[u8]) {
     let (key, value) = (key.to_owned(), value.to_vec());

@@ -33,6 +33,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     // Secret doors: a knock recorded with tcpdump is replayed; a client clock set off by faketime.
     ("tcpdump", "tcpdump"),
     ("faketime", "faketime"),
+    // The fleet's TLS test: a private CA and the NATS server's certificate.
+    ("openssl", "openssl"),
     // A real XDP program in front of knockgate's TC attachment: xdp-filter (libxdp's dispatcher).
     ("xdp-tools", "/usr/sbin/xdp-filter"),
     // The QEMU pass (`vm`): virtme-ng boots other kernels with QEMU and busybox.
