@@ -7,7 +7,7 @@ use std::{
     collections::VecDeque,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -78,7 +78,15 @@ impl Quiet {
     }
 }
 
-async fn connect(fleet: &Fleet, connected: Arc<AtomicBool>, log: Arc<KnockLog>) -> anyhow::Result<async_nats::Client> {
+/// Connects (in the background: a node starts with NATS away). `connected` follows the
+/// connection; `connects` counts the connections made, so that the watch can be made anew on
+/// another server at once rather than when its heartbeats are found missing.
+async fn connect(
+    fleet: &Fleet,
+    connected: Arc<AtomicBool>,
+    connects: Arc<AtomicU64>,
+    log: Arc<KnockLog>,
+) -> anyhow::Result<async_nats::Client> {
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("knockgate {}", fleet.name))
         .retry_on_initial_connect()
@@ -90,11 +98,12 @@ async fn connect(fleet: &Fleet, connected: Arc<AtomicBool>, log: Arc<KnockLog>) 
         })
         .request_timeout(Some(REQUEST_TIMEOUT))
         .event_callback(move |event| {
-            let (connected, log) = (Arc::clone(&connected), Arc::clone(&log));
+            let (connected, connects, log) = (Arc::clone(&connected), Arc::clone(&connects), Arc::clone(&log));
             async move {
                 match event {
                     async_nats::Event::Connected => {
                         connected.store(true, Ordering::Relaxed);
+                        connects.fetch_add(1, Ordering::Relaxed);
                         log.line("fleet: connected to NATS");
                     }
                     async_nats::Event::Disconnected => {
@@ -146,13 +155,17 @@ async fn bucket(js: &jetstream::Context, fleet: &Fleet) -> anyhow::Result<Store>
 
 /// Runs the link until the daemon drops its end.
 pub(super) async fn run(shared: Arc<Shared>, mut out: mpsc::Receiver<Out>, incoming: mpsc::Sender<Grant>) {
-    let client = match connect(&shared.fleet, Arc::clone(&shared.connected), Arc::clone(&shared.log)).await {
-        Ok(c) => c,
-        Err(e) => {
-            shared.log.line(&format!("fleet: cannot connect to NATS: {e:#}; this node runs alone"));
-            return;
-        }
-    };
+    let connects = Arc::new(AtomicU64::new(0));
+    let client =
+        match connect(&shared.fleet, Arc::clone(&shared.connected), Arc::clone(&connects), Arc::clone(&shared.log))
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                shared.log.line(&format!("fleet: cannot connect to NATS: {e:#}; this node runs alone"));
+                return;
+            }
+        };
     let mut js = jetstream::new(client);
     js.set_timeout(REQUEST_TIMEOUT);
     let mut unsent: VecDeque<Grant> = VecDeque::new();
@@ -161,7 +174,14 @@ pub(super) async fn run(shared: Arc<Shared>, mut out: mpsc::Receiver<Out>, incom
     let mut watching: Option<kv::Watch> = None;
     // The last revision seen: a watch made anew goes on from there.
     let mut seen: u64 = 0;
+    let mut last_connects = 0;
     loop {
+        // Connected again (perhaps to another server): the watch is made anew from there.
+        let made = connects.load(Ordering::Relaxed);
+        if made != last_connects {
+            last_connects = made;
+            watching = None;
+        }
         if watching.is_none() && shared.connected.load(Ordering::Relaxed) {
             watching = start_watch(&shared, &js, seen).await;
         }
