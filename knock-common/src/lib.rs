@@ -7,7 +7,7 @@
 //! (`[u8; 16]`, an IPv4 address in the first four bytes and zeros after it).
 #![no_std]
 
-#[cfg(any(test, feature = "keys", feature = "fleet", feature = "generate"))]
+#[cfg(any(test, feature = "keys", feature = "fleet", feature = "generate", feature = "profile"))]
 extern crate std;
 
 pub mod addr;
@@ -21,6 +21,8 @@ pub mod gate;
 #[cfg(feature = "generate")]
 pub mod generate;
 pub mod knock;
+#[cfg(feature = "profile")]
+pub mod profile;
 pub mod secret;
 pub mod table;
 pub mod visit;

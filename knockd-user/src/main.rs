@@ -72,6 +72,15 @@ struct Args {
     /// `file:line` error). Nothing is attached.
     #[arg(long)]
     check: bool,
+    /// Print the client's profile for door DOOR of the config (one `[DOOR]` table for
+    /// `knock.toml`: sequence and protocols, or the secret door's parameters and key path,
+    /// never the key) and exit.
+    #[arg(long, value_name = "DOOR")]
+    client_profile: Option<String>,
+    /// With --client-profile: the name or address clients knock at [default: the door's
+    /// target, else the interface's first address]
+    #[arg(long, value_name = "NAME", requires = "client_profile")]
+    host: Option<String>,
     /// Print what the pinned state of the interface holds (doors, live allowances, attempts
     /// in progress, table use, counters) and exit. Works while knockd runs and after it
     /// died; changes nothing.
@@ -177,9 +186,20 @@ fn start(args: &Args) -> anyhow::Result<()> {
         print!("{}", knockd_user::config::toml_form::dump(&config)?);
         return Ok(());
     }
+    if let Some(name) = &args.client_profile {
+        let host = match &args.host {
+            Some(h) => h.clone(),
+            None => default_host(args, &config, name)?,
+        };
+        print!("{}", knockd_user::config::client_profile::for_door(&config.doors, &args.config, name, &host)?);
+        return Ok(());
+    }
     if args.check {
         for door in &config.doors {
             println!("{}: {}", door.name, knockd_user::config::check::summary(door));
+            if let Some(gap) = knockd_user::config::client_profile::gap(door) {
+                println!("{}: note: a client cannot open it from a profile alone: {gap}", door.name);
+            }
         }
         println!("{}: the configuration is valid ({} door(s))", args.config.display(), config.doors.len());
         return Ok(());
@@ -301,6 +321,21 @@ fn fleet_side(fleet: &knockd_user::config::fleet::Fleet, state: &StateDir, log: 
     ));
     let (link, grants) = FleetLink::start(fleet, Arc::clone(log));
     FleetSide::new(link, grants, applied)
+}
+
+/// Where clients knock door `name` when `--host` does not say: the door's target, else the
+/// first interface's first address (IPv4 first).
+fn default_host(args: &Args, config: &Config, name: &str) -> anyhow::Result<String> {
+    if let Some(t) = config.doors.iter().find(|d| d.name == name).and_then(|d| d.target) {
+        return Ok(t.to_string());
+    }
+    let iface = args.interfaces(&config.options).swap_remove(0);
+    let addrs = knockd_user::daemon::interface_addrs(&iface, args.only_ipv4)
+        .with_context(|| format!("reading the addresses of {iface}"))?;
+    let first = addrs.iter().find(|a| a.is_ipv4()).or(addrs.first());
+    first.map(ToString::to_string).with_context(|| {
+        format!("interface {iface} has no address to put in the profile: name the host clients knock at with --host")
+    })
 }
 
 /// Readies `BpfDir` (once) and each interface's directory in it.

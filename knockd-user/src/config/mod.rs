@@ -13,6 +13,7 @@ use knock_common::{
 };
 
 pub mod check;
+pub mod client_profile;
 pub mod fleet;
 pub mod knockd_form;
 pub mod load;
