@@ -52,7 +52,7 @@ fn main() -> ExitCode {
 /// Sends the knock (or prints a secret door's ports), then runs the profile's command.
 fn knock(plan: &Plan) -> anyhow::Result<()> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).context("the clock is before 1970")?.as_secs();
-    let (ip, hits, bind) = plan.ports(now)?;
+    let plan::Target { ip, hits, bind } = plan.ports(now)?;
     if plan.print {
         if !matches!(plan.knock, Knock::Secret { .. }) {
             anyhow::bail!("--print belongs to a secret door's knock");

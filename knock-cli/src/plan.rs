@@ -1,7 +1,7 @@
 //! What one run of `knock` does, from the command line and, where it names one, a profile
 //! (flags override the profile's values).
 
-use std::{net::IpAddr, path::PathBuf};
+use std::{net::IpAddr, path::Path};
 
 use anyhow::{Context as _, bail};
 use knock_common::{
@@ -31,6 +31,16 @@ pub(crate) struct AfterKnock {
     pub(crate) origin: String,
 }
 
+/// Where and what to knock at a moment.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Target {
+    /// The server's address.
+    pub(crate) ip: IpAddr,
+    pub(crate) hits: Vec<(u16, Proto)>,
+    /// The local address to send from (a secret door's, unless `--source` names another).
+    pub(crate) bind: Option<IpAddr>,
+}
+
 #[derive(Debug)]
 pub(crate) struct Plan {
     pub(crate) host: String,
@@ -44,7 +54,7 @@ pub(crate) struct Plan {
 }
 
 /// `file:line: ` of a profile's value.
-fn origin<T>(path: &std::path::Path, at: &At<T>) -> String {
+fn origin<T>(path: &Path, at: &At<T>) -> String {
     format!("{}:{}", path.display(), at.line)
 }
 
@@ -83,13 +93,12 @@ impl Plan {
                 bail!("--print, --source, --length and --window belong to a secret door's knock (--secret-file)");
             }
             if args.ports.is_empty() {
-                bail!(
-                    "no PORT given, and '{host}' is no profile in {} (or --no-profile was given)",
-                    search.describe()
-                );
+                bail!("no PORT given, and '{host}' is no profile in {} (or --no-profile was given)", search.describe());
             }
             let hits = args.ports.iter().map(|p| parse_port(p)).collect::<Result<Vec<_>, _>>()?;
-            Knock::Ports(hits.into_iter().map(|(port, proto)| (port, if args.udp { Proto::Udp } else { proto })).collect())
+            Knock::Ports(
+                hits.into_iter().map(|(port, proto)| (port, if args.udp { Proto::Udp } else { proto })).collect(),
+            )
         };
         Ok(Self {
             host,
@@ -104,7 +113,7 @@ impl Plan {
     }
 
     /// A profile's knock, with the command line's flags over its values.
-    fn with_profile(args: &Args, path: &std::path::Path, p: Profile) -> anyhow::Result<Self> {
+    fn with_profile(args: &Args, path: &Path, p: Profile) -> anyhow::Result<Self> {
         let knock = match (&p.knocks, &args.secret_file) {
             (Knocks::Sequence(seq), None) => {
                 if args.print || args.source.is_some() || args.length.is_some() || args.window.is_some() {
@@ -119,7 +128,9 @@ impl Plan {
                     .iter()
                     .map(|s| parse_port(s).map_err(|e| anyhow::anyhow!("{}: {e}", origin(path, seq))))
                     .collect::<Result<Vec<_>, _>>()?;
-                Knock::Ports(hits.into_iter().map(|(port, proto)| (port, if args.udp { Proto::Udp } else { proto })).collect())
+                Knock::Ports(
+                    hits.into_iter().map(|(port, proto)| (port, if args.udp { Proto::Udp } else { proto })).collect(),
+                )
             }
             (Knocks::Sequence(seq), Some(_)) => {
                 bail!("--secret-file: profile '{}' ({}) holds a sequence, not a secret door", p.name, origin(path, seq))
@@ -130,13 +141,14 @@ impl Plan {
                     None => (file.value.clone(), Some(origin(path, file))),
                 };
                 let (length, window) = (length.as_ref().map(|l| l.value), window.as_ref().map(|w| w.value));
-                secret_knock(args, &key.0, key.1, length, window, udp.as_ref().map(|u| u.value))
-                    .map(|k| match (k, source) {
+                secret_knock(args, &key.0, key.1.as_deref(), length, window, udp.as_ref().map(|u| u.value)).map(
+                    |k| match (k, source) {
                         (Knock::Secret { secret, params, source: None }, Some(s)) => {
                             Knock::Secret { secret, params, source: Some(s.value) }
                         }
                         (k, _) => k,
-                    })?
+                    },
+                )?
             }
         };
         let (ipv4, ipv6) = if args.ipv4 || args.ipv6 {
@@ -159,27 +171,26 @@ impl Plan {
 
     /// The server's address, and for a secret door the ports to knock there at `unix_secs`
     /// and the local address to send them from (`None` with `--source`).
-    pub(crate) fn ports(&self, unix_secs: u64) -> anyhow::Result<(IpAddr, Vec<(u16, Proto)>, Option<IpAddr>)> {
+    pub(crate) fn ports(&self, unix_secs: u64) -> anyhow::Result<Target> {
         let ip = resolve(&self.host, self.ipv4, self.ipv6)?;
         let (secret, params, source) = match &self.knock {
-            Knock::Ports(hits) => return Ok((ip, hits.clone(), None)),
+            Knock::Ports(hits) => return Ok(Target { ip, hits: hits.clone(), bind: None }),
             Knock::Secret { secret, params, source } => (secret, params, source),
         };
         // Bound to the address the ports are derived for, unless that address is not this
         // host's (`--source`, behind NAT).
-        let (source, bind) = match source {
-            Some(s) => (*s, None),
-            None => {
-                let s = local_address_towards(ip)?;
-                (s, Some(s))
-            }
+        let (source, bind) = if let Some(s) = source {
+            (*s, None)
+        } else {
+            let s = local_address_towards(ip)?;
+            (s, Some(s))
         };
         if source.is_ipv4() != ip.is_ipv4() {
             bail!("source {source} and {} ({ip}) are of different address families", self.host);
         }
         let proto = if params.proto == PROTO_UDP { Proto::Udp } else { Proto::Tcp };
         let ports = secret.sequence(params, &addr_key(source), params.window_at(unix_secs));
-        Ok((ip, ports.into_iter().map(|p| (p, proto)).collect(), bind))
+        Ok(Target { ip, hits: ports.into_iter().map(|p| (p, proto)).collect(), bind })
     }
 }
 
@@ -187,8 +198,8 @@ impl Plan {
 /// profile's values, the flags over them.
 fn secret_knock(
     args: &Args,
-    file: &PathBuf,
-    origin: Option<String>,
+    file: &Path,
+    origin: Option<&str>,
     length: Option<u8>,
     window: Option<u32>,
     udp: Option<bool>,

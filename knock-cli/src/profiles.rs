@@ -65,7 +65,11 @@ fn check_owner_and_mode(path: &Path) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
     if meta.uid() != me && meta.uid() != 0 {
-        bail!("{}: owned by uid {}, neither this user ({me}) nor root: a profile names a command to run", path.display(), meta.uid());
+        bail!(
+            "{}: owned by uid {}, neither this user ({me}) nor root: a profile names a command to run",
+            path.display(),
+            meta.uid()
+        );
     }
     let mode = meta.mode() & 0o777;
     if mode & 0o022 != 0 {

@@ -123,7 +123,7 @@ fn print_gives_the_shared_test_vectors() {
             argv.push("-u");
         }
         argv.push(v.source);
-        let (_, hits, bind) = plan(&argv).unwrap().ports(v.unix_secs).unwrap();
+        let crate::plan::Target { hits, bind, .. } = plan(&argv).unwrap().ports(v.unix_secs).unwrap();
         let want: Vec<(u16, Proto)> =
             v.ports.iter().map(|&p| (p, if v.udp { Proto::Udp } else { Proto::Tcp })).collect();
         assert_eq!(hits, want, "vector {i}");
@@ -157,10 +157,7 @@ fn a_lone_argument_that_names_a_profile_is_the_profile() {
     assert_eq!(p.host, "198.18.0.1");
     assert_eq!(ports(&p), [(7000, Proto::Tcp), (8000, Proto::Udp)]);
     assert_eq!((p.delay_ms, p.ipv4, p.ipv6, p.verbose), (150, true, false, false));
-    assert_eq!(
-        p.command,
-        Some(AfterKnock { words: vec!["ssh".into(), "%HOST%".into()], origin: format!("{f}:6") })
-    );
+    assert_eq!(p.command, Some(AfterKnock { words: vec!["ssh".into(), "%HOST%".into()], origin: format!("{f}:6") }));
     // Flags override the profile.
     let p = plan(&["--profiles", f, "-u", "-d", "0", "-6", "-v", "edge"]).unwrap();
     assert_eq!(ports(&p), [(7000, Proto::Udp), (8000, Proto::Udp)]);
@@ -230,7 +227,10 @@ fn profile_errors_name_the_file_and_line() {
     let file = f(&format!("[db]\nhost = \"h\"\n\nsecret_file = \"{}\"\n", open.display()));
     assert_eq!(
         run(&file),
-        format!("{file}:4: key file {}: mode 0640 lets other users at the key: make it 0600 (chmod 600)", open.display())
+        format!(
+            "{file}:4: key file {}: mode 0640 lets other users at the key: make it 0600 (chmod 600)",
+            open.display()
+        )
     );
     let file = f("[db]\nhost = \"h\"\nsequence = [\"7000\", \"99999\"]\n");
     assert_eq!(run(&file), format!("{file}:3: port '99999' is out of range 1-65535"));
@@ -241,12 +241,17 @@ fn profile_errors_name_the_file_and_line() {
     assert!(e.contains(&format!("profile 'db' ({file}:3) holds a sequence")), "{e}");
     // A profile names a command to run: its file must not be writable by others.
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
-    assert_eq!(run(&file), format!("{file}: mode 0666 lets other users change it, and a profile names a command to run: chmod go-w {file}"));
+    assert_eq!(
+        run(&file),
+        format!(
+            "{file}: mode 0666 lets other users change it, and a profile names a command to run: chmod go-w {file}"
+        )
+    );
 }
 
 #[test]
 fn the_default_files() {
     let files = crate::profiles::default_files();
-    assert_eq!(files.last().map(|p| p.as_path()), Some(Path::new("/etc/knockgate/knock.toml")));
+    assert_eq!(files.last().map(PathBuf::as_path), Some(Path::new("/etc/knockgate/knock.toml")));
     assert!(files.len() <= 2);
 }

@@ -210,14 +210,19 @@ impl Place<'_> {
             Some(d) => Some(self.at(
                 d,
                 u64::try_from(*d.get_ref()).map_err(|_| {
-                    self.err(d.span().start, std::format!("delay '{}' is not a whole number of milliseconds", d.get_ref()))
+                    self.err(
+                        d.span().start,
+                        std::format!("delay '{}' is not a whole number of milliseconds", d.get_ref()),
+                    )
                 })?,
             )),
             None => None,
         };
         let ipv4_only = match (&raw.ipv4, &raw.ipv6) {
             (Some(a), Some(b)) if *a.get_ref() && *b.get_ref() => {
-                return Err(self.err(b.span().start, std::format!("profile '{name}': ipv4 and ipv6 cannot both be true")));
+                return Err(
+                    self.err(b.span().start, std::format!("profile '{name}': ipv4 and ipv6 cannot both be true"))
+                );
             }
             (Some(a), _) if *a.get_ref() => Some(self.at(a, true)),
             (_, Some(b)) if *b.get_ref() => Some(self.at(b, false)),
@@ -225,18 +230,17 @@ impl Place<'_> {
         };
         let command = raw.command.as_ref().map(|c| self.command(c)).transpose()?;
         let verbose = raw.verbose.unwrap_or(false);
-        let knocks = self.knocks(raw)?.ok_or_else(|| {
-            header_err(std::format!("profile '{name}' has neither a sequence nor a secret_file"))
-        })?;
+        let knocks = self
+            .knocks(raw)?
+            .ok_or_else(|| header_err(std::format!("profile '{name}' has neither a sequence nor a secret_file")))?;
         Ok(Profile { name: name.to_string(), line, host, knocks, delay, ipv4_only, verbose, command })
     }
 
     fn command(&self, c: &Spanned<Command>) -> Result<At<Vec<String>>, ProfileError> {
         let words = match c.get_ref() {
             Command::Words(w) => w.clone(),
-            Command::Line(l) => shell_words::split(l).map_err(|e| {
-                self.err(c.span().start, std::format!("command '{l}' cannot be split into words: {e}"))
-            })?,
+            Command::Line(l) => shell_words::split(l)
+                .map_err(|e| self.err(c.span().start, std::format!("command '{l}' cannot be split into words: {e}")))?,
         };
         if words.first().is_none_or(String::is_empty) {
             return Err(self.err(c.span().start, std::format!("profile '{}': command is empty", self.name)));
@@ -312,7 +316,12 @@ impl Place<'_> {
 pub enum Door {
     /// Each step `port:tcp` or `port:udp`.
     Sequence(Vec<String>),
-    Secret { file: PathBuf, length: u8, window: u32, udp: bool },
+    Secret {
+        file: PathBuf,
+        length: u8,
+        window: u32,
+        udp: bool,
+    },
 }
 
 /// One `[name]` table for `door`, knocked at `host`, after `comment` lines (each written as
@@ -334,7 +343,12 @@ pub fn render(name: &str, host: &str, door: &Door, comment: &[String]) -> Result
     }
     let mut outer = toml::Table::new();
     outer.insert(name.to_string(), toml::Value::Table(table));
-    let mut text: String = comment.iter().map(|c| std::format!("# {c}\n")).collect();
+    let mut text = String::new();
+    for c in comment {
+        text.push_str("# ");
+        text.push_str(c);
+        text.push('\n');
+    }
     text.push_str(&toml::to_string(&outer)?);
     Ok(text)
 }
@@ -416,15 +430,33 @@ mod tests {
             ("[a]\nhost = \"h\"\nsequence = []\n", "knock.toml:3: profile 'a': sequence is empty"),
             ("[a]\nhost = \"\"\nsequence = [\"1\"]\n", "knock.toml:2: profile 'a': host is empty"),
             ("[a]\nhost = \"h\"\nsequence = [\"1\"]\ndelay = -5\n", "knock.toml:4: delay '-5' is not a whole number"),
-            ("[a]\nhost = \"h\"\nsequence = [\"1\"]\nipv4 = true\nipv6 = true\n", "knock.toml:5: profile 'a': ipv4 and ipv6"),
-            ("[a]\nhost = \"h\"\nsequence = [\"1\"]\nwindow = 6\n", "knock.toml:4: profile 'a': window belongs to a profile with secret_file"),
+            (
+                "[a]\nhost = \"h\"\nsequence = [\"1\"]\nipv4 = true\nipv6 = true\n",
+                "knock.toml:5: profile 'a': ipv4 and ipv6",
+            ),
+            (
+                "[a]\nhost = \"h\"\nsequence = [\"1\"]\nwindow = 6\n",
+                "knock.toml:4: profile 'a': window belongs to a profile with secret_file",
+            ),
             ("[a]\nhost = \"h\"\nsecret_file = \"k\"\n", "knock.toml:3: secret_file 'k' is not an absolute path"),
             ("[a]\nhost = \"h\"\nsecret_file = \"/k\"\nsequence = [\"1\"]\n", "knock.toml:4: profile 'a' has both"),
-            ("[a]\nhost = \"h\"\nsecret_file = \"/k\"\nknock_length = 9\n", "knock.toml:4: knock_length '9' is not a whole number from 2 to 8"),
+            (
+                "[a]\nhost = \"h\"\nsecret_file = \"/k\"\nknock_length = 9\n",
+                "knock.toml:4: knock_length '9' is not a whole number from 2 to 8",
+            ),
             ("[a]\nhost = \"h\"\nsecret_file = \"/k\"\nwindow = 0\n", "knock.toml:4: window '0' is not"),
-            ("[a]\nhost = \"h\"\nsecret_file = \"/k\"\nprotocol = \"icmp\"\n", "knock.toml:4: protocol 'icmp' is neither tcp nor udp"),
-            ("[a]\nhost = \"h\"\nsecret_file = \"/k\"\nsource = \"nat\"\n", "knock.toml:4: source 'nat' is not an IP address"),
-            ("[a]\nhost = \"h\"\nsequence = [\"1\"]\ncommand = \"ssh 'x\"\n", "knock.toml:4: command 'ssh 'x' cannot be split"),
+            (
+                "[a]\nhost = \"h\"\nsecret_file = \"/k\"\nprotocol = \"icmp\"\n",
+                "knock.toml:4: protocol 'icmp' is neither tcp nor udp",
+            ),
+            (
+                "[a]\nhost = \"h\"\nsecret_file = \"/k\"\nsource = \"nat\"\n",
+                "knock.toml:4: source 'nat' is not an IP address",
+            ),
+            (
+                "[a]\nhost = \"h\"\nsequence = [\"1\"]\ncommand = \"ssh 'x\"\n",
+                "knock.toml:4: command 'ssh 'x' cannot be split",
+            ),
             ("[a]\nhost = \"h\"\nsequence = [\"1\"]\ncommand = []\n", "knock.toml:4: profile 'a': command is empty"),
             ("host = \"h\"\n", "knock.toml:1: invalid type: string \"h\", expected a profile's [NAME] table"),
             ("[a]\nhost = \"h\"\nsequence = [\"1\"]\n[a]\n", "knock.toml:4: "),
@@ -445,7 +477,12 @@ mod tests {
         assert_eq!(db.host.value, "198.18.0.1");
         let Knocks::Secret { file, length, window, udp, source } = &db.knocks else { panic!("{db:?}") };
         assert_eq!(
-            (&file.value, length.as_ref().map(|l| l.value), window.as_ref().map(|w| w.value), udp.as_ref().map(|u| u.value)),
+            (
+                &file.value,
+                length.as_ref().map(|l| l.value),
+                window.as_ref().map(|w| w.value),
+                udp.as_ref().map(|u| u.value)
+            ),
             (&PathBuf::from("/etc/knockgate/db.key"), Some(6), Some(6), Some(true))
         );
         assert!(source.is_none());

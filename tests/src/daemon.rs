@@ -51,12 +51,19 @@ impl Daemon {
     /// (in what it writes from now on: a restart appends to the same log).
     #[must_use]
     pub fn start(ns: &str, program: &Path, args: &[&str], log: &Path) -> Self {
+        Self::start_to(ns, program, args, log, Stdio::inherit())
+    }
+
+    /// As `start`, its standard error (the tracing log: `-D`'s debug lines) to `stderr`.
+    #[must_use]
+    pub fn start_to(ns: &str, program: &Path, args: &[&str], log: &Path, stderr: Stdio) -> Self {
         let before = std::fs::metadata(log).map_or(0, |m| m.len());
         let child = Command::new("ip")
             .args(["netns", "exec", ns])
             .arg(program)
             .args(args)
             .stdin(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("spawn daemon");
         let mut d = Self { child: Some(child), log: log.to_path_buf() };

@@ -97,7 +97,19 @@ impl Scenario {
         }
         args.extend(state_args.iter().map(String::as_str));
         args.extend_from_slice(extra);
-        Daemon::start(&net.server, &bin("knockd"), &args, log)
+        // Its standard error (the tracing log, `-D`'s debug lines) goes to `{DIR}/stderr.log`.
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log.with_file_name("stderr.log"))
+            .expect("stderr.log");
+        Daemon::start_to(&net.server, &bin("knockd"), &args, log, stderr.into())
+    }
+
+    /// What knockd wrote to its standard error (its tracing log).
+    #[must_use]
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
     }
 
     /// Starts knockd again on the same config and state (after the last one ended).

@@ -35,6 +35,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("faketime", "faketime"),
     // The fleet's TLS test: a private CA and the NATS server's certificate.
     ("openssl", "openssl"),
+    // A client profile's after-knock command reaches the gated port with socat.
+    ("socat", "socat"),
     // A real XDP program in front of knockgate's TC attachment: xdp-filter (libxdp's dispatcher).
     ("xdp-tools", "/usr/sbin/xdp-filter"),
     // The QEMU pass (`vm`): virtme-ng boots other kernels with QEMU and busybox.

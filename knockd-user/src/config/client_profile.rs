@@ -57,9 +57,10 @@ pub fn for_door(doors: &[Door], config: &std::path::Path, name: &str, host: &str
         vec![format!("knockd --client-profile {name}: door '{name}' of {}; append it to knock.toml", config.display())];
     let spec = match &door.secret {
         Some(s) => {
-            comment.push(format!(
+            comment.push(
                 "secret_file is the key's path on the server: copy the key to the client (mode 0600) and change the path if it differs; the key is never printed"
-            ));
+                    .to_owned(),
+            );
             profile::Door::Secret {
                 file: s.path.clone(),
                 length: s.params.length,
@@ -67,7 +68,9 @@ pub fn for_door(doors: &[Door], config: &std::path::Path, name: &str, host: &str
                 udp: s.proto() == Proto::Udp,
             }
         }
-        None => profile::Door::Sequence(door.sequence.iter().map(|k| format!("{}:{}", k.port, k.proto.name())).collect()),
+        None => {
+            profile::Door::Sequence(door.sequence.iter().map(|k| format!("{}:{}", k.port, k.proto.name())).collect())
+        }
     };
     Ok(render(name, host, &spec, &comment)?)
 }
@@ -103,7 +106,10 @@ mod tests {
     #[test]
     fn doors_a_profile_cannot_open() {
         let c = Config::parse(Path::new("t.conf"), "[fin]\nsequence = 7000\ntcpflags = fin\n[udp]\nsequence = 1:udp\ntcpflags = fin\n[ack]\nsequence = 1\ntcpflags = syn,!ack\n").unwrap();
-        assert_eq!(gap(&c.doors[0]).as_deref(), Some("its TCPFlags (fin) ask for more than the plain SYN that knock sends"));
+        assert_eq!(
+            gap(&c.doors[0]).as_deref(),
+            Some("its TCPFlags (fin) ask for more than the plain SYN that knock sends")
+        );
         assert_eq!(gap(&c.doors[1]), None, "flags do not apply to UDP");
         assert_eq!(gap(&c.doors[2]), None, "a plain SYN has no ACK");
         let e = for_door(&c.doors, Path::new("t.conf"), "fin", "h").unwrap_err().to_string();

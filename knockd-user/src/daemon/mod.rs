@@ -18,6 +18,7 @@ use tokio::{
 };
 
 mod fleet;
+mod near_miss;
 
 pub use fleet::FleetSide;
 
@@ -49,6 +50,8 @@ const LINK_CHECK: Duration = Duration::from_millis(500);
 /// How often the secret doors' windows are checked. The kernel holds the next window's key
 /// already and drops an old one at its deadline by itself, so a late check costs nothing.
 const WINDOW_CHECK: Duration = Duration::from_millis(250);
+/// How often secret doors' near misses are looked for (only while debug logging is on).
+const NEAR_MISS_CHECK: Duration = Duration::from_secs(1);
 
 /// Everything the loop needs.
 pub struct Daemon {
@@ -142,6 +145,8 @@ impl Daemon {
         let mut link_check = tokio::time::interval(LINK_CHECK);
         // Secret doors' keys follow the windows (and a stepped wall clock).
         let mut window_check = tokio::time::interval(WINDOW_CHECK);
+        let mut near_miss_check = tokio::time::interval(NEAR_MISS_CHECK);
+        let mut near_misses = near_miss::NearMisses::default();
         let mut windows = self.installed_now();
         // Whether each interface was there at the last check (a change is logged once).
         let mut present = vec![true; self.interfaces.len()];
@@ -177,6 +182,7 @@ impl Daemon {
                     }
                 }
                 _ = window_check.tick() => self.follow_windows(&mut windows),
+                _ = near_miss_check.tick() => self.check_near_misses(&mut near_misses, &mut watched),
                 _ = link_check.tick() => {
                     for (i, was) in present.iter_mut().enumerate() {
                         *was = self.check_link(i, *was);

@@ -248,6 +248,14 @@ fn doors(e: &mut DescriptorEncoder, snap: &status::Snapshot) -> Result<(), std::
     counter(e, "knockgate_opens", "Knock sequences completed, per door.", &per_door(|c| c.opens))?;
     counter(e, "knockgate_resets", "Attempts broken by a wrong knock, per door.", &per_door(|c| c.resets))?;
     counter(e, "knockgate_timeouts", "Attempts found past their seq_timeout, per door.", &per_door(|c| c.timeouts))?;
+    let near: Vec<(&[(&str, &str)], u64)> =
+        doors.iter().zip(&snap.doors).filter(|(_, d)| d.secret).map(|(l, d)| (&l[..], d.counts.resets)).collect();
+    counter(
+        e,
+        "knockgate_near_misses",
+        "Secret doors' knocks begun with a window's first port and gone on with a port of no window (check the client's window, length, clock and source address), per door; the same count as its resets.",
+        &near,
+    )?;
     let stage_names: Vec<(String, String, u64)> = snap
         .doors
         .iter()

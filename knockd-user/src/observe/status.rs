@@ -31,6 +31,10 @@ pub struct DoorLabel {
     pub name: String,
     /// `check::summary` of the door.
     pub summary: String,
+    /// A secret-keyed door: its resets are near misses (a knock begun with a window's first
+    /// port, gone on with a port of no window). Absent from labels written before it was.
+    #[serde(default)]
+    pub secret: bool,
     /// The slot's counters when this door took it: what it counts is the rest
     /// (`DoorCounts::since`). Opens, resets, timeouts, then stages 1 to 32.
     pub base: Vec<u64>,
@@ -77,7 +81,14 @@ pub fn labels(doors: &Doors, counters: &[DoorCounters], previous: &[DoorLabel]) 
                 || counters.get(usize::from(slot)).map(DoorCounts::flat).unwrap_or_default(),
                 |l| l.base.clone(),
             );
-            DoorLabel { slot, epoch: s.epoch, name: s.door.name.clone(), summary: check::summary(&s.door), base }
+            DoorLabel {
+                slot,
+                epoch: s.epoch,
+                name: s.door.name.clone(),
+                summary: check::summary(&s.door),
+                secret: s.door.secret.is_some(),
+                base,
+            }
         })
         .collect()
 }
@@ -89,6 +100,8 @@ pub struct DoorView {
     /// From the daemon's label; `slot N` when there is none for this slot and epoch.
     pub name: String,
     pub summary: String,
+    /// A secret-keyed door (its resets are near misses).
+    pub secret: bool,
     pub counts: DoorCounts,
 }
 
@@ -165,7 +178,13 @@ pub fn read(pins: &PinDir, labels: &[DoorLabel]) -> Result<Snapshot, SnapshotErr
         let name = label.map_or_else(|| format!("slot {slot}"), |l| l.name.clone());
         names.insert(slot, name.clone());
         let counts = DoorCounts::since(&slot_counters(slot), label.map_or(&[][..], |l| &l.base));
-        views.push(DoorView { slot, name, summary: label.map(|l| l.summary.clone()).unwrap_or_default(), counts });
+        views.push(DoorView {
+            slot,
+            name,
+            summary: label.map(|l| l.summary.clone()).unwrap_or_default(),
+            secret: label.is_some_and(|l| l.secret),
+            counts,
+        });
     }
 
     let allow_data = open(&dir, maps::ALLOW)?;
@@ -224,8 +243,9 @@ impl Snapshot {
     pub fn text(&self, iface: &str) -> String {
         let mut l = vec![format!("interface {iface}"), "doors:".to_owned()];
         for d in &self.doors {
+            let resets = if d.secret { "near misses" } else { "resets" };
             l.push(format!(
-                "  [{}] {}: {} (opens {}, resets {}, timeouts {})",
+                "  [{}] {}: {} (opens {}, {resets} {}, timeouts {})",
                 d.slot, d.name, d.summary, d.counts.opens, d.counts.resets, d.counts.timeouts
             ));
         }
