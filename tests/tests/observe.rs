@@ -174,6 +174,38 @@ fn status_reads_the_pins_live_after_a_sigkill_and_with_full_tables() {
 }
 
 #[test]
+fn check_notes_the_doors_a_client_cannot_open_from_a_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let sequences = dir.path().join("sequences");
+    std::fs::write(&sequences, "7000,8000,9000\n7100,8100,9100\n").unwrap();
+    let conf = dir.path().join("knockd.conf");
+    std::fs::write(
+        &conf,
+        format!("[plain]\n\tsequence = 7000,8000\n[ot]\n\tone_time_sequences = {}\n", sequences.display()),
+    )
+    .unwrap();
+    let out = Command::new(bin("knockd")).args(["--check", "-c"]).arg(&conf).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let notes: Vec<&str> = text.lines().filter(|l| l.contains(": note: ")).collect();
+    assert_eq!(
+        notes,
+        [format!(
+            "ot: note: a client cannot open it from a profile alone: its sequences are One_Time_Sequences ({}): each opens once, so a profile cannot hold one",
+            sequences.display()
+        )],
+        "{text}"
+    );
+    let out =
+        Command::new(bin("knockd")).args(["--client-profile", "ot", "--host", "h", "-c"]).arg(&conf).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("knockd: door 'ot' cannot be opened from a profile"),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn check_says_what_each_door_does_or_where_the_config_is_wrong() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.conf");

@@ -145,9 +145,15 @@ fn the_unit_verifies_and_its_exposure_is_low() {
 #[test]
 fn the_manual_pages_render() {
     let root = extracted();
-    for (page, want) in
-        [("usr/share/man/man8/knockd.8.gz", "--metrics-address"), ("usr/share/man/man1/knock.1.gz", "--delay")]
-    {
+    for (page, want) in [
+        ("usr/share/man/man8/knockd.8.gz", "--metrics-address"),
+        ("usr/share/man/man8/knockd.8.gz", "--client-profile"),
+        ("usr/share/man/man1/knock.1.gz", "--delay"),
+        ("usr/share/man/man1/knock.1.gz", "--profiles"),
+        // The profile file's format, in a section of its own.
+        ("usr/share/man/man1/knock.1.gz", "PROFILES"),
+        ("usr/share/man/man1/knock.1.gz", "secret_file"),
+    ] {
         let out = run(Command::new("man")
             .arg("-l")
             .arg(root.path().join(page))
