@@ -92,8 +92,11 @@ impl Plan {
             if args.print || args.source.is_some() || args.length.is_some() || args.window.is_some() {
                 bail!("--print, --source, --length and --window belong to a secret door's knock (--secret-file)");
             }
+            if args.ports.is_empty() && args.no_profile {
+                bail!("no PORT given to knock at {host} (--no-profile: '{host}' is a host)");
+            }
             if args.ports.is_empty() {
-                bail!("no PORT given, and '{host}' is no profile in {} (or --no-profile was given)", search.describe());
+                bail!("no PORT given, and '{host}' is no profile in {}", search.describe());
             }
             let hits = args.ports.iter().map(|p| parse_port(p)).collect::<Result<Vec<_>, _>>()?;
             Knock::Ports(

@@ -168,7 +168,7 @@ fn a_lone_argument_that_names_a_profile_is_the_profile() {
     assert!(p.command.is_none());
     // --no-profile: a host.
     let e = plan(&["--profiles", f, "--no-profile", "edge"]).unwrap_err().to_string();
-    assert!(e.starts_with("no PORT given"), "{e}");
+    assert_eq!(e, "no PORT given to knock at edge (--no-profile: 'edge' is a host)");
     // --profile NAME HOST: the profile, knocked at another host.
     let p = plan(&["--profiles", f, "--profile", "edge", "198.18.0.7"]).unwrap();
     assert_eq!((p.host.as_str(), p.delay_ms), ("198.18.0.7", 150));
