@@ -162,7 +162,14 @@ impl Profiles {
             path: path.to_path_buf(),
             line: e.span().map(|s| line_of(text, s.start)),
             // A key outside any table meets the profiles' map.
-            message: e.message().trim_end().replace("expected struct Raw", "expected a profile's [NAME] table"),
+            message: e
+                .message()
+                .trim_end()
+                .replace("expected struct Raw", "expected a profile's [NAME] table")
+                .replace(
+                    "data did not match any variant of untagged enum Command",
+                    "command is neither a string nor an array of strings",
+                ),
         })?;
         let mut tables = BTreeMap::new();
         for (name, raw) in raw {
@@ -461,6 +468,10 @@ mod tests {
             ("host = \"h\"\n", "knock.toml:1: invalid type: string \"h\", expected a profile's [NAME] table"),
             ("[a]\nhost = \"h\"\nsequence = [\"1\"]\n[a]\n", "knock.toml:4: "),
             ("[a]\nhost = 5\n", "knock.toml:2: invalid type"),
+            (
+                "[a]\nhost = \"h\"\nsequence = [\"1\"]\ncommand = 5\n",
+                "knock.toml:4: command is neither a string nor an array of strings",
+            ),
         ] {
             let e = parse(text).unwrap_err();
             assert!(e.starts_with(want), "{text:?}: {e}");
