@@ -7,6 +7,11 @@ use std::{collections::HashMap, net::IpAddr};
 
 use super::{Daemon, Watched};
 
+/// Most watched attempts looked up per door and check.
+const MAX_LOOKUPS: usize = 64;
+/// Most sources named in one log line.
+const MAX_NAMED: usize = 8;
+
 /// Each secret door's near misses (slot, epoch) at the last check.
 #[derive(Debug, Default)]
 pub(super) struct NearMisses {
@@ -34,15 +39,17 @@ impl Daemon {
             if now <= before {
                 continue;
             }
-            // Watched attempts at this door that the kernel no longer holds broke meanwhile.
+            // Watched attempts at this door that the kernel no longer holds broke meanwhile (a
+            // bounded look: a flood of near misses costs a few lookups a second, not thousands).
             let broken: Vec<IpAddr> = watched
                 .iter()
-                .filter(|((ip, sl), w)| {
-                    *sl == slot
-                        && w.epoch == s.epoch
-                        && self.program.attempt(*ip, slot).ok().flatten().is_none_or(|a| a.started_ns != w.started_ns)
+                .filter(|((_, sl), w)| *sl == slot && w.epoch == s.epoch)
+                .take(MAX_LOOKUPS)
+                .filter(|((ip, _), w)| {
+                    self.program.attempt(*ip, slot).ok().flatten().is_none_or(|a| a.started_ns != w.started_ns)
                 })
                 .map(|((ip, _), _)| *ip)
+                .take(MAX_NAMED)
                 .collect();
             for ip in &broken {
                 watched.remove(&(*ip, slot));
