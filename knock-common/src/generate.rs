@@ -26,9 +26,9 @@ pub fn generate(what: Generate, mut cmd: clap::Command, section: &'static str) -
     Ok(())
 }
 
-/// The manual page: clap_mangen's sections, with the long help's closing text (`after_long_help`)
+/// The manual page: `clap_mangen`'s sections, with the long help's closing text (`after_long_help`)
 /// as a section of its own named by its first line (`Profiles:` becomes PROFILES), one
-/// paragraph per block of lines, rather than clap_mangen's EXTRA.
+/// paragraph per block of lines, rather than `clap_mangen`'s EXTRA.
 fn man(cmd: clap::Command, section: &'static str, out: &mut dyn io::Write) -> io::Result<()> {
     use clap_mangen::roff::{Roff, roman};
     let after = cmd.get_after_long_help().map(std::string::ToString::to_string);
