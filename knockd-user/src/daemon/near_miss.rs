@@ -60,7 +60,7 @@ impl Daemon {
                 format!(" (from {})", broken.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))
             };
             tracing::debug!(
-                "door {}: {} near miss(es){from}: a knock began with this window's first port and went on with a port of no window; check the client's window, knock_length, clock and source address (behind NAT: knock --source)",
+                "door {}: {} near miss(es){from}: a knock began with this window's first port and went on with a port of no window; check the client's source address (behind NAT: knock --source), clock, window and knock_length",
                 s.door.name,
                 now - before
             );
