@@ -7,7 +7,7 @@
 //! (`[u8; 16]`, an IPv4 address in the first four bytes and zeros after it).
 #![no_std]
 
-#[cfg(any(test, feature = "keys", feature = "fleet", feature = "generate", feature = "profile"))]
+#[cfg(any(test, feature = "keys", feature = "fleet", feature = "generate", feature = "files"))]
 extern crate std;
 
 pub mod addr;
@@ -15,6 +15,8 @@ pub mod budget;
 pub mod counters;
 pub mod door;
 pub mod event;
+#[cfg(feature = "files")]
+pub mod file_error;
 #[cfg(feature = "fleet")]
 pub mod fleet;
 pub mod gate;

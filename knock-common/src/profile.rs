@@ -24,7 +24,6 @@
 
 use std::{
     collections::BTreeMap,
-    fmt,
     net::IpAddr,
     path::{Path, PathBuf},
     string::{String, ToString as _},
@@ -34,7 +33,10 @@ use std::{
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::secret::{MAX_LENGTH, MAX_WINDOW_SECS, MIN_LENGTH};
+use crate::{
+    file_error::{FileError, line_of},
+    secret::{MAX_LENGTH, MAX_WINDOW_SECS, MIN_LENGTH},
+};
 
 /// A value and the 1-based line it is on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,24 +85,7 @@ pub struct Profiles {
 }
 
 /// What is wrong with a profile file, as `file:line: message`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProfileError {
-    pub path: PathBuf,
-    /// 1-based; `None` for the whole file.
-    pub line: Option<usize>,
-    pub message: String,
-}
-
-impl fmt::Display for ProfileError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(line) => write!(f, "{}:{line}: {}", self.path.display(), self.message),
-            None => write!(f, "{}: {}", self.path.display(), self.message),
-        }
-    }
-}
-
-impl core::error::Error for ProfileError {}
+pub type ProfileError = FileError;
 
 /// A table as TOML has it, each value with its place.
 #[derive(Debug, Deserialize)]
@@ -143,7 +128,7 @@ impl Place<'_> {
     }
 
     fn err(&self, offset: usize, message: String) -> ProfileError {
-        ProfileError { path: self.path.to_path_buf(), line: Some(self.line(offset)), message }
+        FileError::at(self.path, self.text, offset, message)
     }
 
     fn at<T, U>(&self, v: &Spanned<T>, value: U) -> At<U> {
@@ -151,25 +136,17 @@ impl Place<'_> {
     }
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text.get(..offset).map_or(1, |t| t.matches('\n').count() + 1)
-}
-
 impl Profiles {
     /// Parses a profile file's text.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ProfileError> {
-        let raw: BTreeMap<String, Spanned<Raw>> = toml::from_str(text).map_err(|e| ProfileError {
-            path: path.to_path_buf(),
-            line: e.span().map(|s| line_of(text, s.start)),
-            // A key outside any table meets the profiles' map.
-            message: e
-                .message()
-                .trim_end()
-                .replace("expected struct Raw", "expected a profile's [NAME] table")
-                .replace(
+        let raw: BTreeMap<String, Spanned<Raw>> = toml::from_str(text).map_err(|e| {
+            FileError::from_toml(path, text, &e, |m| {
+                // A key outside any table meets the profiles' map.
+                m.replace("expected struct Raw", "expected a profile's [NAME] table").replace(
                     "data did not match any variant of untagged enum Command",
                     "command is neither a string nor an array of strings",
-                ),
+                )
+            })
         })?;
         let mut tables = BTreeMap::new();
         for (name, raw) in raw {

@@ -2,7 +2,7 @@
 //! and the TOML form, `toml_form`), and nothing of the running daemon: the fuzz target and
 //! the parsers' tests need nothing else.
 
-use std::{fmt, net::IpAddr, path::PathBuf, time::Duration};
+use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use knock_common::{
     PROTO_TCP, PROTO_UDP,
@@ -31,23 +31,9 @@ pub const DEFAULT_GATE_TIMEOUT: Duration = Duration::from_secs(30);
 /// knockd's default interface.
 pub const DEFAULT_INTERFACE: &str = "eth0";
 
-/// A configuration error, printed as `file:line: message`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigError {
-    pub path: PathBuf,
-    /// 1-based; `None` for errors about the whole file.
-    pub line: Option<usize>,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(line) => write!(f, "{}:{}: {}", self.path.display(), line, self.message),
-            None => write!(f, "{}: {}", self.path.display(), self.message),
-        }
-    }
-}
+/// A configuration error, printed as `file:line: message` (the client's profile files say
+/// theirs the same way).
+pub type ConfigError = knock_common::file_error::FileError;
 
 /// One knock: a port and its protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

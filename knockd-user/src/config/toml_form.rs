@@ -19,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use knock_common::MAX_DOORS;
+use knock_common::{MAX_DOORS, file_error::line_of};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
@@ -148,11 +148,6 @@ fn gate_text(ports: &[Knock]) -> Vec<String> {
     ports.iter().map(|k| format!("{}/{}", k.port, k.proto.name())).collect()
 }
 
-/// 1-based line of a byte offset.
-fn line_of(text: &str, offset: usize) -> usize {
-    text.get(..offset).map_or(1, |t| t.matches('\n').count() + 1)
-}
-
 /// `[options]` of the TOML form, checked as the knockd form checks them.
 fn options(fo: FileOptions, err: &impl Fn(usize, String) -> ConfigError) -> Result<Options, ConfigError> {
     let mut options = Options {
@@ -218,18 +213,8 @@ fn options(fo: FileOptions, err: &impl Fn(usize, String) -> ConfigError) -> Resu
 
 /// Parses the TOML form.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-    let err = |offset: usize, message: String| ConfigError {
-        path: path.to_path_buf(),
-        line: Some(line_of(text, offset)),
-        message,
-    };
-    let file: File = toml::from_str(text).map_err(|e| {
-        let message = e.message().trim_end().to_owned();
-        match e.span() {
-            Some(span) => err(span.start, message),
-            None => ConfigError { path: path.to_path_buf(), line: None, message },
-        }
-    })?;
+    let err = |offset: usize, message: String| ConfigError::at(path, text, offset, message);
+    let file: File = toml::from_str(text).map_err(|e| ConfigError::from_toml(path, text, &e, str::to_owned))?;
     let options = options(file.options, &err)?;
     if file.doors.len() > MAX_DOORS as usize {
         let extra = &file.doors[MAX_DOORS as usize];
