@@ -87,9 +87,9 @@ impl Plan {
             if !args.ports.is_empty() {
                 bail!("a secret door's knock (--secret-file) derives its ports: give no PORT");
             }
-            secret_knock(args, file, None, None, None, None)?
+            secret_knock(args, file, None, &Given::default())?
         } else {
-            if args.print || args.source.is_some() || args.length.is_some() || args.window.is_some() {
+            if secret_flags(args) {
                 bail!("--print, --source, --length and --window belong to a secret door's knock (--secret-file)");
             }
             if args.ports.is_empty() && args.no_profile {
@@ -98,10 +98,7 @@ impl Plan {
             if args.ports.is_empty() {
                 bail!("no PORT given, and '{host}' is no profile in {}", search.describe());
             }
-            let hits = args.ports.iter().map(|p| parse_port(p)).collect::<Result<Vec<_>, _>>()?;
-            Knock::Ports(
-                hits.into_iter().map(|(port, proto)| (port, if args.udp { Proto::Udp } else { proto })).collect(),
-            )
+            sequence(args, &args.ports, None)?
         };
         Ok(Self {
             host,
@@ -119,39 +116,29 @@ impl Plan {
     fn with_profile(args: &Args, path: &Path, p: Profile) -> anyhow::Result<Self> {
         let knock = match (&p.knocks, &args.secret_file) {
             (Knocks::Sequence(seq), None) => {
-                if args.print || args.source.is_some() || args.length.is_some() || args.window.is_some() {
+                if secret_flags(args) {
                     bail!(
                         "--print, --source, --length and --window belong to a secret door, and profile '{}' ({}) holds a sequence",
                         p.name,
                         origin(path, seq)
                     );
                 }
-                let hits = seq
-                    .value
-                    .iter()
-                    .map(|s| parse_port(s).map_err(|e| anyhow::anyhow!("{}: {e}", origin(path, seq))))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Knock::Ports(
-                    hits.into_iter().map(|(port, proto)| (port, if args.udp { Proto::Udp } else { proto })).collect(),
-                )
+                sequence(args, &seq.value, Some(&origin(path, seq)))?
             }
             (Knocks::Sequence(seq), Some(_)) => {
                 bail!("--secret-file: profile '{}' ({}) holds a sequence, not a secret door", p.name, origin(path, seq))
             }
             (Knocks::Secret { file, length, window, udp, source }, flag) => {
-                let key = match flag {
-                    Some(f) => (f.clone(), None),
-                    None => (file.value.clone(), Some(origin(path, file))),
+                let given = Given {
+                    length: length.as_ref().map(|l| l.value),
+                    window: window.as_ref().map(|w| w.value),
+                    udp: udp.as_ref().map(|u| u.value),
+                    source: source.as_ref().map(|s| s.value),
                 };
-                let (length, window) = (length.as_ref().map(|l| l.value), window.as_ref().map(|w| w.value));
-                secret_knock(args, &key.0, key.1.as_deref(), length, window, udp.as_ref().map(|u| u.value)).map(
-                    |k| match (k, source) {
-                        (Knock::Secret { secret, params, source: None }, Some(s)) => {
-                            Knock::Secret { secret, params, source: Some(s.value) }
-                        }
-                        (k, _) => k,
-                    },
-                )?
+                match flag {
+                    Some(f) => secret_knock(args, f, None, &given)?,
+                    None => secret_knock(args, &file.value, Some(&origin(path, file)), &given)?,
+                }
             }
         };
         let (ipv4, ipv6) = if args.ipv4 || args.ipv6 {
@@ -197,25 +184,48 @@ impl Plan {
     }
 }
 
-/// A secret door's knock from the key in `file` (`origin`: where a profile names it) and the
-/// profile's values, the flags over them.
-fn secret_knock(
-    args: &Args,
-    file: &Path,
-    origin: Option<&str>,
+/// Whether a flag of a secret door's knock was given.
+fn secret_flags(args: &Args) -> bool {
+    args.print || args.source.is_some() || args.length.is_some() || args.window.is_some()
+}
+
+/// The knock of `ports` (`port[:proto]` or service names; `origin`: where a profile names
+/// them), all UDP with `-u`.
+fn sequence(args: &Args, ports: &[String], origin: Option<&str>) -> anyhow::Result<Knock> {
+    let hits = ports
+        .iter()
+        .map(|p| {
+            let (port, proto) = parse_port(p).map_err(|e| match origin {
+                Some(o) => anyhow::anyhow!("{o}: {e}"),
+                None => e,
+            })?;
+            Ok((port, if args.udp { Proto::Udp } else { proto }))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Knock::Ports(hits))
+}
+
+/// A profile's values for a secret door; `None` where it leaves the client's default.
+#[derive(Debug, Default)]
+struct Given {
     length: Option<u8>,
     window: Option<u32>,
     udp: Option<bool>,
-) -> anyhow::Result<Knock> {
+    source: Option<IpAddr>,
+}
+
+/// A secret door's knock from the key in `file` (`origin`: where a profile names it) and the
+/// profile's values, the flags over them.
+fn secret_knock(args: &Args, file: &Path, origin: Option<&str>, given: &Given) -> anyhow::Result<Knock> {
     // SAFETY: geteuid has no preconditions.
-    let secret = Secret::read_file(file, Some(unsafe { libc::geteuid() })).map_err(|e| match &origin {
+    let secret = Secret::read_file(file, Some(unsafe { libc::geteuid() })).map_err(|e| match origin {
         Some(o) => anyhow::anyhow!("{o}: {e}"),
         None => anyhow::Error::new(e),
     })?;
     let params = Params {
-        length: args.length.or(length).unwrap_or(DEFAULTS.0),
-        window_secs: args.window.or(window).unwrap_or(DEFAULTS.1),
-        proto: if args.udp || (udp == Some(true)) { PROTO_UDP } else { PROTO_TCP },
+        length: args.length.or(given.length).unwrap_or(DEFAULTS.0),
+        window_secs: args.window.or(given.window).unwrap_or(DEFAULTS.1),
+        proto: if args.udp || given.udp == Some(true) { PROTO_UDP } else { PROTO_TCP },
     };
-    Ok(Knock::Secret { secret, params, source: args.source })
+    Ok(Knock::Secret { secret, params, source: args.source.or(given.source) })
 }

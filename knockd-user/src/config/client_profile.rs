@@ -90,7 +90,8 @@ mod tests {
             Path::new("t.conf"),
             "[ssh]\nsequence = 7000,8000:udp,9000\n[ot]\none_time_sequences = /nonexistent\n",
         );
-        // One_Time_Sequences needs its file: the door is made by hand below.
+        // One_Time_Sequences needs its file, so a one-time door does not parse here:
+        // `doors_a_profile_cannot_open` makes one by hand.
         assert!(c.is_err());
         let c = Config::parse(Path::new("t.conf"), "[ssh]\nsequence = 7000,8000:udp,9000\ntcpflags = syn\n").unwrap();
         let text = for_door(&c.doors, Path::new("t.conf"), "ssh", "198.18.0.1").unwrap();
