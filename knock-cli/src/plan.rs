@@ -189,16 +189,21 @@ fn secret_flags(args: &Args) -> bool {
     args.print || args.source.is_some() || args.length.is_some() || args.window.is_some()
 }
 
+/// `e`, prefixed with `origin` (where in a profile file its value is) when it has one.
+fn placed(origin: Option<&str>, e: anyhow::Error) -> anyhow::Error {
+    match origin {
+        Some(o) => anyhow::anyhow!("{o}: {e}"),
+        None => e,
+    }
+}
+
 /// The knock of `ports` (`port[:proto]` or service names; `origin`: where a profile names
 /// them), all UDP with `-u`.
 fn sequence(args: &Args, ports: &[String], origin: Option<&str>) -> anyhow::Result<Knock> {
     let hits = ports
         .iter()
         .map(|p| {
-            let (port, proto) = parse_port(p).map_err(|e| match origin {
-                Some(o) => anyhow::anyhow!("{o}: {e}"),
-                None => e,
-            })?;
+            let (port, proto) = parse_port(p).map_err(|e| placed(origin, e))?;
             Ok((port, if args.udp { Proto::Udp } else { proto }))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -218,10 +223,8 @@ struct Given {
 /// profile's values, the flags over them.
 fn secret_knock(args: &Args, file: &Path, origin: Option<&str>, given: &Given) -> anyhow::Result<Knock> {
     // SAFETY: geteuid has no preconditions.
-    let secret = Secret::read_file(file, Some(unsafe { libc::geteuid() })).map_err(|e| match origin {
-        Some(o) => anyhow::anyhow!("{o}: {e}"),
-        None => anyhow::Error::new(e),
-    })?;
+    let secret =
+        Secret::read_file(file, Some(unsafe { libc::geteuid() })).map_err(|e| placed(origin, anyhow::Error::new(e)))?;
     let params = Params {
         length: args.length.or(given.length).unwrap_or(DEFAULTS.0),
         window_secs: args.window.or(given.window).unwrap_or(DEFAULTS.1),

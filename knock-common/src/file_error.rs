@@ -28,10 +28,22 @@ impl fmt::Display for FileError {
 impl core::error::Error for FileError {}
 
 impl FileError {
+    /// `message` about the whole of `path` (it cannot be read, say).
+    #[must_use]
+    pub fn whole(path: &Path, message: String) -> Self {
+        Self { path: path.to_path_buf(), line: None, message }
+    }
+
+    /// `message` about `line` (1-based) of `path`.
+    #[must_use]
+    pub fn on_line(path: &Path, line: usize, message: String) -> Self {
+        Self { path: path.to_path_buf(), line: Some(line), message }
+    }
+
     /// `message` about the byte at `offset` of `text`, the text of `path`.
     #[must_use]
     pub fn at(path: &Path, text: &str, offset: usize, message: String) -> Self {
-        Self { path: path.to_path_buf(), line: Some(line_of(text, offset)), message }
+        Self::on_line(path, line_of(text, offset), message)
     }
 
     /// The TOML parser's error about `text`, the text of `path`, its message passed through

@@ -160,11 +160,7 @@ impl Profiles {
 
     /// Reads and parses a profile file.
     pub fn read(path: &Path) -> Result<Self, ProfileError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ProfileError {
-            path: path.to_path_buf(),
-            line: None,
-            message: e.to_string(),
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|e| FileError::whole(path, e.to_string()))?;
         Self::parse(path, &text)
     }
 }
@@ -184,7 +180,7 @@ fn header_line(text: &str, name: &str, offset: usize) -> usize {
 impl Place<'_> {
     fn profile(&self, line: usize, raw: Raw) -> Result<Profile, ProfileError> {
         let name = self.name;
-        let header_err = |message: String| ProfileError { path: self.path.to_path_buf(), line: Some(line), message };
+        let header_err = |message: String| FileError::on_line(self.path, line, message);
         let host = raw.host.as_ref().ok_or_else(|| header_err(std::format!("profile '{name}' has no host")))?;
         if host.get_ref().trim().is_empty() {
             return Err(self.err(host.span().start, std::format!("profile '{name}': host is empty")));

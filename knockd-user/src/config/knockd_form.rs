@@ -49,7 +49,7 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn err(&self, line: usize, message: impl Into<String>) -> ConfigError {
-        ConfigError { path: self.path.to_path_buf(), line: Some(line), message: message.into() }
+        ConfigError::on_line(self.path, line, message.into())
     }
 
     fn run(mut self, text: &str) -> Result<Config, ConfigError> {
@@ -69,8 +69,7 @@ impl Parser<'_> {
             std::mem::take(&mut self.fleet).finish(fleet::hostname).map_err(|(line, m)| self.err(line, m))?;
         for (door, draft) in self.config.doors.iter_mut().zip(std::mem::take(&mut self.drafts)) {
             let line = draft.line();
-            let path = self.path.to_path_buf();
-            let err = |line: usize, message: String| ConfigError { path: path.clone(), line: Some(line), message };
+            let err = |line: usize, message: String| ConfigError::on_line(self.path, line, message);
             door.secret = draft.finish().map_err(|(line, m)| err(line, m))?;
             if let (Some(_), Some(line)) = (&door.secret, line) {
                 secret_door_fits(door).map_err(|m| err(line, m))?;
@@ -141,8 +140,7 @@ impl Parser<'_> {
         if self.fleet.option(n, key, value).map_err(|m| self.err(n, m))? {
             return Ok(());
         }
-        let path = self.path.to_path_buf();
-        let err = |line: usize, message: String| ConfigError { path: path.clone(), line: Some(line), message };
+        let err = |line: usize, message: String| ConfigError::on_line(self.path, line, message);
         let opts = &mut self.config.options;
         match key {
             "LOGFILE" => opts.log_file = non_empty(value).map(PathBuf::from),

@@ -8,11 +8,7 @@ use crate::config::{Config, ConfigError, knockd_form, toml_form};
 impl Config {
     /// Reads and parses a knockd.conf file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            path: path.to_path_buf(),
-            line: None,
-            message: format!("cannot read: {e}"),
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::whole(path, format!("cannot read: {e}")))?;
         Self::parse(path, &text)
     }
 

@@ -253,11 +253,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             }
         }
         let secret_at = d.secret_file.as_ref().map(|v| v.span().start);
-        door.secret = draft.finish().map_err(|(line, m)| ConfigError {
-            path: path.to_path_buf(),
-            line: Some(line),
-            message: m,
-        })?;
+        door.secret = draft.finish().map_err(|(line, m)| ConfigError::on_line(path, line, m))?;
         if door.sequence.is_empty() && door.secret.is_none() {
             return Err(err(at, format!("section '{}' has an empty knock sequence", door.name)));
         }
